@@ -1,0 +1,140 @@
+"""The networks (TensorFlow/Keras): pretrained base, pixel preprocessing, dense head, assembled model.
+
+The assembled model takes raw RGB pixels (0-255) of shape (image_size, image_size, 3):
+    preprocessing -> base (top cut off) -> pooling -> head
+and, for regression, ends with a fixed Rescaling that turns the standardized output back into the
+target's unit. No Lambda layers, so it loads with keras.models.load_model(..., safe_mode=True).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from lib import files
+from lib.errors import PipelineError
+
+# Caffe-style preprocessing of VGG16: RGB -> BGR, minus the ImageNet channel means (BGR order).
+VGG_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def build_base(name: str, alpha: float, weights: str) -> keras.Model:
+    """The convolutional base without its classifier. weights: imagenet | none | path/to/x.weights.h5.
+
+    It is built for any input size; with imagenet weights Keras loads the 224x224 file from its
+    cache (~/.keras/models) or downloads it.
+    """
+    keras_weights = "imagenet" if weights == "imagenet" else None
+    try:
+        if name == "mobilenet_v2":
+            base = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=alpha, include_top=False, weights=keras_weights)
+        else:
+            base = keras.applications.VGG16(input_shape=(None, None, 3), include_top=False, weights=keras_weights)
+    except ValueError as exc:
+        raise PipelineError(f"base.name={name}, base.alpha={alpha:g}, base.weights={weights}: {exc}") from None
+    except Exception as exc:  # the download failed: no network and nothing in the Keras cache
+        raise PipelineError(f"cannot get the ImageNet weights of {name} ({exc.__class__.__name__}: {exc}); "
+                            "put the weights file in ~/.keras/models (see README, 'Offline ImageNet weights') or set base.weights") from None
+    if weights not in ("imagenet", "none"):
+        try:
+            base.load_weights(weights)
+        except (ValueError, OSError) as exc:
+            raise PipelineError(f"base.weights {weights} does not fit {name}: {exc}") from None
+    return base
+
+
+def preprocessing(name: str) -> list[layers.Layer]:
+    """Raw 0-255 RGB -> what the base was trained on, as plain (serializable) layers."""
+    if name == "mobilenet_v2":
+        return [layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit_range")]
+    to_bgr = layers.Dense(3, trainable=False, name="rgb_to_bgr_minus_mean")
+    to_bgr.build((None, 3))
+    to_bgr.set_weights([np.eye(3, dtype=np.float32)[::-1], -VGG_BGR_MEAN])
+    return [to_bgr]
+
+
+def pooling(kind: str) -> layers.Layer:
+    return layers.GlobalAveragePooling2D(name="pool") if kind == "avg" else layers.Flatten(name="pool")
+
+
+def feature_extractor(base: keras.Model, base_name: str, image_size: int, pooling_kind: str) -> keras.Model:
+    """Raw pixels -> pooled base features: what the head is trained on."""
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    for layer in preprocessing(base_name):
+        x = layer(x)
+    x = base(x, training=False)
+    return keras.Model(inputs, pooling(pooling_kind)(x), name="feature_extractor")
+
+
+def build_head(n_features: int, units: int, dropout: float, n_outputs: int, task: str) -> keras.Model:
+    """pooled features -> Dense(units, relu) -> Dropout -> Dense(n_outputs) (softmax, or linear for regression)."""
+    inputs = keras.Input((n_features,), name="features")
+    x = layers.Dense(units, activation="relu", name="head_dense")(inputs)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(n_outputs, activation="softmax" if task == "classification" else None, name="head_output")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
+    """Feature extractor + head: raw pixels -> head outputs (standardized for regression)."""
+    return keras.Model(extractor.input, head(extractor.output), name="transfer_model")
+
+
+def export(model: keras.Model, encoding: dict) -> keras.Model:
+    """The model users load: regression outputs go back to the target's unit (x * std + mean)."""
+    if encoding["task"] == "classification":
+        return model
+    outputs = layers.Rescaling(encoding["std"], offset=encoding["mean"], name="to_target_unit")(model.output)
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def unfreeze_from(base: keras.Model, layer_name: str) -> int:
+    """Make `layer_name` and every base layer after it trainable, except BatchNormalization layers.
+
+    Frozen BN layers run in inference mode in Keras 3 (`trainable=False` implies it), which keeps
+    their moving statistics intact while the convolutions around them adapt. Returns the number of
+    trainable weights.
+    """
+    names = [layer.name for layer in base.layers]
+    if layer_name not in names:
+        blocks = [n for n in names if n.endswith(("_expand", "_conv1", "Conv_1", "_project"))] or names
+        raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r} is not a layer of {base.name}; for example: {', '.join(blocks)}")
+    start = names.index(layer_name)
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
+    return len(base.trainable_weights)
+
+
+def find_base(model: keras.Model) -> keras.Model:
+    """The nested base inside an assembled model."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+
+
+def save(model: keras.Model, path: Path) -> None:
+    """model.save, made byte-reproducible: no save date in the metadata, fixed zip timestamps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.keras"
+        model.save(raw)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in sorted(src.infolist(), key=lambda i: i.filename):
+                data = src.read(info.filename)
+                if info.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata, sort_keys=True).encode()
+                dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    with files.atomic_path(path) as tmp_path:
+        tmp_path.write_bytes(buffer.getvalue())
+
+
+def load(path: Path) -> keras.Model:
+    return keras.models.load_model(path, safe_mode=True, compile=False)

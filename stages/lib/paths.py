@@ -1,0 +1,38 @@
+"""Every file the pipeline reads or writes, in one place (mirrors the outs/deps in dvc.yaml)."""
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+INGESTED = Path("data/ingested")
+MANIFEST = INGESTED / "manifest.csv"        # one row per usable image
+PIXELS = INGESTED / "pixels.u8"             # decoded RGB pixels, back to back
+
+SPLIT = Path("data/split/split.csv")        # manifest row -> train | val | test
+
+NORMALIZED = Path("data/normalized")        # <split>_images.npy (uint8), <split>_targets.npy
+ENCODING = NORMALIZED / "encoding.json"     # class order, or target mean/std
+
+AUGMENTED = Path("data/augmented")          # train_images.npy, train_targets.npy
+
+FEATURES = Path("data/features")           # <split>_features.npy, <split>_targets.npy
+
+HEAD_MODEL = Path("models/head.keras")
+MODEL = Path("models/model.keras")
+MODEL_ENCODING = Path("models/encoding.json")
+
+DATA_REPORT = Path("metrics/data.json")
+TRAIN_HEAD_METRICS = Path("metrics/train_head.json")
+FINE_TUNE_METRICS = Path("metrics/fine_tune.json")
+EVALUATE_METRICS = Path("metrics/evaluate.json")
+BREAKDOWN = Path("metrics/breakdown.csv")        # per class, or per target range
+
+TRAIN_HEAD_PLOTS = Path("plots/train_head")
+FINE_TUNE_PLOTS = Path("plots/fine_tune")
+EVALUATE_PLOTS = Path("plots/evaluate")
+
+SPLITS = ("train", "val", "test")
+
+
+def split_array(folder: Path, split: str, kind: str) -> Path:
+    """`kind` is images, targets or features: e.g. data/normalized/train_images.npy."""
+    return folder / f"{split}_{kind}.npy"

@@ -1,0 +1,110 @@
+"""Test metrics, breakdown tables and figures for one task (scikit-learn and matplotlib, no TensorFlow).
+
+`predictions` maps a model name (head, fine_tuned) to its test predictions in the original unit
+(class names, or target values).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+plt.rcParams["svg.hashsalt"] = "0"  # no random ids in figures
+
+
+def classification_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(actual, predicted, average="macro", zero_division=0)
+    return {"accuracy": skm.accuracy_score(actual, predicted), "precision_macro": precision, "recall_macro": recall, "f1_macro": f1}
+
+
+def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
+    return {"mae": skm.mean_absolute_error(actual, predicted), "rmse": float(np.sqrt(skm.mean_squared_error(actual, predicted))),
+            "r2": skm.r2_score(actual, predicted)}
+
+
+def summary(actual: np.ndarray, predictions: dict, encoding: dict) -> dict:
+    """{'head': {...}, 'fine_tuned': {...}} (+ 'baseline': constant training-mean predictor, regression)."""
+    score = classification_metrics if encoding["task"] == "classification" else regression_metrics
+    result = {name: score(actual, predicted) for name, predicted in predictions.items()}
+    if encoding["task"] == "regression":
+        result["baseline"] = score(actual, np.full(len(actual), encoding["mean"]))
+    result["test_images"] = len(actual)
+    return rounded(result)
+
+
+def rounded(value):
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return round(float(value), 6) if isinstance(value, (float, np.floating)) else value
+
+
+def target_ranges(actual: np.ndarray, n: int = 5) -> pd.Series:
+    """Quantile ranges of the target ('[1, 12)', ...), for residuals by target range."""
+    edges = np.unique(np.quantile(actual, np.linspace(0, 1, n + 1)))
+    bins = np.clip(np.searchsorted(edges, actual, side="right") - 1, 0, len(edges) - 2)
+    return pd.Series([f"[{edges[b]:.4g}, {edges[b + 1]:.4g}{']' if b == len(edges) - 2 else ')'}" for b in bins])
+
+
+def breakdown(actual: np.ndarray, predictions: dict, encoding: dict) -> pd.DataFrame:
+    """Per class (precision, recall, F1, support) or per target range (MAE, mean residual), per model."""
+    frames = []
+    for name, predicted in predictions.items():
+        if encoding["task"] == "classification":
+            classes = encoding["classes"]
+            p, r, f, s = skm.precision_recall_fscore_support(actual, predicted, labels=classes, zero_division=0)
+            frame = pd.DataFrame({"model": name, "class": classes, "precision": p, "recall": r, "f1": f, "support": s})
+        else:
+            residual = pd.Series(predicted - actual)
+            grouped = residual.groupby(target_ranges(actual), sort=False)
+            frame = pd.DataFrame({"model": name, "mae": grouped.apply(lambda r: r.abs().mean()),
+                                  "mean_residual": grouped.mean(), "count": grouped.size()}).rename_axis("target_range").reset_index()
+            frame = frame.sort_values("target_range", key=lambda s: s.str.slice(1).str.split(",").str[0].astype(float))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def confusion_figure(actual, predictions: dict, classes: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(predictions), figsize=(6 * len(predictions), 5.5), squeeze=False)
+    for ax, (name, predicted) in zip(axes[0], predictions.items()):
+        skm.ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=classes, ax=ax, colorbar=False,
+                                                   xticks_rotation="vertical", include_values=len(classes) <= 20)
+        ax.set_title(f"{name}: accuracy {skm.accuracy_score(actual, predicted):.3f}")
+    save_figure(fig, path)
+
+
+def regression_figures(actual, predictions: dict, folder: Path) -> None:
+    fig, axes = plt.subplots(1, len(predictions), figsize=(6 * len(predictions), 5.5), squeeze=False)
+    low, high = float(np.min(actual)), float(np.max(actual))
+    for ax, (name, predicted) in zip(axes[0], predictions.items()):
+        ax.scatter(actual, predicted, s=8, alpha=0.5)
+        ax.plot([low, high], [low, high], color="black", linewidth=1, label="identity")
+        ax.set(xlabel="actual", ylabel="predicted", title=f"{name}: MAE {skm.mean_absolute_error(actual, predicted):.3g}")
+        ax.legend()
+    save_figure(fig, folder / "predicted_vs_actual.png")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ranges = target_ranges(actual)
+    order = sorted(ranges.unique(), key=lambda s: float(s[1:].split(",")[0]))
+    for offset, (name, predicted) in zip((-0.2, 0.2), predictions.items()):
+        residual = pd.Series(predicted - actual)
+        ax.boxplot([residual[ranges == r] for r in order], positions=np.arange(len(order)) + offset, widths=0.35,
+                   showfliers=False, label=name, patch_artist=True, boxprops={"facecolor": "C0" if offset < 0 else "C1"})
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xticks(np.arange(len(order)), order)
+    ax.set(xlabel="actual target range", ylabel="predicted - actual", title="Residuals by target range")
+    ax.legend()
+    save_figure(fig, folder / "residuals_by_range.png")
+
+
+def save_figure(fig, path: Path) -> None:
+    from lib import files
+
+    with files.atomic_path(path) as tmp:
+        fig.tight_layout()
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,47 @@
+"""Targets <-> numbers: class names to indices, or a numeric target standardized with training statistics.
+
+The encoding is saved as JSON (data/normalized/encoding.json, copied next to the model) and is the
+only place later stages learn the class order or the target's mean and std.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def fit(train_labels: pd.Series, task: str) -> dict:
+    if task == "classification":
+        return {"task": task, "classes": sorted(train_labels.astype(str).unique())}
+    values = train_labels.astype(float)
+    std = float(values.std(ddof=0))
+    return {"task": task, "mean": float(values.mean()), "std": std if std > 0 else 1.0}
+
+
+def encode(labels: pd.Series, encoding: dict) -> np.ndarray:
+    if encoding["task"] == "classification":
+        index = {name: i for i, name in enumerate(encoding["classes"])}
+        return labels.astype(str).map(index).to_numpy(dtype=np.int32)
+    return ((labels.astype(float) - encoding["mean"]) / encoding["std"]).to_numpy(dtype=np.float32)
+
+
+def decode(encoded: np.ndarray, encoding: dict) -> np.ndarray:
+    """The inverse of encode: class indices -> names, standardized values -> the original unit."""
+    if encoding["task"] == "classification":
+        return np.asarray(encoding["classes"])[encoded]
+    return np.asarray(encoded, dtype=np.float64).reshape(-1) * encoding["std"] + encoding["mean"]
+
+
+def from_head(outputs: np.ndarray, encoding: dict) -> np.ndarray:
+    """Head outputs (class probabilities, or the standardized target) -> class names or target values."""
+    return decode(np.argmax(outputs, axis=-1) if encoding["task"] == "classification" else outputs, encoding)
+
+
+def from_model(outputs: np.ndarray, encoding: dict) -> np.ndarray:
+    """Outputs of the exported model, which already gives regression targets in their unit."""
+    if encoding["task"] == "classification":
+        return from_head(outputs, encoding)
+    return np.asarray(outputs, dtype=np.float64).reshape(-1)
+
+
+def n_outputs(encoding: dict) -> int:
+    return len(encoding["classes"]) if encoding["task"] == "classification" else 1

@@ -1,0 +1,115 @@
+"""Compiling and fitting (TensorFlow/Keras): seeds, optimizer, task-specific loss and metrics, history.
+
+Classification: softmax + sparse cross-entropy, accuracy, early stopping on val_loss.
+Regression: linear unit on the standardized target, MSE or Huber, MAE reported in the target's own
+unit, early stopping on val_mae.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from lib import files
+
+
+def make_deterministic(seed: int) -> None:
+    """Same inputs and params -> same weights, bit for bit (Python, NumPy and TF seeds; deterministic ops)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimizers.Optimizer:
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=lr)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def target_unit_mae(std: float) -> keras.metrics.Metric:
+    """MAE of a standardized target, reported in the target's own unit (years, not std devs)."""
+    def mae(y_true, y_pred):
+        y_true = keras.ops.reshape(keras.ops.cast(y_true, y_pred.dtype), keras.ops.shape(y_pred))
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1) * std
+    return keras.metrics.MeanMetricWrapper(mae, name="mae")
+
+
+def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer) -> None:
+    if encoding["task"] == "classification":
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        model.compile(optimizer=opt, loss="huber" if loss == "huber" else "mse", metrics=[target_unit_mae(encoding["std"])])
+
+
+def metric_name(encoding: dict) -> str:
+    return "accuracy" if encoding["task"] == "classification" else "mae"
+
+
+def monitor(encoding: dict) -> str:
+    return "val_loss" if encoding["task"] == "classification" else "val_mae"
+
+
+def fit(model, train, val, epochs: int, patience: int, encoding: dict, batch_size: int | None = None) -> pd.DataFrame:
+    """Fit with early stopping (best epoch restored); one log line per epoch. -> history per epoch."""
+    if epochs == 0:
+        return pd.DataFrame(columns=["epoch"])
+    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
+                                               mode="min")] if patience > 0 else []
+    x, y = train if isinstance(train, tuple) else (train, None)
+    history = model.fit(x, y, validation_data=val, epochs=epochs, batch_size=batch_size, callbacks=callbacks,
+                        shuffle=True, verbose=2)
+    frame = pd.DataFrame(history.history)
+    frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def best_epoch(history: pd.DataFrame, encoding: dict) -> dict:
+    """The restored epoch's figures: {'best_epoch', 'epochs_run', 'train_<m>', 'val_<m>', 'train_loss', 'val_loss'}."""
+    if history.empty:
+        return {"best_epoch": 0, "epochs_run": 0}
+    best = history.loc[history[monitor(encoding)].idxmin()]
+    m = metric_name(encoding)
+    return {"best_epoch": int(best["epoch"]), "epochs_run": len(history),
+            f"train_{m}": round(float(best[m]), 6), f"val_{m}": round(float(best[f"val_{m}"]), 6),
+            "train_loss": round(float(best["loss"]), 6), "val_loss": round(float(best["val_loss"]), 6)}
+
+
+def write_curves(history: pd.DataFrame, folder, encoding: dict) -> None:
+    """Learning curves for `dvc plots`: <folder>/loss.csv and <folder>/<accuracy|mae>.csv, columns epoch, train, val."""
+    for name in ("loss", metric_name(encoding)):
+        curve = pd.DataFrame({"epoch": history["epoch"], "train": history.get(name, []), "val": history.get(f"val_{name}", [])})
+        files.write_csv(folder / f"{name}.csv", curve)
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of a memory-mapped uint8 image array: memory holds a batch, not the dataset.
+
+    With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images, self.targets, self.batch_size, self.seed = images, targets, batch_size, seed
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        if self.seed is None:
+            return np.arange(len(self.images))
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        x = np.asarray(self.images[rows], dtype=np.float32)
+        return x if self.targets is None else (x, self.targets[rows])
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self._order()

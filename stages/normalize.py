@@ -1,0 +1,44 @@
+"""Stage normalize: snapshot + split -> fixed-size uint8 image arrays per split, encoded targets.
+
+Images are resized to normalize.image_size (aspect kept: crop or pad) and stored as raw uint8
+pixels in memory-mappable .npy files; pixel scaling happens inside the model. Class order (or the
+target's training mean/std) is saved to encoding.json.
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from lib import files, images, params, paths, targets
+from lib.errors import run
+
+BATCH = 256
+
+
+def main():
+    p = params.load()
+    manifest = pd.read_csv(paths.MANIFEST, dtype={"label": str if p.data.task == "classification" else float})
+    split = pd.read_csv(paths.SPLIT)["split"]
+    pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
+    enc = targets.fit(manifest.loc[split == "train", "label"], p.data.task)
+    size = p.normalize.image_size
+
+    def resized(row) -> np.ndarray:
+        h, w = row.stored_height, row.stored_width
+        return images.fit(np.asarray(pixels[row.offset:row.offset + h * w * 3]).reshape(h, w, 3), size, p.normalize.resize)
+
+    with ThreadPoolExecutor(p.ingest.workers) as pool:
+        for name in paths.SPLITS:
+            rows = manifest[split == name]
+            with files.npy_writer(paths.split_array(paths.NORMALIZED, name, "images"), (len(rows), size, size, 3), np.uint8) as out:
+                for start in tqdm(range(0, len(rows), BATCH), desc=f"normalize: {name}", unit="batch"):
+                    batch = rows.iloc[start:start + BATCH]
+                    out[start:start + len(batch)] = np.stack(list(pool.map(resized, batch.itertuples())))
+            files.save_npy(paths.split_array(paths.NORMALIZED, name, "targets"), targets.encode(rows["label"], enc))
+    files.write_json(paths.ENCODING, enc)
+    print(f"normalize: {size}x{size} ({p.normalize.resize}) -> {paths.NORMALIZED}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,23 @@
+"""Stage split: manifest -> train/val/test assignment, stratified by class (or target bin), seeded.
+
+Identical images (same content hash) always land in the same split.
+"""
+import pandas as pd
+
+from lib import files, params, paths, splitting
+from lib.errors import PipelineError, run
+
+
+def main():
+    p = params.load()
+    manifest = pd.read_csv(paths.MANIFEST, dtype={"label": str if p.data.task == "classification" else float})
+    if p.data.task == "classification" and manifest["label"].nunique() < 2:
+        raise PipelineError(f"data.source has only one class ({manifest['label'].iloc[0]!r}); classification needs at least 2")
+    stratum = splitting.strata(manifest, p.data.task, p.split.bins)
+    split = splitting.assign(manifest, stratum, p.split.val, p.split.test, p.split.seed)
+    files.write_csv(paths.SPLIT, pd.DataFrame({"path": manifest["path"], "split": split}))
+    print("split:", ", ".join(f"{name} {int((split == name).sum())}" for name in paths.SPLITS))
+
+
+if __name__ == "__main__":
+    run(main)
