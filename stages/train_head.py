@@ -1,4 +1,6 @@
 """Stage train-head: stored features -> a trained dense head (no images, no base forward pass)."""
+import math
+
 from lib import files, models, params, paths, targets, training
 from lib.errors import run
 
@@ -11,7 +13,8 @@ def main():
     x_train, y_train, x_val, y_val = (files.load_npy(paths.split_array(paths.FEATURES, split, kind))
                                       for split in ("train", "val") for kind in ("features", "targets"))
     head = models.build_head(x_train.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
-    training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr))
+    training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
+                                                                     total_steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)))
     history = training.fit(head, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.patience, encoding, cfg.batch_size)
     models.save(head, paths.HEAD_MODEL)
     training.write_curves(history, paths.TRAIN_HEAD_PLOTS, encoding)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -31,11 +32,12 @@ def build_base(name: str, alpha: float, weights: str) -> keras.Model:
     cache (~/.keras/models) or downloads it.
     """
     keras_weights = "imagenet" if weights == "imagenet" else None
+    application = keras.applications.MobileNetV2 if name == "mobilenet_v2" else keras.applications.VGG16
+    options = {"alpha": alpha} if name == "mobilenet_v2" else {}
     try:
-        if name == "mobilenet_v2":
-            base = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=alpha, include_top=False, weights=keras_weights)
-        else:
-            base = keras.applications.VGG16(input_shape=(None, None, 3), include_top=False, weights=keras_weights)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Weights for input shape")  # intended: any input size
+            base = application(input_shape=(None, None, 3), include_top=False, weights=keras_weights, **options)
     except ValueError as exc:
         raise PipelineError(f"base.name={name}, base.alpha={alpha:g}, base.weights={weights}: {exc}") from None
     except Exception as exc:  # the download failed: no network and nothing in the Keras cache

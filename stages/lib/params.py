@@ -92,6 +92,7 @@ class Fit(Section):
     patience: int = Field(ge=0)
     seed: int = Field(ge=0)
     loss: Literal["auto", "mse", "huber"]
+    schedule: Literal["constant", "cosine"]
 
 
 class TrainHead(Fit):

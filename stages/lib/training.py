@@ -22,7 +22,10 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimizers.Optimizer:
+def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0) -> keras.optimizers.Optimizer:
+    """`schedule: cosine` decays the learning rate from `lr` to 0 over `total_steps` (epochs x batches)."""
+    if schedule == "cosine" and total_steps > 0:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     if name == "rmsprop":

@@ -1,0 +1,94 @@
+"""Shared fixtures: real small images written by Pillow, the offline Keras cache, a project copy."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def keras_cache():
+    """Seed ~/.keras/models with the offline ImageNet weights from ../shared (as .ci/run does)."""
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    for weights in (SHARED / "keras" / "models").glob("*.h5"):
+        if not (cache / weights.name).exists():
+            shutil.copy(weights, cache / weights.name)
+    return cache
+
+
+def make_image(path: Path, color, size=(40, 30), mode="RGB", fmt=None, noise_seed=0) -> Path:
+    """A real image file: a colored field with some texture, so classes are learnable."""
+    rng = np.random.default_rng(noise_seed)
+    base = np.array(color, dtype=np.float64)
+    pixels = np.clip(base + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def class_folder(tmp_path) -> Path:
+    """Three classes (red, green, blue) of 12 small JPEG/PNG images each."""
+    root = tmp_path / "images"
+    colors = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    for c, (name, color) in enumerate(colors.items()):
+        for i in range(12):
+            make_image(root / name / f"img_{i:02d}.{'jpg' if i % 2 else 'png'}", color, noise_seed=100 * c + i)
+    return root
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_project(tmp_path: Path, params_override: dict) -> Path:
+    """Copy the project into a fresh git + DVC repository with the given params overrides committed."""
+    import yaml
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, project / name)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in params_override.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / ".gitignore").write_text("__pycache__/\n*.tmp\n")
+    run(["git", "init", "-q"], project)
+    run(["git", "config", "user.email", "test@example.com"], project)
+    run(["git", "config", "user.name", "test"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "init"], project)
+    return project
+
+
+# Small, fast settings for end-to-end runs: tiny images, one epoch.
+FAST = {
+    "normalize.image_size": 32,
+    "augment.copies": 1,
+    "train_head.epochs": 2,
+    "fine_tune.epochs": 1,
+    "fine_tune.unfreeze_from": "block_16_expand",
+}

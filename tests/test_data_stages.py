@@ -1,0 +1,175 @@
+"""Unit tests of the TensorFlow-free stage logic: sources, decoding, splitting, targets, augmentation."""
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import make_image
+from lib import augmentation, images, splitting, sources, targets
+from lib.errors import PipelineError
+
+MAX_PIXELS = 50_000_000
+
+
+def decode_file(path, max_short_side=256):
+    return images.decode(path.read_bytes(), max_short_side, MAX_PIXELS)
+
+
+def test_class_folders_lists_images_and_reports_everything_else(class_folder):
+    (class_folder / "red" / "notes.txt").write_text("hello")
+    (class_folder / "red" / ".DS_Store").write_bytes(b"\0\1")
+    (class_folder / "README.md").write_text("top-level file")
+    make_image(class_folder / "blue" / "nested" / "deep.PNG", (0, 0, 255))
+    items, skipped = sources.class_folders(class_folder)
+    assert len(items) == 37 and {i.label for i in items} == {"red", "green", "blue"}
+    assert "blue/nested/deep.PNG" in {i.path for i in items}, "nested folders belong to their class; extensions are case-blind"
+    reasons = {s.path: s.reason for s in skipped}
+    assert reasons["red/.DS_Store"] == "hidden file"
+    assert reasons["red/notes.txt"].startswith("not an image file extension")
+    assert reasons["README.md"] == "file outside any class folder"
+
+
+def test_symlink_leaving_the_root_is_skipped(class_folder, tmp_path):
+    outside = make_image(tmp_path / "outside.png", (1, 2, 3))
+    (class_folder / "red" / "link.png").symlink_to(outside)
+    _, skipped = sources.class_folders(class_folder)
+    assert {s.path: s.reason for s in skipped}["red/link.png"] == "link points outside data.source"
+
+
+def test_decode_makes_rgb_upright_and_bounded(tmp_path):
+    gray = make_image(tmp_path / "gray.png", (90, 90, 90), size=(50, 20), mode="L")
+    pixels, size = decode_file(gray)
+    assert pixels.shape == (20, 50, 3) and pixels.dtype == np.uint8 and size == (50, 20)
+
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red -> white
+    rgba.save(tmp_path / "alpha.png")
+    assert (decode_file(tmp_path / "alpha.png")[0] == 255).all()
+
+    big = make_image(tmp_path / "big.jpg", (10, 200, 10), size=(900, 600))
+    pixels, size = decode_file(big, max_short_side=100)
+    assert size == (900, 600) and min(pixels.shape[:2]) == 100 and pixels.shape[1] == 150
+
+    rotated = Image.new("RGB", (60, 30), (0, 0, 255))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    assert decode_file(tmp_path / "rotated.jpg")[0].shape == (60, 30, 3)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty file"),
+    (b"<html>not an image</html>", "not a readable image"),
+])
+def test_unusable_files_say_why(tmp_path, content, reason):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(content)
+    with pytest.raises(images.Unusable, match=reason):
+        decode_file(path)
+
+
+def test_truncated_jpeg_is_unusable(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    with pytest.raises(images.Unusable, match="corrupt or truncated"):
+        images.decode(buffer.getvalue()[:400], 256, MAX_PIXELS)
+
+
+def test_fit_crop_and_pad_keep_the_aspect():
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, :10] = 255  # white stripe on the left quarter
+    cropped = images.fit(wide, 16, "crop")
+    padded = images.fit(wide, 16, "pad")
+    assert cropped.shape == padded.shape == (16, 16, 3)
+    assert cropped[:, 0].mean() < 10, "center crop cuts the left stripe off"
+    assert padded[0].max() == 0 and padded[8, 0].min() > 200, "pad keeps the stripe and adds black bars"
+
+
+def test_csv_manifest_skips_bad_rows_and_rejects_missing_columns(tmp_path):
+    make_image(tmp_path / "data" / "a.png", (1, 1, 1))
+    make_image(tmp_path / "outside.png", (1, 1, 1))
+    csv = tmp_path / "data" / "labels.csv"
+    pd.DataFrame({"image": ["a.png", "a.png", "a.png", "../outside.png", "nope.png", ""],
+                  "age": ["3", "", "inf", "4", "5", "6"]}).to_csv(csv, index=False)
+    items, skipped = sources.list_source(str(csv), "regression", "image", "age")
+    assert [(i.path, i.label) for i in items] == [("a.png", 3.0)]
+    assert [s.reason for s in skipped] == ["row 3: target is missing", "row 4: target 'inf' is not a finite number",
+                                           "row 5: path escapes the CSV's folder", "row 6: file not found",
+                                           "row 7: image path is missing"]
+    with pytest.raises(PipelineError, match="has no column 'years'.*data.target_column.*image, age"):
+        sources.list_source(str(csv), "regression", "image", "years")
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        sources.list_source(str(tmp_path / "nowhere"), "classification", "image", "label")
+    with pytest.raises(PipelineError, match="needs a CSV"):
+        sources.list_source(str(tmp_path), "regression", "image", "label")
+
+
+def manifest(labels, hashes=None):
+    return pd.DataFrame({"label": labels, "sha256": hashes or [f"h{i}" for i in range(len(labels))]})
+
+
+def test_split_is_stratified_seeded_and_keeps_duplicates_together():
+    labels = ["a"] * 50 + ["b"] * 30
+    hashes = [f"h{i}" for i in range(80)]
+    hashes[1] = hashes[2] = hashes[3] = "dup"  # three copies of one image
+    m = manifest(labels, hashes)
+    split = splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
+    assert split.iloc[1] == split.iloc[2] == split.iloc[3]
+    counts = pd.crosstab(m["label"], split)
+    assert counts.loc["b"].to_dict() == {"test": 6, "train": 18, "val": 6}
+    assert split.equals(splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0))
+    assert not split.equals(splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=1))
+
+
+def test_split_rejects_a_class_too_small():
+    m = manifest(["a"] * 20 + ["tiny"] * 2)
+    with pytest.raises(PipelineError, match=r"'tiny' has 2 distinct images.*need at least 3"):
+        splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
+
+
+def test_regression_split_covers_the_target_range():
+    m = manifest(list(np.linspace(1, 100, 200)))
+    split = splitting.assign(m, splitting.strata(m, "regression", 10), 0.2, 0.2, seed=0)
+    for name in ("val", "test"):
+        values = m.loc[split == name, "label"]
+        assert values.min() < 11 and values.max() > 90
+
+
+def test_targets_encoding_round_trips_with_training_statistics():
+    enc = targets.fit(pd.Series([10.0, 20.0, 30.0]), "regression")
+    assert enc["mean"] == 20.0 and np.isclose(enc["std"], np.std([10, 20, 30]))
+    encoded = targets.encode(pd.Series([20.0, 40.0]), enc)
+    assert np.allclose(targets.decode(encoded, enc), [20.0, 40.0])
+    classes = targets.fit(pd.Series(["cat", "ant", "cat"]), "classification")
+    assert classes["classes"] == ["ant", "cat"]
+    assert list(targets.from_head(np.array([[0.9, 0.1], [0.2, 0.8]]), classes)) == ["ant", "cat"]
+
+
+def augment_cfg(**overrides):
+    cfg = dict(horizontal_flip=True, rotation=20, width_shift=0.1, height_shift=0.1, shear=10, zoom=0.1)
+    return SimpleNamespace(**cfg | overrides)
+
+
+def test_augmentation_is_seeded_and_identity_without_knobs():
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    first = augmentation.variant(image, augment_cfg(), (0, 1, 0))
+    assert first.shape == image.shape and first.dtype == np.uint8
+    assert np.array_equal(first, augmentation.variant(image, augment_cfg(), (0, 1, 0)))
+    assert not np.array_equal(first, augmentation.variant(image, augment_cfg(), (0, 1, 1)))
+    still = augment_cfg(horizontal_flip=False, rotation=0, width_shift=0, height_shift=0, shear=0, zoom=0)
+    assert np.array_equal(augmentation.variant(image, still, (0, 0, 0)), image)
+
+
+def test_horizontal_flip_mirrors():
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, :2] = 255
+    flip_only = augment_cfg(rotation=0, width_shift=0, height_shift=0, shear=0, zoom=0)
+    variants = [augmentation.variant(image, flip_only, (0, 0, c)) for c in range(8)]
+    assert any(v[:, -2:].min() == 255 and v[:, :2].max() == 0 for v in variants)

@@ -1,0 +1,75 @@
+"""The networks: base variants, preprocessing, head, unfreezing with frozen BatchNormalization, saving."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from lib import models, training
+from lib.errors import PipelineError
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return models.build_base("mobilenet_v2", 0.35, "imagenet")
+
+
+def test_imagenet_weights_come_from_the_offline_cache(mobilenet):
+    random_init = models.build_base("mobilenet_v2", 0.35, "none")
+    first_conv = mobilenet.get_layer("Conv1").get_weights()[0]
+    assert first_conv.shape == (3, 3, 3, 16)
+    assert not np.allclose(first_conv, random_init.get_layer("Conv1").get_weights()[0])
+
+
+def test_vgg16_builds_with_caffe_preprocessing_and_random_weights():
+    # ImageNet VGG16 weights cannot be downloaded here; the loading path is the same keras.applications call.
+    base = models.build_base("vgg16", 1.0, "none")
+    extractor = models.feature_extractor(base, "vgg16", 32, "flatten")
+    assert extractor.output.shape[-1] == 512  # 32 px -> 1x1x512 after five poolings
+    to_bgr = extractor.get_layer("rgb_to_bgr_minus_mean")
+    out = to_bgr(np.array([[10.0, 20.0, 30.0]], np.float32)).numpy()
+    assert np.allclose(out, [[30 - 103.939, 20 - 116.779, 10 - 123.68]], atol=1e-4)
+
+
+def test_base_weights_from_a_file(tmp_path, mobilenet):
+    path = tmp_path / "base.weights.h5"
+    mobilenet.save_weights(path)
+    loaded = models.build_base("mobilenet_v2", 0.35, str(path))
+    assert np.allclose(loaded.get_layer("Conv_1").get_weights()[0], mobilenet.get_layer("Conv_1").get_weights()[0])
+
+
+def test_unfreeze_from_keeps_batchnorm_frozen_and_rejects_unknown_layers(mobilenet):
+    count = models.unfreeze_from(mobilenet, "block_16_expand")
+    trainable = [layer for layer in mobilenet.layers if layer.trainable and layer.weights]
+    assert trainable and all(not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    assert {layer.name for layer in trainable} == {"block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"}
+    assert count == 4
+    assert not mobilenet.get_layer("block_15_expand").trainable
+    with pytest.raises(PipelineError, match="'block_99' is not a layer.*block_16_expand"):
+        models.unfreeze_from(mobilenet, "block_99")
+
+
+def test_frozen_batchnorm_stays_in_inference_mode_during_fit(mobilenet):
+    extractor = models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg")
+    model = models.assemble(extractor, models.build_head(1280, 8, 0.0, 2, "classification"))
+    models.unfreeze_from(mobilenet, "block_16_expand")
+    bn = mobilenet.get_layer("block_16_project_BN")
+    before = [w.copy() for w in bn.get_weights()]
+    training.compile_for(model, {"task": "classification"}, "auto", training.optimizer("sgd", 0.01, 0.9))
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    model.fit(x, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
+    for old, new in zip(before, bn.get_weights()):
+        assert np.array_equal(old, new), "moving mean/variance must not move"
+
+
+def test_regression_export_outputs_the_target_unit_and_saves_reproducibly(tmp_path, mobilenet):
+    head = models.build_head(1280, 4, 0.0, 1, "regression")
+    model = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), head)
+    exported = models.export(model, {"task": "regression", "mean": 40.0, "std": 10.0})
+    x = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    assert np.allclose(exported.predict(x, verbose=0), model.predict(x, verbose=0) * 10 + 40, atol=1e-4)
+    models.save(exported, tmp_path / "a.keras")
+    models.save(exported, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
+    assert np.allclose(loaded.predict(x, verbose=0), exported.predict(x, verbose=0), atol=1e-5)
