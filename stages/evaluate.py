@@ -22,9 +22,8 @@ def main():
     summary = reports.summary(actual, predictions, encoding)
     files.write_json(paths.EVALUATE_METRICS, summary)
     files.write_csv(paths.BREAKDOWN, reports.breakdown(actual, predictions, encoding))
-    folder = paths.EVALUATE_PLOTS / encoding["task"]
     for name, predicted in predictions.items():
-        files.write_csv(folder / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}))
+        files.write_csv(paths.EVALUATE_PLOTS / "predictions" / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}))
     if encoding["task"] == "classification":
         reports.confusion_figure(actual, predictions, encoding["classes"], paths.EVALUATE_PLOTS / "figures" / "confusion.png")
     else:

@@ -22,7 +22,7 @@ def main():
     print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up (BatchNormalization frozen)")
     train = training.ImageBatches(*(files.load_npy(paths.split_array(paths.AUGMENTED, "train", kind), mmap=True) for kind in ("images", "targets")),
                                   batch_size=cfg.batch_size, seed=cfg.seed)
-    opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train))
+    opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
     training.compile_for(model, encoding, cfg.loss, opt)
     val = training.ImageBatches(*(files.load_npy(paths.split_array(paths.NORMALIZED, "val", kind), mmap=True) for kind in ("images", "targets")),
                                 batch_size=cfg.batch_size)

@@ -59,7 +59,7 @@ def test_digits_classification_repro_experiments_and_determinism(tmp_path):
     html = run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", "review"], project)
     page = (project / "review/index.html").read_text()
     for plot in ["plots/train_head/loss.csv", "plots/train_head/accuracy.csv", "plots/fine_tune/accuracy.csv",
-                 "plots/evaluate/classification/fine_tuned.csv", "confusion.png"]:
+                 "plots/evaluate/predictions/fine_tuned.csv", "confusion.png"]:
         assert plot.replace("/", "_") in page or plot in page, f"{plot} missing from dvc plots diff"
     assert "more-head-epochs" in page and "lower-lr" in page, html.stdout
 
@@ -86,7 +86,7 @@ def test_regression_from_csv_end_to_end(tmp_path):
     assert reasons == {"images/missing.png": "row 62: file not found", "images/000.png": "row 63: target 'old' is not a finite number"}
 
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
-    predictions = pd.read_csv(project / "plots/evaluate/regression/fine_tuned.csv")
+    predictions = pd.read_csv(project / "plots/evaluate/predictions/fine_tuned.csv")
     pixels = np.load(project / "data/normalized/test_images.npy").astype("float32")
     direct = model.predict(pixels, verbose=0).reshape(-1)
     assert np.allclose(direct, predictions["predicted"], rtol=1e-4, atol=1e-3), "the saved model outputs the target's unit"

@@ -22,10 +22,14 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0) -> keras.optimizers.Optimizer:
-    """`schedule: cosine` decays the learning rate from `lr` to 0 over `total_steps` (epochs x batches)."""
-    if schedule == "cosine" and total_steps > 0:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
+def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0,
+              warmup_steps: int = 0) -> keras.optimizers.Optimizer:
+    """`schedule: cosine` warms the learning rate up from 0 to `lr` over `warmup_steps`, then decays it
+    to 0 by `total_steps`. The warm-up keeps the first fine-tuning steps, where the new head sends
+    large gradients into the pretrained layers, from wrecking the ImageNet weights."""
+    if schedule == "cosine" and total_steps > warmup_steps:
+        lr = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total_steps - warmup_steps,
+                                                    warmup_target=lr, warmup_steps=warmup_steps)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     if name == "rmsprop":
