@@ -78,6 +78,7 @@ def make_project(tmp_path: Path, params_override: dict) -> Path:
     run(["git", "config", "user.email", "test@example.com"], project)
     run(["git", "config", "user.name", "test"], project)
     run(["dvc", "init", "-q"], project)
+    shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")  # the task's plot templates
     run(["dvc", "config", "core.analytics", "false"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "init"], project)

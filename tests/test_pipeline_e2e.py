@@ -53,15 +53,17 @@ def test_digits_classification_repro_experiments_and_determinism(tmp_path):
     shown = run(["dvc", "exp", "show", "--csv"], project).stdout
     assert "more-head-epochs" in shown and "head.accuracy" in shown and "fine_tuned.accuracy" in shown
 
-    exp = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0002", "-n", "lower-lr"], project)
+    exp = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0001", "-n", "lower-lr"], project)
     assert stages_run(exp.stdout) == ["fine-tune", "evaluate"]
 
-    html = run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", "review"], project)
-    page = (project / "review/index.html").read_text()
-    for plot in ["plots/train_head/loss.csv", "plots/train_head/accuracy.csv", "plots/fine_tune/accuracy.csv",
-                 "plots/evaluate/predictions/fine_tuned.csv", "confusion.png"]:
-        assert plot.replace("/", "_") in page or plot in page, f"{plot} missing from dvc plots diff"
-    assert "more-head-epochs" in page and "lower-lr" in page, html.stdout
+    run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", "review"], project)
+    assert "lower-lr_plots_evaluate_figures_confusion.png" in (project / "review/index.html").read_text()
+    plots = json.loads(run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "--json"], project).stdout)["data"]
+    for curve in ["plots/train_head/loss.csv", "plots/train_head/accuracy.csv", "plots/fine_tune/loss.csv", "plots/fine_tune/accuracy.csv"]:
+        assert plots[curve][0]["revisions"] == ["more-head-epochs", "lower-lr"]
+    confusion = plots["plots/evaluate/predictions/fine_tuned.csv"][0]
+    assert confusion["revisions"] == ["more-head-epochs", "lower-lr"] and "xy_count" in json.dumps(confusion["content"])
+    assert [image["revisions"] for image in plots["plots/evaluate/figures/confusion.png"]] == [["more-head-epochs"], ["lower-lr"]]
 
 
 def test_regression_from_csv_end_to_end(tmp_path):

@@ -133,9 +133,23 @@ def save(model: keras.Model, path: Path) -> None:
                     metadata = json.loads(data)
                     metadata.pop("date_saved", None)
                     data = json.dumps(metadata, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(renumber_shared_objects(json.loads(data))).encode()
                 dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
     with files.atomic_path(path) as tmp_path:
         tmp_path.write_bytes(buffer.getvalue())
+
+
+def renumber_shared_objects(config, ids: dict | None = None):
+    """Keras names shared objects (dtype policies) by their Python id(), which changes every run;
+    number them 1, 2, ... in order of appearance instead (same sharing, reproducible bytes)."""
+    ids = {} if ids is None else ids
+    if isinstance(config, dict):
+        return {key: ids.setdefault(value, len(ids) + 1) if key == "shared_object_id" else renumber_shared_objects(value, ids)
+                for key, value in config.items()}
+    if isinstance(config, list):
+        return [renumber_shared_objects(value, ids) for value in config]
+    return config
 
 
 def load(path: Path) -> keras.Model:
