@@ -3,7 +3,6 @@
 Head-only: the trained head on the stored test features (the base as ImageNet left it).
 Fine-tuned: models/model.keras on the raw test images, exactly as a user would load it.
 """
-import numpy as np
 import pandas as pd
 
 from lib import files, models, params, paths, reports, targets, training
@@ -15,8 +14,7 @@ def main():
     encoding = files.read_json(paths.MODEL_ENCODING)
     actual = targets.decode(files.load_npy(paths.split_array(paths.NORMALIZED, "test", "targets")), encoding)
     head_out = models.load(paths.HEAD_MODEL).predict(files.load_npy(paths.split_array(paths.FEATURES, "test", "features")), verbose=0)
-    test_images = training.ImageBatches(files.load_npy(paths.split_array(paths.NORMALIZED, "test", "images"), mmap=True), None, batch_size=64)
-    fine_out = models.load(paths.MODEL).predict(test_images, verbose=0)
+    fine_out = models.load(paths.MODEL).predict(training.image_batches(paths.NORMALIZED, "test", 64, targets=False), verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 
     summary = reports.summary(actual, predictions, encoding)

@@ -20,12 +20,10 @@ def main():
     model = models.assemble(extractor, models.load(paths.HEAD_MODEL))
     n_trainable = models.unfreeze_from(base, cfg.unfreeze_from)
     print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up (BatchNormalization frozen)")
-    train = training.ImageBatches(*(files.load_npy(paths.split_array(paths.AUGMENTED, "train", kind), mmap=True) for kind in ("images", "targets")),
-                                  batch_size=cfg.batch_size, seed=cfg.seed)
+    train = training.image_batches(paths.AUGMENTED, "train", cfg.batch_size, seed=cfg.seed)
+    val = training.image_batches(paths.NORMALIZED, "val", cfg.batch_size)
     opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
     training.compile_for(model, encoding, cfg.loss, opt)
-    val = training.ImageBatches(*(files.load_npy(paths.split_array(paths.NORMALIZED, "val", kind), mmap=True) for kind in ("images", "targets")),
-                                batch_size=cfg.batch_size)
     history = training.fit(model, train, val, cfg.epochs, cfg.patience, encoding)
     models.save(models.export(model, encoding), paths.MODEL)
     with files.atomic_path(paths.MODEL_ENCODING) as tmp:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lib import files
+from lib import files, paths
 
 
 def make_deterministic(seed: int) -> None:
@@ -120,3 +120,9 @@ class ImageBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+def image_batches(folder, split: str, batch_size: int, seed: int | None = None, targets: bool = True) -> ImageBatches:
+    """ImageBatches over `<folder>/<split>_images.npy` (and its targets), memory-mapped."""
+    images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
+    return ImageBatches(images, files.load_npy(paths.split_array(folder, split, "targets")) if targets else None, batch_size, seed)
