@@ -73,3 +73,50 @@ def test_regression_export_outputs_the_target_unit_and_saves_reproducibly(tmp_pa
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
     assert np.allclose(loaded.predict(x, verbose=0), exported.predict(x, verbose=0), atol=1e-5)
+
+
+def train_twice(images, activation_dtype, lr):
+    """Two identical fresh models, one trained end to end on images, one on cached activations.
+    -> (end-to-end model, cached-trained model, its top model, the activations)"""
+    trained_models = []
+    for cached in (False, True):
+        keras.utils.set_random_seed(0)
+        base = models.build_base("mobilenet_v2", 0.35, "imagenet")
+        head = models.build_head(1280, 8, 0.0, 3, "classification")
+        model = models.assemble(models.feature_extractor(base, "mobilenet_v2", 64, "avg"), head)
+        models.unfreeze_from(base, "block_15_expand")
+        if cached:
+            activations = models.activation_extractor(base, "mobilenet_v2", 64, "block_15_expand").predict(images, verbose=0)
+            inputs = activations.astype(activation_dtype)
+            trained = models.top_model(base, "block_15_expand", activations.shape[1:], "avg", head)
+        else:
+            inputs, trained = images, model
+        training.compile_for(trained, {"task": "classification"}, "auto", training.optimizer("sgd", lr, 0.9))
+        trained.fit(training.Batches(inputs, np.arange(len(inputs)) % 3, 8, seed=0), epochs=2, verbose=0)
+        trained_models.append(model)
+    return trained_models[0], trained_models[1], trained, inputs
+
+
+def conv_weights(model, name="block_15_expand"):
+    return models.find_base(model).get_layer(name).get_weights()[0]
+
+
+def test_fine_tuning_on_cached_activations_trains_the_same_network():
+    images = np.random.default_rng(2).uniform(0, 255, (24, 64, 64, 3)).astype("float32")
+    end_to_end, cached, _, _ = train_twice(images, np.float32, lr=0.01)
+    assert not np.allclose(conv_weights(cached), models.build_base("mobilenet_v2", 0.35, "imagenet").get_layer("block_15_expand").get_weights()[0])
+    assert np.array_equal(conv_weights(end_to_end), conv_weights(cached)), "same network, same data: same weights, bit for bit"
+
+    end_to_end, cached, top, activations = train_twice(images, np.float16, lr=0.001)  # as stored: rounding only
+    assert np.allclose(conv_weights(end_to_end), conv_weights(cached), atol=1e-3)
+    # The saved (full) model computes what the trained top computes: they share their weights.
+    assert np.allclose(cached.predict(images, verbose=0), top.predict(activations.astype("float32"), verbose=0), atol=2e-3)
+    assert np.allclose(end_to_end.predict(images, verbose=0), cached.predict(images, verbose=0), atol=1e-2)
+
+
+def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(mobilenet):
+    with pytest.raises(PipelineError, match="residual connection.*block_11_expand"):
+        models.split_base(mobilenet, "block_11_depthwise")
+    bottom, top = models.split_base(mobilenet, "block_11_expand")
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    assert np.allclose(top.predict(bottom.predict(x, verbose=0), verbose=0), mobilenet.predict(x, verbose=0), atol=1e-5)

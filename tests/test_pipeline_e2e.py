@@ -13,7 +13,7 @@ from conftest import FAST, make_image, make_project, run
 
 pytestmark = pytest.mark.e2e
 
-ALL_STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "train-head", "fine-tune", "evaluate"]
+ALL_STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "extract-activations", "train-head", "fine-tune", "evaluate"]
 
 
 def stages_run(output: str) -> list[str]:
@@ -54,7 +54,9 @@ def test_digits_classification_repro_experiments_and_determinism(tmp_path):
     assert "more-head-epochs" in shown and "head.accuracy" in shown and "fine_tuned.accuracy" in shown
 
     exp = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0001", "-n", "lower-lr"], project)
-    assert stages_run(exp.stdout) == ["fine-tune", "evaluate"]
+    assert stages_run(exp.stdout) == ["fine-tune", "evaluate"], "the cached activations do not depend on the learning rate"
+    exp = run(["dvc", "exp", "run", "-S", "fine_tune.unfreeze_from=block_15_expand", "-n", "deeper-cut"], project)
+    assert stages_run(exp.stdout) == ["extract-activations", "fine-tune", "evaluate"], "a new cut needs new activations"
 
     run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", "review"], project)
     assert "lower-lr_plots_evaluate_figures_confusion.png" in (project / "review/index.html").read_text()
@@ -78,7 +80,8 @@ def test_regression_from_csv_end_to_end(tmp_path):
     rows.append({"image": "images/000.png", "age": "old"})
     pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
     project = make_project(tmp_path, FAST | {"data.source": str(folder / "labels.csv"), "data.task": "regression",
-                                             "data.target_column": "age", "split.bins": 3, "train_head.epochs": 5})
+                                             "data.target_column": "age", "split.bins": 3, "train_head.epochs": 5,
+                                             "fine_tune.cache_activations": False})  # end to end, on images
     out = run(["dvc", "repro"], project)
     assert stages_run(out.stdout) == ALL_STAGES
     metrics = json.loads((project / "metrics/evaluate.json").read_text())

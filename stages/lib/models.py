@@ -97,6 +97,13 @@ def export(model: keras.Model, encoding: dict) -> keras.Model:
     return keras.Model(model.input, outputs, name=model.name)
 
 
+def check_layer(base: keras.Model, layer_name: str) -> None:
+    names = [layer.name for layer in base.layers]
+    if layer_name not in names:
+        blocks = [n for n in names if n.endswith(("_expand", "_conv1", "Conv_1", "_project"))] or names
+        raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r} is not a layer of {base.name}; for example: {', '.join(blocks)}")
+
+
 def unfreeze_from(base: keras.Model, layer_name: str) -> int:
     """Make `layer_name` and every base layer after it trainable, except BatchNormalization layers.
 
@@ -104,15 +111,56 @@ def unfreeze_from(base: keras.Model, layer_name: str) -> int:
     their moving statistics intact while the convolutions around them adapt. Returns the number of
     trainable weights.
     """
-    names = [layer.name for layer in base.layers]
-    if layer_name not in names:
-        blocks = [n for n in names if n.endswith(("_expand", "_conv1", "Conv_1", "_project"))] or names
-        raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r} is not a layer of {base.name}; for example: {', '.join(blocks)}")
-    start = names.index(layer_name)
+    check_layer(base, layer_name)
+    start = [layer.name for layer in base.layers].index(layer_name)
     base.trainable = True
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
     return len(base.trainable_weights)
+
+
+def split_base(base: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
+    """The base cut at the input of `layer_name`: base(x) == top(bottom(x)), sharing its layers.
+
+    The cut must be a single tensor: no layer above it may read an activation from below it (a
+    residual connection jumping over the cut), which is true at the first layer of every block.
+    """
+    check_layer(base, layer_name)
+    top = _top(base, layer_name)
+    if top is None:
+        valid = [layer.name for layer in base.layers[1:] if not isinstance(layer, layers.BatchNormalization) and _top(base, layer.name)]
+        raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r}: a residual connection jumps over this layer, so the "
+                            f"activations below it cannot be cached; pick one of {', '.join(valid)} "
+                            "(or set fine_tune.cache_activations: false)")
+    return keras.Model(base.input, base.get_layer(layer_name).input, name="base_bottom"), top
+
+
+def _top(base: keras.Model, layer_name: str) -> keras.Model | None:
+    """The layers from `layer_name` up as a model of its input, or None if they need anything from below."""
+    names = [layer.name for layer in base.layers]
+    below = set(names[:names.index(layer_name)])
+    top = keras.Model(base.get_layer(layer_name).input, base.output, name="base_top")
+    return None if any(layer.name in below for layer in top.layers) else top
+
+
+def activation_extractor(base: keras.Model, base_name: str, image_size: int, layer_name: str) -> keras.Model:
+    """Raw pixels -> the frozen base's activations at the input of `layer_name` (the fine-tune cut)."""
+    bottom, _ = split_base(base, layer_name)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    for layer in preprocessing(base_name):
+        x = layer(x)
+    return keras.Model(inputs, bottom(x, training=False), name="activation_extractor")
+
+
+def top_model(base: keras.Model, layer_name: str, activation_shape: tuple, pooling_kind: str, head: keras.Model) -> keras.Model:
+    """Cached activations -> top of the base -> pooling -> head: what cached fine-tuning trains.
+
+    It shares its layers with `base`, so training it trains the full model's weights too.
+    """
+    _, top = split_base(base, layer_name)
+    inputs = keras.Input(activation_shape, name="activations")
+    return keras.Model(inputs, head(pooling(pooling_kind)(top(inputs))), name="top_model")
 
 
 def find_base(model: keras.Model) -> keras.Model:

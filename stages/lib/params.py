@@ -67,6 +67,7 @@ class Base(Section):
     name: Literal[BASE_NAMES]
     alpha: float = Field(gt=0)
     weights: str
+    precision: Literal["float32", "bfloat16"]
 
     @model_validator(mode="after")
     def weights_exist(self):
@@ -102,6 +103,7 @@ class TrainHead(Fit):
 class FineTune(Fit):
     unfreeze_from: str
     momentum: float = Field(ge=0, lt=1)
+    cache_activations: bool
 
 
 class Params(Section):

@@ -16,6 +16,9 @@ AUGMENTED = Path("data/augmented")          # train_images.npy, train_targets.np
 
 FEATURES = Path("data/features")           # <split>_features.npy, <split>_targets.npy
 
+ACTIVATIONS = Path("data/activations")     # <split>_activations.npy (float16): the base below the fine-tune cut
+ACTIVATIONS_INFO = ACTIVATIONS / "info.json"
+
 HEAD_MODEL = Path("models/head.keras")
 MODEL = Path("models/model.keras")
 MODEL_ENCODING = Path("models/encoding.json")
@@ -36,3 +39,10 @@ SPLITS = ("train", "val", "test")
 def split_array(folder: Path, split: str, kind: str) -> Path:
     """`kind` is images, targets or features: e.g. data/normalized/train_images.npy."""
     return folder / f"{split}_{kind}.npy"
+
+
+def fine_tune_inputs(cached: bool) -> dict[str, Path]:
+    """What fine-tune trains on: cached activations, or (end to end) the augmented train and val images."""
+    if cached:
+        return {split: split_array(ACTIVATIONS, split, "activations") for split in ("train", "val")}
+    return {"train": split_array(AUGMENTED, "train", "images"), "val": split_array(NORMALIZED, "val", "images")}

@@ -7,13 +7,14 @@ unit, early stopping on val_mae.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lib import files, paths
+from lib import files
 
 
 def make_deterministic(seed: int) -> None:
@@ -92,29 +93,30 @@ def write_curves(history: pd.DataFrame, folder, encoding: dict) -> None:
         files.write_csv(folder / f"{name}.csv", curve)
 
 
-class ImageBatches(keras.utils.PyDataset):
-    """Batches of a memory-mapped uint8 image array: memory holds a batch, not the dataset.
+class Batches(keras.utils.PyDataset):
+    """Batches of a memory-mapped array (uint8 images or float16 activations) as float32, with their
+    targets: memory holds a batch, not the dataset.
 
     With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None):
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.images, self.targets, self.batch_size, self.seed = images, targets, batch_size, seed
+        self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
         self.epoch = 0
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
         if self.seed is None:
-            return np.arange(len(self.images))
-        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.images))
+            return np.arange(len(self.inputs))
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.inputs))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(len(self.inputs) / self.batch_size)
 
     def __getitem__(self, index: int):
         rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
-        x = np.asarray(self.images[rows], dtype=np.float32)
+        x = np.asarray(self.inputs[rows], dtype=np.float32)
         return x if self.targets is None else (x, self.targets[rows])
 
     def on_epoch_end(self) -> None:
@@ -122,7 +124,6 @@ class ImageBatches(keras.utils.PyDataset):
         self.order = self._order()
 
 
-def image_batches(folder, split: str, batch_size: int, seed: int | None = None, targets: bool = True) -> ImageBatches:
-    """ImageBatches over `<folder>/<split>_images.npy` (and its targets), memory-mapped."""
-    images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
-    return ImageBatches(images, files.load_npy(paths.split_array(folder, split, "targets")) if targets else None, batch_size, seed)
+def batches(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None) -> Batches:
+    """Batches over the .npy `inputs` (memory-mapped) and `targets` (None: inputs only)."""
+    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed)

@@ -1,0 +1,34 @@
+"""Stage extract-activations: images -> the frozen base's activations at the fine-tune cut, once per image.
+
+Everything below fine_tune.unfreeze_from stays frozen during fine-tuning, and the augmented
+training set is fixed, so those layers give the same activations every epoch: fine-tune trains
+the top of the base + head on these (float16) instead of pushing every image through the whole
+base each epoch. Its own stage, so changing fine_tune.lr or .epochs never recomputes them;
+changing the cut, the base or the images does.
+fine_tune.cache_activations: false writes only info.json (fine-tune then runs end to end on images).
+"""
+import numpy as np
+
+from lib import files, inference, models, params, paths, training
+from lib.errors import run
+
+
+def main():
+    p = params.load()
+    cut = p.fine_tune.unfreeze_from
+    training.make_deterministic(0)
+    info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": cut, "dtype": "float16"}
+    if p.fine_tune.cache_activations:
+        base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
+        extractor = models.activation_extractor(base, p.base.name, p.normalize.image_size, cut)
+        for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED}.items():
+            images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
+            shape = inference.predict_to_npy(extractor, images, paths.split_array(paths.ACTIVATIONS, split, "activations"),
+                                             np.float16, desc=f"extract-activations: {split}")
+            info[f"{split}_shape"] = list(shape)
+        print(f"extract-activations: {p.base.name} below {cut} -> {shape[1:]} per image -> {paths.ACTIVATIONS}")
+    files.write_json(paths.ACTIVATIONS_INFO, info)
+
+
+if __name__ == "__main__":
+    run(main)
