@@ -1,0 +1,58 @@
+"""Benchmark 1: fine-tuning on cached activations vs end to end, same data, epochs and model.
+
+    python benchmarks/finetune.py              # Flowers-17, 224 px, MobileNetV2-0.35, 4 augmented copies
+
+Prepares the data and the head once (`dvc repro train-head` in a fresh clone), then runs
+extract-activations + fine-tune + evaluate with fine_tune.cache_activations true and false, and
+prints the time per epoch, the one-off cost of caching, and val/test accuracy of both.
+"""
+import argparse
+import statistics
+
+import harness
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=str(harness.FLOWERS))
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6, help="fine-tune epochs (no early stopping), same for both")
+    parser.add_argument("--image-size", type=int, default=224)
+    args = parser.parse_args()
+
+    project = harness.clone("finetune")
+    harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": args.source, "normalize.image_size": args.image_size,
+                                                          "augment.copies": args.copies, "fine_tune.epochs": args.epochs,
+                                                          "fine_tune.patience": 0})
+    print(f"preparing data and head in {project} ...", flush=True)
+    harness.run(["dvc", "repro", "train-head"], project)
+
+    results = {}
+    for cached in (True, False):
+        harness.set_params(project, {"fine_tune.cache_activations": cached})
+        extract = harness.run(["dvc", "repro", "-s", "extract-activations"], project)
+        fine_tune = harness.run(["dvc", "repro", "-s", "fine-tune"], project)
+        harness.run(["dvc", "repro", "-s", "evaluate"], project)
+        epochs = harness.epoch_seconds(fine_tune.output)
+        results[cached] = {
+            "epoch": statistics.median(epochs[1:] or epochs),  # the first epoch also traces the graph
+            "extract": extract.seconds if cached else 0.0,
+            "stage": fine_tune.seconds,
+            "val": harness.read_json(project / "metrics/fine_tune.json")["val_accuracy"],
+            "test": harness.read_json(project / "metrics/evaluate.json")["fine_tuned"]["accuracy"],
+        }
+    cached, e2e = results[True], results[False]
+    print(f"\nfine-tune on {args.source}: {args.image_size} px, {args.copies} augmented copies, {args.epochs} epochs")
+    print(f"{'':24}{'cached':>12}{'end to end':>12}")
+    print(f"{'seconds per epoch':24}{cached['epoch']:12.2f}{e2e['epoch']:12.2f}")
+    print(f"{'caching activations, s':24}{cached['extract']:12.1f}{'-':>12}")
+    print(f"{'fine-tune stage, s':24}{cached['stage']:12.1f}{e2e['stage']:12.1f}")
+    print(f"{'val accuracy':24}{cached['val']:12.4f}{e2e['val']:12.4f}")
+    print(f"{'test accuracy':24}{cached['test']:12.4f}{e2e['test']:12.4f}")
+    print(f"\nper-epoch speed-up: {e2e['epoch'] / cached['epoch']:.1f}x   "
+          f"stage speed-up incl. caching: {e2e['stage'] / (cached['stage'] + cached['extract']):.1f}x   "
+          f"test accuracy difference: {100 * (cached['test'] - e2e['test']):+.2f} points")
+
+
+if __name__ == "__main__":
+    main()

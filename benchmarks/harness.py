@@ -1,0 +1,74 @@
+"""What every benchmark needs: a fresh clone of this repository, params set in it, timed commands.
+
+Each benchmark works in its own temporary clone (only git-tracked files, like a user's fresh
+checkout), so it never touches the workspace, and times commands with their peak memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers17"
+# Flowers-17 at 224 with MobileNetV2-0.35 and ImageNet weights (the README's flowers line).
+FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "augment.horizontal_flip": True}
+
+
+@dataclass
+class Timed:
+    seconds: float
+    peak_mb: float   # peak resident memory of the command and its descendants
+    output: str
+
+
+def clone(name: str) -> Path:
+    """A fresh clone of this repository (committed files only) in a temporary folder."""
+    project = Path(tempfile.mkdtemp(prefix=f"bench-{name}-")) / "project"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    return project
+
+
+def set_params(project: Path, overrides: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd: list[str], project: Path) -> Timed:
+    """Run `cmd` in `project` with this Python's environment; wall time and peak memory (from wait4)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        output = log.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in {project}:\n{output[-3000:]}")
+    return Timed(seconds, usage.ru_maxrss / 1024, output)
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def epoch_seconds(output: str) -> list[float]:
+    """Per-epoch training time from Keras' `fit(verbose=2)` lines: `128/128 - 5s - 40ms/step - ...`."""
+    return [int(steps) * float(ms) / (1000 if unit == "ms" else 1)
+            for steps, ms, unit in re.findall(r"^(\d+)/\1 - \d+s - ([\d.]+)(ms|s)/step", output, re.M)]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
