@@ -18,7 +18,7 @@ BATCH = 256
 
 def main():
     p = params.load()
-    manifest = pd.read_csv(paths.MANIFEST, dtype={"label": str if p.data.task == "classification" else float})
+    manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     split = pd.read_csv(paths.SPLIT)["split"]
     pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
     enc = targets.fit(manifest.loc[split == "train", "label"], p.data.task)
