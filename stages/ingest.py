@@ -59,6 +59,9 @@ def main():
             raise PipelineError(f"data.source {p.data.source}: no usable image" +
                                 (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else ""))
     manifest = pd.DataFrame(rows, columns=COLUMNS)
+    if p.data.task == "classification":  # a class whose every file was skipped
+        gone = sorted({str(item.label) for item in items} - set(manifest["label"].astype(str)))
+        skipped += [sources.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]
     files.write_csv(paths.MANIFEST, manifest, float_format=None)  # regression targets keep every digit
     files.write_json(paths.DATA_REPORT, report(manifest, skipped, p.data.task))
     print(f"ingest: {len(manifest)} images, {len(skipped)} skipped (listed in {paths.DATA_REPORT}) -> {paths.INGESTED}")

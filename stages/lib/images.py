@@ -64,7 +64,7 @@ def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[
         raise
     except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses to even open it
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise Unusable(too_large(f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "too many pixels", max_pixels)) from None
+        raise Unusable(too_large(f"{int(pixels.group(1)) / 1e6:.3g} megapixels" if pixels else "too many pixels", max_pixels)) from None
     except UnidentifiedImageError:
         raise Unusable("not a readable image: the content is not JPEG, PNG, BMP, GIF, TIFF or WebP") from None
     except (OSError, SyntaxError, EOFError) as exc:
@@ -79,7 +79,7 @@ def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[
 
 def check_size(size: tuple[int, int], max_pixels: int) -> None:
     if size[0] * size[1] > max_pixels:
-        raise Unusable(too_large(f"{size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels)", max_pixels))
+        raise Unusable(too_large(f"{size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.3g} megapixels)", max_pixels))
 
 
 def too_large(shown: str, max_pixels: int) -> str:
