@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 from typing import Callable
@@ -47,8 +48,10 @@ def run(main: Callable[[], None]) -> None:
         main()
     except PipelineError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted; no output was half-written: run `dvc repro` again to finish", status=130)
+    except KeyboardInterrupt:  # the `finally` blocks have run: temporary files are gone
+        print("error: interrupted; no output was half-written: run `dvc repro` again to finish", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # skip finalizers of half-built objects (tqdm, TensorFlow) that print tracebacks
     except OSError as exc:
         if exc.errno not in OS_HINTS:
             raise
