@@ -40,8 +40,8 @@ def main():
     p = params.load()
     items, skipped = sources.list_source(p.data.source, p.data.task, p.data.path_column, p.data.target_column)
     rows, offset = [], 0
-    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(p.ingest.workers) as pool:
-        progress = tqdm(total=len(items), desc="ingest: decoding", unit="img")
+    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(p.ingest.workers) as pool, \
+            tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]
             for item, (row, result) in zip(batch, pool.map(lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch)):
@@ -52,7 +52,6 @@ def main():
                 out.write(result.tobytes())
                 offset += result.nbytes
             progress.update(len(batch))
-        progress.close()
         if not rows:  # the report is still written, so the user can see why every file was skipped
             files.write_json(paths.DATA_REPORT, report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task))
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
