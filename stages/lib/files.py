@@ -83,7 +83,7 @@ def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):
             raise PipelineError(f"{path} holds Python objects, which are never unpickled; rerun the stage that writes it") from None
         raise PipelineError(f"{path} is not a valid .npy array ({exc}); rerun the stage that writes it") from None
 
