@@ -63,5 +63,5 @@ def run(main: Callable[[], None]) -> None:
 
 
 def fail(message: str, status: int = 1) -> None:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"error: {' '.join(message.splitlines())}", file=sys.stderr)
     sys.exit(status)

@@ -16,8 +16,6 @@ from lib import paths
 from lib.errors import PipelineError
 
 BASE_NAMES = ("mobilenet_v2", "vgg16")
-
-
 MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
 
 
@@ -158,7 +156,7 @@ def describe(exc: ValidationError) -> str:
             message = err["msg"].removeprefix("Value error, ")
             whole_section = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # our validators name their keys
             lines.append(message if whole_section or not key else f"{key}: {message} (got {err.get('input')!r})")
-    return " ".join("; ".join(lines).split())
+    return " ".join("; ".join(lines).splitlines())
 
 
 def unknown_key(loc: tuple) -> str:
