@@ -269,6 +269,9 @@ def messy_folder(root: Path, outside: Path) -> dict:
     os.mkfifo(root / "ünïcode" / "fifo.png")  # reading it would block forever
     (root / "ünïcode" / "back_up").symlink_to(root / "ünïcode", target_is_directory=True)
     (root / "dots.in.name" / "notes.jpg").write_text("not a jpeg")
+    make_image(root / "with space" / 'new\nline, "quoted".png', (3, 3, 3), size=(7, 7))  # usable: CSV and JSON quote it
+    make_image(root / "dots.in.name" / os.fsdecode(b"caf\xe9.png"), (4, 4, 4))  # Latin-1 bytes, not UTF-8
+    expected["dots.in.name/caf\ufffd.png"] = "the name is not valid UTF-8; rename it"
     return expected
 
 
@@ -289,6 +292,7 @@ def test_messy_folder_lists_every_image_and_says_why_for_the_rest(tmp_path):
     assert FOUND_BY_DECODING < set(paths), "files that only decoding can judge are listed, then skipped by ingest"
     assert paths["with space/UPPER.JPEG"] == "with space" and paths["with space/nested/deeper/x.Png"] == "with space"
     assert paths["with space/inside_link.png"] == "with space" and paths["NA/linked_folder/deeper/x.Png"] == "NA"
+    assert paths['with space/new\nline, "quoted".png'] == "with space"
     assert {i.label for i in items} == {"with space", "ünïcode", "dots.in.name", "NA"}
     assert not any("secret" in p or "trash" in p or "cache" in p for p in paths)
     assert [i.path for i in items] == sorted((i.path for i in items), key=lambda p: Path(p).parts), "a stable order"
@@ -403,14 +407,15 @@ def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_pa
     skipped = {s["path"]: s["reason"] for s in report["skipped_files"]}
     reasons_match(skipped, expected)
     assert report["skipped"] == len(expected)
-    assert report["classes"] == {"NA": 6, "dots.in.name": 6, "with space": 7, "ünïcode": 6}
+    assert report["classes"] == {"NA": 6, "dots.in.name": 6, "with space": 8, "ünïcode": 6}
     assert report["duplicates"] == 2 and report["duplicates_with_different_labels"] == 2  # the links into other classes
     manifest = pd.read_csv(project / "data/ingested/manifest.csv", keep_default_na=False)
     assert manifest["label"].tolist().count("NA") == 6, "a class named NA stays a class name"
     encoding = json.loads((project / "data/normalized/encoding.json").read_text(encoding="utf-8"))
     assert encoding["classes"] == ["NA", "dots.in.name", "with space", "ünïcode"]
     counts = {name: len(np.load(project / f"data/normalized/{name}_targets.npy")) for name in ("train", "val", "test")}
-    assert sum(counts.values()) == 25 and min(counts.values()) >= 4
+    assert sum(counts.values()) == 26 and min(counts.values()) >= 4
+    assert 'with space/new\nline, "quoted".png' in pd.read_csv(project / "data/split/split.csv")["path"].tolist()
 
 
 def stage_project(tmp_path: Path, **overrides) -> Path:

@@ -76,7 +76,7 @@ def class_folders(root: Path) -> tuple[list[Item], list[Skipped]]:
     for entry in listing(root, root, skipped):
         reason = unusable_entry(entry, real_root)
         if reason:
-            skipped.append(Skipped(entry.name, reason))
+            skipped.append(Skipped(shown(entry.name), reason))
         elif entry.is_dir():
             classes.append(entry)
         else:
@@ -95,7 +95,7 @@ def walk(folder: Path, root: Path, real_root: Path, parents: set, skipped: list)
     """Image files under `folder`; everything else goes to `skipped`. `parents` (resolved) stops link loops."""
     files = []
     for entry in listing(folder, root, skipped):
-        rel = entry.relative_to(root).as_posix()
+        rel = shown(entry.relative_to(root).as_posix())
         reason = unusable_entry(entry, real_root)
         if reason:
             skipped.append(Skipped(rel, reason))
@@ -123,7 +123,9 @@ def listing(folder: Path, root: Path, skipped: list) -> list[Path]:
 
 
 def unusable_entry(entry: Path, real_root: Path) -> str | None:
-    """Why a folder entry is not even looked at: hidden, or a link leaving the root (or going nowhere)."""
+    """Why a folder entry is not even looked at: hidden, a name reports cannot hold, or a link leaving the root."""
+    if not utf8(entry.name):
+        return "the name is not valid UTF-8; rename it"
     if entry.name.startswith("."):
         return "hidden folder" if entry.is_dir() else "hidden file"
     try:
@@ -135,6 +137,19 @@ def unusable_entry(entry: Path, real_root: Path) -> str | None:
     if entry.is_symlink() and not entry.exists():
         return "broken link"
     return None
+
+
+def utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 come in as surrogates
+        return False
+    return True
+
+
+def shown(path: str) -> str:
+    """A path as the report can write it (invalid bytes become U+FFFD)."""
+    return path if utf8(path) else path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def unusable_file(file: Path) -> str | None:
