@@ -108,7 +108,7 @@ def test_every_color_mode_becomes_rgb(tmp_path):
                 "rgba.png": (255, 255, 255), "la.png": (0, 0, 0), "cmyk.jpg": (255, 0, 0), "gray16.png": (128, 128, 128),
                 "float.tif": (128, 128, 128), "rgb.bmp": red, "rgb.webp": red, "rgb.tiff": red}
     for name, im in cases.items():
-        im.save(tmp_path / name, lossless=True) if name.endswith(".webp") else im.save(tmp_path / name)
+        im.save(tmp_path / name, **({"lossless": True} if name.endswith(".webp") else {}))
         pixels, size = decode(tmp_path / name)
         assert pixels.shape == (10, 20, 3) and pixels.dtype == np.uint8 and size == (20, 10), name
         assert np.allclose(color_at(pixels, 5, 10), expected[name], atol=6), f"{name}: {color_at(pixels, 5, 10)}"
