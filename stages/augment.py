@@ -26,9 +26,10 @@ def main():
     per_image = copies + 1
     with ThreadPoolExecutor(p.ingest.workers) as pool, \
             files.npy_writer(paths.split_array(paths.AUGMENTED, "train", "images"), (len(images) * per_image, *images.shape[1:]), np.uint8) as out:
-        for start in tqdm(range(0, len(images), BATCH), desc=f"augment: {copies} copies", unit="batch"):
-            stop = min(start + BATCH, len(images))
-            out[start * per_image:stop * per_image] = np.stack([im for group in pool.map(with_variants, range(start, stop)) for im in group])
+        with tqdm(range(0, len(images), BATCH), desc=f"augment: {copies} copies", unit="batch") as batches:
+            for start in batches:
+                stop = min(start + BATCH, len(images))
+                out[start * per_image:stop * per_image] = np.stack([im for group in pool.map(with_variants, range(start, stop)) for im in group])
     files.save_npy(paths.split_array(paths.AUGMENTED, "train", "targets"), np.repeat(targets, per_image, axis=0))
     print(f"augment: {len(images)} training images -> {len(images) * per_image}")
 

@@ -14,21 +14,24 @@ from lib import files, images, params, paths, sources
 from lib.errors import PipelineError, run
 
 BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dataset size
+COLUMNS = ["path", "label", "sha256", "width", "height", "stored_height", "stored_width", "offset"]
 
 
 def load_item(item: sources.Item, max_short_side: int, max_pixels: int):
-    """-> (row dict, pixels) or (None, reason)."""
+    """-> (row dict, pixels) or (None, reason). The file is hashed in chunks and decoded lazily: a huge
+    file never sits in memory whole."""
     if item.pixels is not None:
-        data, pixels, size = item.pixels.tobytes(), item.pixels, item.pixels.shape[1::-1]
+        sha256, pixels, size = hashlib.sha256(item.pixels.tobytes()).hexdigest(), item.pixels, item.pixels.shape[1::-1]
     else:
         try:
-            data = item.file.read_bytes()
-            pixels, size = images.decode(data, max_short_side, max_pixels)
+            with open(item.file, "rb") as f:
+                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            pixels, size = images.decode(item.file, max_short_side, max_pixels)
         except OSError as exc:
-            return None, f"cannot read file ({exc.strerror})"
+            return None, f"cannot read file ({exc.strerror or exc})"
         except images.Unusable as exc:
             return None, str(exc)
-    row = {"path": item.path, "label": item.label, "sha256": hashlib.sha256(data).hexdigest(),
+    row = {"path": item.path, "label": item.label, "sha256": sha256,
            "width": size[0], "height": size[1], "stored_height": pixels.shape[0], "stored_width": pixels.shape[1]}
     return row, pixels
 
@@ -37,8 +40,8 @@ def main():
     p = params.load()
     items, skipped = sources.list_source(p.data.source, p.data.task, p.data.path_column, p.data.target_column)
     rows, offset = [], 0
-    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(p.ingest.workers) as pool:
-        progress = tqdm(total=len(items), desc="ingest: decoding", unit="img")
+    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(p.ingest.workers) as pool, \
+            tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]
             for item, (row, result) in zip(batch, pool.map(lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch)):
@@ -49,22 +52,30 @@ def main():
                 out.write(result.tobytes())
                 offset += result.nbytes
             progress.update(len(batch))
-        progress.close()
-        if not rows:
+        if not rows:  # the report is still written, so the user can see why every file was skipped
+            files.write_json(paths.DATA_REPORT, report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task))
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
-            raise PipelineError(f"data.source {p.data.source}: no usable image" + (f" ({len(skipped)} skipped, e.g. {reasons})" if skipped else ""))
-    manifest = pd.DataFrame(rows)
-    files.write_csv(paths.MANIFEST, manifest)
+            raise PipelineError(f"data.source {p.data.source}: no usable image" +
+                                (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else ""))
+    manifest = pd.DataFrame(rows, columns=COLUMNS)
+    if p.data.task == "classification":  # a class whose every file was skipped
+        gone = sorted({str(item.label) for item in items} - set(manifest["label"].astype(str)))
+        skipped += [sources.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]
+    files.write_csv(paths.MANIFEST, manifest, float_format=None)  # regression targets keep every digit
     files.write_json(paths.DATA_REPORT, report(manifest, skipped, p.data.task))
-    print(f"ingest: {len(manifest)} images, {len(skipped)} skipped -> {paths.INGESTED}")
+    print(f"ingest: {len(manifest)} images, {len(skipped)} skipped (listed in {paths.DATA_REPORT}) -> {paths.INGESTED}")
 
 
 def report(manifest: pd.DataFrame, skipped: list, task: str) -> dict:
+    """The data report: counts, duplicates and every skipped file with its reason."""
     summary = {"images": len(manifest), "skipped": len(skipped), "duplicates": int(manifest["sha256"].duplicated().sum())}
     if task == "classification":
         summary["classes"] = manifest["label"].value_counts().sort_index().to_dict()
-    else:
-        summary["target"] = {k: round(float(v), 6) for k, v in manifest["label"].describe().items()}
+        conflicts = int((manifest.groupby("sha256")["label"].nunique() > 1).sum())
+        if conflicts:
+            summary["duplicates_with_different_labels"] = conflicts
+    elif len(manifest):
+        summary["target"] = {k: round(float(v), 6) for k, v in manifest["label"].astype(float).describe().items()}
     summary["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: s.path)]
     return summary
 

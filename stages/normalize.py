@@ -18,7 +18,7 @@ BATCH = 256
 
 def main():
     p = params.load()
-    manifest = pd.read_csv(paths.MANIFEST, dtype={"label": str if p.data.task == "classification" else float})
+    manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     split = pd.read_csv(paths.SPLIT)["split"]
     pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
     enc = targets.fit(manifest.loc[split == "train", "label"], p.data.task)
@@ -32,9 +32,10 @@ def main():
         for name in paths.SPLITS:
             rows = manifest[split == name]
             with files.npy_writer(paths.split_array(paths.NORMALIZED, name, "images"), (len(rows), size, size, 3), np.uint8) as out:
-                for start in tqdm(range(0, len(rows), BATCH), desc=f"normalize: {name}", unit="batch"):
-                    batch = rows.iloc[start:start + BATCH]
-                    out[start:start + len(batch)] = np.stack(list(pool.map(resized, batch.itertuples())))
+                with tqdm(range(0, len(rows), BATCH), desc=f"normalize: {name}", unit="batch") as batches:
+                    for start in batches:
+                        batch = rows.iloc[start:start + BATCH]
+                        out[start:start + len(batch)] = np.stack(list(pool.map(resized, batch.itertuples())))
             files.save_npy(paths.split_array(paths.NORMALIZED, name, "targets"), targets.encode(rows["label"], enc))
     files.write_json(paths.ENCODING, enc)
     print(f"normalize: {size}x{size} ({p.normalize.resize}) -> {paths.NORMALIZED}")

@@ -10,9 +10,10 @@ from lib.errors import PipelineError, run
 
 def main():
     p = params.load()
-    manifest = pd.read_csv(paths.MANIFEST, dtype={"label": str if p.data.task == "classification" else float})
+    manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     if p.data.task == "classification" and manifest["label"].nunique() < 2:
-        raise PipelineError(f"data.source has only one class ({manifest['label'].iloc[0]!r}); classification needs at least 2")
+        raise PipelineError(f"data.source {p.data.source} has only one usable class ({manifest['label'].iloc[0]!r}); "
+                            f"classification needs at least 2 (skipped files are listed in {paths.DATA_REPORT})")
     stratum = splitting.strata(manifest, p.data.task, p.split.bins)
     split = splitting.assign(manifest, stratum, p.split.val, p.split.test, p.split.seed)
     files.write_csv(paths.SPLIT, pd.DataFrame({"path": manifest["path"], "split": split}))

@@ -1,7 +1,8 @@
 """Writing outputs atomically (temp file, then rename) and reading arrays without pickle.
 
-A stage killed half-way leaves at most a `*.tmp` file, never a truncated output that a later
-stage could read.
+A stage killed half-way (SIGINT, SIGTERM or SIGKILL) leaves at most a `*.tmp` file, which no stage
+reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. A full
+disk or a read-only folder is a PipelineError naming the file, not a traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from lib.errors import PipelineError
+from lib.errors import PipelineError, os_error
 
 
 @contextlib.contextmanager
@@ -27,25 +28,45 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
-            raise PipelineError(f"cannot write {path}: {exc.strerror}; free disk space or fix the folder's permissions") from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST) and about(exc, path, tmp):
+            raise os_error(exc, path) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def about(exc: OSError, path: Path, tmp: Path) -> bool:
+    """Whether an OSError is about writing `path` (not, say, about reading an input inside the block)."""
+    if exc.filename is None:  # a failed write() or flush() on the temporary file
+        return True
+    name = Path(os.fsdecode(exc.filename))
+    return name in (path, tmp) or name in path.parents
 
 
 def write_json(path: Path, data) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_csv(path: Path, frame) -> None:
+def write_csv(path: Path, frame, float_format: str | None = "%.6g") -> None:
+    """float_format=None writes floats in full (shortest repr that reads back the same number)."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        frame.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+
+
+def read_manifest(path: Path, task: str):
+    """The ingest manifest; class labels stay text exactly as written (a class named NA or 1.0 is not a number)."""
+    import pandas as pd
+
+    if task == "classification":
+        return pd.read_csv(path, dtype={"label": str}, keep_default_na=False)
+    return pd.read_csv(path, dtype={"label": float})
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -55,15 +76,37 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    """Memory-mapped when `mmap`, so reading a big array costs a batch of RAM, not the whole file."""
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    """Memory-mapped when `mmap`, so reading a big array costs a batch of RAM, not the whole file.
+
+    Never unpickles: an array of Python objects (which would run code from the file) is refused.
+    """
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+            raise PipelineError(f"{path} holds Python objects, which are never unpickled; rerun the stage that writes it") from None
+        raise PipelineError(f"{path} is not a valid .npy array ({exc}); rerun the stage that writes it") from None
 
 
 @contextlib.contextmanager
 def npy_writer(path: Path, shape: tuple, dtype) -> Iterator[np.ndarray]:
-    """A writable memory-mapped .npy, filled batch by batch; published atomically when complete."""
+    """A writable memory-mapped .npy, filled batch by batch; published atomically when complete.
+
+    The disk space is reserved up front: a full disk is an error here, not a crash (SIGBUS) when a
+    page of the mapping is written later.
+    """
     with atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        reserve(tmp)
         yield array
         array.flush()
         del array
+
+
+def reserve(file: Path) -> None:
+    with open(file, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV, errno.ESPIPE):
+                raise

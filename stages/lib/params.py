@@ -5,6 +5,7 @@ value stops the run before any work, with one line naming the key and what is al
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -15,23 +16,32 @@ from lib import paths
 from lib.errors import PipelineError
 
 BASE_NAMES = ("mobilenet_v2", "vgg16")
+MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Data(Section):
     source: str = Field(min_length=1)
     task: Literal["classification", "regression"]
-    path_column: str
-    target_column: str
+    path_column: str = Field(min_length=1)
+    target_column: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def two_columns(self):
+        if self.path_column == self.target_column:
+            raise ValueError(f"data.path_column and data.target_column are both {self.path_column!r}; they must be two columns")
+        return self
 
 
 class Ingest(Section):
     max_short_side: int = Field(ge=8)
-    max_megapixels: float = Field(gt=0)
-    workers: int = Field(ge=1)
+    # Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) is set from this, never disabled:
+    # larger images are skipped and reported. Decoding needs about 4 bytes per pixel.
+    max_megapixels: float = Field(gt=0, le=1000)
+    workers: int = Field(ge=1, le=64)
 
 
 class Split(Section):
@@ -71,6 +81,9 @@ class Base(Section):
 
     @model_validator(mode="after")
     def weights_exist(self):
+        if self.name == "mobilenet_v2" and self.weights == "imagenet" and self.alpha not in MOBILENET_V2_ALPHAS:
+            raise ValueError(f"base.alpha={self.alpha:g} has no ImageNet weights for mobilenet_v2; "
+                             f"use one of {', '.join(f'{a:g}' for a in MOBILENET_V2_ALPHAS)}")
         if self.weights not in ("imagenet", "none"):
             if not self.weights.endswith(".weights.h5"):
                 raise ValueError(f"base.weights must be imagenet, none or a path to a .weights.h5 file, got {self.weights!r}")
@@ -119,10 +132,13 @@ class Params(Section):
 
 
 def load(path: Path = paths.PARAMS) -> Params:
+    """params.yaml (yaml.safe_load: no Python tags) validated against the schema, or a one-line PipelineError."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PipelineError(f"{path}: cannot read params ({exc})") from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PipelineError(f"{path}: cannot read params ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected sections {', '.join(Params.model_fields)}, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -130,15 +146,29 @@ def load(path: Path = paths.PARAMS) -> Params:
 
 
 def describe(exc: ValidationError) -> str:
-    """One line per problem: the dotted key, then what is wrong with it."""
+    """One clause per problem, on one line: the dotted key, then what is wrong and what is allowed."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {key} (a typo? see the params table in README.md)")
+            lines.append(unknown_key(err["loc"]))
         elif err["type"] == "missing":
             lines.append(f"missing key {key}")
         else:
             message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {err.get('input')!r})" if key else message)
-    return "; ".join(lines)
+            whole_section = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # our validators name their keys
+            lines.append(message if whole_section or not key else f"{key}: {message} (got {err.get('input')!r})")
+    return " ".join("; ".join(lines).splitlines())
+
+
+def unknown_key(loc: tuple) -> str:
+    """`unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: ...`"""
+    model, section = Params, loc[:-1]
+    for part in section:
+        model = model.model_fields[part].annotation
+    valid = list(model.model_fields)
+    typo = str(loc[-1])
+    close = sorted((v for v in valid if typo.startswith(v) or v.startswith(typo)), key=len)[-1:] or difflib.get_close_matches(typo, valid, n=1)
+    where = ".".join(map(str, section)) or "params.yaml"
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown key {'.'.join(map(str, loc))}{hint}; {where} keys: {', '.join(valid)}"

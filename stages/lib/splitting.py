@@ -1,6 +1,8 @@
 """Stratified, seeded train/val/test assignment that never puts identical images in two splits."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -24,9 +26,10 @@ def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, 
     for name in sorted(group_stratum.unique()):
         hashes = groups.loc[group_stratum == name, "sha256"].to_numpy()
         n_val, n_test = round(len(hashes) * val), round(len(hashes) * test)
-        if min(n_val, n_test, len(hashes) - n_val - n_test) < 1:
+        if not fills_every_split(len(hashes), val, test):
+            fix = "lower split.bins or add images" if name.startswith("target bin") else "add images to it or remove it"
             raise PipelineError(f"{name!r} has {len(hashes)} distinct images; split.val={val:g} and split.test={test:g} "
-                                f"need at least {minimum_size(val, test)} (one in each split): add images or remove it")
+                                f"need at least {minimum_size(val, test)} (one in each split): {fix}")
         shuffled = rng.permutation(hashes)
         split_of_hash.update({h: "test" for h in shuffled[:n_test]})
         split_of_hash.update({h: "val" for h in shuffled[n_test:n_test + n_val]})
@@ -34,8 +37,12 @@ def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, 
     return manifest["sha256"].map(split_of_hash)
 
 
+def fills_every_split(n: int, val: float, test: float) -> bool:
+    """Whether n distinct images give at least one to train, val and test (the counts are rounded)."""
+    return min(round(n * val), round(n * test), n - round(n * val) - round(n * test)) >= 1
+
+
 def minimum_size(val: float, test: float) -> int:
-    n = 3
-    while min(round(n * val), round(n * test), n - round(n * val) - round(n * test)) < 1:
-        n += 1
-    return n
+    """The smallest n from which every size fills all three splits (rounding can make n work and n+1 fail)."""
+    limit = 10 * math.ceil(1 / min(val, test, 1 - val - test)) + 10
+    return 1 + max(n for n in range(1, limit) if not fills_every_split(n, val, test))

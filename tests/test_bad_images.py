@@ -1,0 +1,475 @@
+"""Messy image folders and CSVs: every odd file decodes or is skipped with its reason; only a source that
+cannot make a dataset fails, with one line saying what to do. All files are real, written by the tests."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import FAST, ROOT, make_image, make_project, run
+from lib import images, sources, splitting
+from lib.errors import PipelineError
+
+MAX_PIXELS = 50_000_000
+
+
+def decode(path: Path, max_short_side: int = 256, max_pixels: int = MAX_PIXELS):
+    return images.decode(path, max_short_side, max_pixels)
+
+
+def png(path: Path, width: int, height: int, row: bytes, bit_depth: int = 8, color_type: int = 0) -> Path:
+    """A PNG written row by row (a 12000x9000 one costs a row of memory, not the image); every row is `row`."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(b"\0" + row) for _ in range(height)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def jpeg_bytes(size=(64, 64), seed=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def ppm_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PPM")
+    return buffer.getvalue()
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+
+# name -> (bytes of a file that has an image extension but is not a usable image, reason in the report)
+BROKEN = {
+    "empty.jpg": (b"", "empty file"),
+    "truncated.jpg": (jpeg_bytes()[:600], "corrupt or truncated image"),
+    "page.png": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "not a readable image"),
+    "notes.JPG": (b"just some text\n", "not a readable image"),
+    "netpbm.png": (ppm_bytes(), "not a readable image: the content is not JPEG, PNG"),  # only the whitelisted formats
+    "vector.jpg": (EPS, "not a readable image"),  # the EPS plugin would run Ghostscript
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_files_are_unusable_with_the_reason(tmp_path, name):
+    content, reason = BROKEN[name]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(images.Unusable, match=f"^{reason}"):
+        decode(tmp_path / name)
+
+
+def test_truncated_png_and_bad_crc_are_unusable(tmp_path):
+    good = png(tmp_path / "good.png", 300, 200, bytes(range(256)) + bytes(44)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "crc.png").write_bytes(good[:-20] + bytes([good[-20] ^ 0xFF]) + good[-19:])
+    for name in ("cut.png", "crc.png"):
+        with pytest.raises(images.Unusable, match="^corrupt or truncated image"):
+            decode(tmp_path / name)
+
+
+def color_at(pixels: np.ndarray, y: int, x: int) -> tuple:
+    return tuple(int(v) for v in pixels[y, x])
+
+
+def test_every_color_mode_becomes_rgb(tmp_path):
+    red = (220, 30, 30)
+    cases = {}
+    cases["gray.png"] = Image.new("L", (20, 10), 90)
+    cases["bilevel.png"] = Image.new("1", (20, 10), 1)
+    cases["palette.png"] = Image.new("RGB", (20, 10), red).convert("P", palette=Image.Palette.ADAPTIVE)
+    transparent = Image.new("P", (20, 10), 0)
+    transparent.putpalette([0, 0, 0, 255, 0, 0])
+    transparent.info["transparency"] = 0
+    cases["palette_alpha.png"] = transparent
+    cases["rgba.png"] = Image.new("RGBA", (20, 10), (255, 0, 0, 0))  # fully transparent: white
+    cases["la.png"] = Image.new("LA", (20, 10), (0, 255))
+    cases["cmyk.jpg"] = Image.new("CMYK", (20, 10), (0, 255, 255, 0))  # red in CMYK
+    cases["gray16.png"] = Image.fromarray(np.full((10, 20), 32896, np.uint16))  # 32896/65535 -> 128
+    cases["float.tif"] = Image.fromarray(np.full((10, 20), 0.5, np.float32), "F")
+    cases["rgb.bmp"] = Image.new("RGB", (20, 10), red)
+    cases["rgb.webp"] = Image.new("RGB", (20, 10), red)
+    cases["rgb.tiff"] = Image.new("RGB", (20, 10), red)
+    expected = {"gray.png": (90, 90, 90), "bilevel.png": (255, 255, 255), "palette.png": red, "palette_alpha.png": (255, 255, 255),
+                "rgba.png": (255, 255, 255), "la.png": (0, 0, 0), "cmyk.jpg": (255, 0, 0), "gray16.png": (128, 128, 128),
+                "float.tif": (128, 128, 128), "rgb.bmp": red, "rgb.webp": red, "rgb.tiff": red}
+    for name, im in cases.items():
+        im.save(tmp_path / name, **({"lossless": True} if name.endswith(".webp") else {}))
+        pixels, size = decode(tmp_path / name)
+        assert pixels.shape == (10, 20, 3) and pixels.dtype == np.uint8 and size == (20, 10), name
+        assert np.allclose(color_at(pixels, 5, 10), expected[name], atol=6), f"{name}: {color_at(pixels, 5, 10)}"
+
+
+def test_16_bit_rgb_png_is_scaled_to_8_bits(tmp_path):
+    row = struct.pack(">3H", 65535, 32896, 0) * 16  # 16 pixels of (1.0, 0.5, 0.0)
+    pixels, _ = decode(png(tmp_path / "deep.png", 16, 4, row, bit_depth=16, color_type=2))
+    assert color_at(pixels, 2, 8) == (255, 128, 0)
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (12, 12), (255, 0, 0)), Image.new("RGB", (12, 12), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(tmp_path / "anim.gif").n_frames == 2
+    pixels, _ = decode(tmp_path / "anim.gif")
+    assert pixels[..., 0].min() > 200 and pixels[..., 2].max() < 50
+
+
+@pytest.mark.parametrize("orientation, top_color", [(1, "red left"), (3, "blue left"), (6, "red top"), (8, "blue top")])
+def test_exif_rotated_photos_are_upright(tmp_path, orientation, top_color):
+    stored = np.zeros((30, 60, 3), np.uint8)
+    stored[:, :30] = (255, 0, 0)  # left half red, right half blue, as stored in the file
+    stored[:, 30:] = (0, 0, 255)
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    pixels, size = decode(tmp_path / "photo.jpg")
+    first_half = pixels[:, :15] if top_color.endswith("left") else pixels[:15]
+    assert size == ((60, 30) if orientation < 5 else (30, 60)) and pixels.shape[1::-1] == size
+    channel = 0 if top_color.startswith("red") else 2
+    assert first_half[..., channel].mean() > 200 and first_half[..., 2 - channel].mean() < 50
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_broken_exif_does_not_lose_the_image(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (0, 200, 0)).save(buffer, "JPEG", exif=b"Exif\0\0MM\0*\0\0\0\x08\xff\xff garbage")
+    (tmp_path / "bad_exif.jpg").write_bytes(buffer.getvalue())
+    pixels, size = decode(tmp_path / "bad_exif.jpg")
+    assert size == (16, 8) and pixels[..., 1].mean() > 150
+
+
+def test_tiny_and_very_thin_images_fit_both_ways(tmp_path):
+    make_image(tmp_path / "dot.png", (10, 200, 10), size=(1, 1))
+    pixels, size = decode(tmp_path / "dot.png")
+    assert size == (1, 1) and pixels.shape == (1, 1, 3)
+    for shape in [(1, 1, 3), (1, 3000, 3), (3000, 1, 3), (2, 5, 3)]:
+        strip = np.full(shape, 200, np.uint8)
+        for mode in ("crop", "pad"):
+            out = images.fit(strip, 32, mode)
+            assert out.shape == (32, 32, 3) and out.dtype == np.uint8, (shape, mode)
+            assert out.max() == 200, f"{shape} {mode}: the image must not vanish"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_guard_is_set_from_the_param_and_reported(tmp_path):
+    bomb = png(tmp_path / "bomb.png", 30000, 30000, b"", color_type=0)  # 900 megapixels claimed, no real rows
+    with pytest.raises(images.Unusable, match=r"^900 megapixels is over ingest.max_megapixels=50 \(decompression-bomb guard\)"):
+        decode(bomb)
+    assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS, "Pillow's guard is set from ingest.max_megapixels, never disabled"
+    big = make_image(tmp_path / "big.png", (1, 1, 1), size=(300, 200))
+    with pytest.raises(images.Unusable, match=r"^300x200 pixels \(0.06 megapixels\) is over ingest.max_megapixels=0.05"):
+        images.decode(big, 256, 50_000)
+
+
+HUGE_SCRIPT = """
+import resource, sys
+from pathlib import Path
+sys.path.insert(0, {stages!r})
+from lib import images
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+images.decode(Path({small!r}), 256, 180_000_000)  # warm up the decoders
+start = peak_mb()
+pixels, size = images.decode(Path({jpeg!r}), 256, 180_000_000)
+print("jpeg", pixels.shape, size, peak_mb() - start)
+start = peak_mb()
+pixels, size = images.decode(Path({png!r}), 256, 180_000_000)
+print("png", pixels.shape, size, peak_mb() - start)
+try:
+    images.decode(Path({png!r}), 256, 100_000_000)
+except images.Unusable as exc:
+    print("skipped", exc)
+"""
+
+
+def test_a_12000x9000_image_is_shrunk_with_bounded_memory(tmp_path):
+    """JPEG: decoded at 1/8 scale (a few MB). PNG: decoded once in its own mode (1 byte a pixel for gray) and
+    shrunk before the RGB conversion; over ingest.max_megapixels it is skipped before any pixel is read."""
+    huge_png = png(tmp_path / "huge.png", 12000, 9000, bytes([200]) * 12000)
+    Image.new("L", (12000, 9000), 60).save(tmp_path / "huge.jpg", quality=50)
+    small = make_image(tmp_path / "small.jpg", (1, 2, 3))
+    script = HUGE_SCRIPT.format(stages=str(ROOT / "stages"), small=str(small), jpeg=str(tmp_path / "huge.jpg"), png=str(huge_png))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    jpeg, png_line, skipped = (line.split(" ", 1)[1] for line in out)
+    assert jpeg.startswith("(256, 341, 3) (12000, 9000)") and float(jpeg.split()[-1]) < 30, jpeg
+    assert png_line.startswith("(256, 341, 3) (12000, 9000)") and float(png_line.split()[-1]) < 160, png_line  # 108 MB of gray
+    assert skipped == "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100 (decompression-bomb guard); raise it to include this image"
+
+
+# ---------------------------------------------------------------- listing a folder of class folders
+
+def messy_folder(root: Path, outside: Path) -> dict:
+    """Three odd class names with usable images of every kind, plus every kind of junk. -> expected skips."""
+    for c, name in enumerate(["with space", "ünïcode", "dots.in.name", "NA"]):
+        for i in range(4):
+            make_image(root / name / f"img_{i}.png", (60 * c, 200 - 40 * c, 90), noise_seed=10 * c + i)
+    make_image(root / "with space" / "UPPER.JPEG", (0, 0, 0), size=(8, 8))
+    make_image(root / "with space" / "nested" / "deeper" / "x.Png", (0, 0, 0), size=(8, 8), noise_seed=5)
+    Image.new("L", (9, 9), 10).save(root / "ünïcode" / "gray.png")
+    Image.new("RGBA", (9, 9), (1, 2, 3, 100)).save(root / "ünïcode" / "alpha.png")
+    Image.new("CMYK", (9, 9), (0, 0, 255, 0)).save(root / "dots.in.name" / "cmyk.jpg")
+    Image.new("RGB", (5, 5), (1, 1, 1)).save(root / "dots.in.name" / "anim.gif", save_all=True,
+                                               append_images=[Image.new("RGB", (5, 5), (9, 9, 9))])
+    make_image(root / "NA" / "tiny.bmp", (5, 5, 5), size=(1, 1))
+    (root / "with space" / "inside_link.png").symlink_to(root / "NA" / "img_0.png")  # inside the root: followed
+    (root / "NA" / "linked_folder").symlink_to(root / "with space" / "nested", target_is_directory=True)  # inside: followed
+    expected = {
+        "Thumbs.db": "file outside any class folder",
+        ".DS_Store": "hidden file",
+        ".trash": "hidden folder",
+        "empty class/": "no image file in this class folder; the class is left out",
+        "with space/zero.jpg": "empty file",
+        "with space/cut.jpg": "corrupt or truncated image",
+        "with space/page.png": "not a readable image",
+        "with space/README.txt": "not an image file extension",
+        "with space/Thumbs.db": "not an image file extension",
+        "with space/.DS_Store": "hidden file",
+        "with space/._img_0.png": "hidden file",
+        "with space/.cache": "hidden folder",
+        "ünïcode/escape.png": "link points outside data.source",
+        "ünïcode/loop.png": "broken link (a loop)",
+        "ünïcode/dangling.png": "broken link",
+        "ünïcode/fifo.png": "not a regular file",
+        "ünïcode/back_up": "link to a folder that contains it (a loop)",
+        "dots.in.name/notes.jpg": "not a readable image",
+    }
+    (root / "Thumbs.db").write_bytes(b"\0" * 64)
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    make_image(root / ".trash" / "old.png", (1, 1, 1))
+    (root / "empty class").mkdir()
+    (root / "with space" / "zero.jpg").write_bytes(b"")
+    (root / "with space" / "cut.jpg").write_bytes(jpeg_bytes()[:500])
+    (root / "with space" / "page.png").write_text("<html>moved</html>")
+    (root / "with space" / "README.txt").write_text("readme")
+    (root / "with space" / "Thumbs.db").write_bytes(b"\0" * 64)
+    (root / "with space" / ".DS_Store").write_bytes(b"\0" * 64)
+    (root / "with space" / "._img_0.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    make_image(root / "with space" / ".cache" / "thumb.png", (1, 1, 1))
+    make_image(outside / "secret.png", (1, 1, 1))
+    (root / "ünïcode" / "escape.png").symlink_to(outside / "secret.png")
+    (root / "ünïcode" / "loop.png").symlink_to(root / "ünïcode" / "loop.png")
+    (root / "ünïcode" / "dangling.png").symlink_to(root / "ünïcode" / "gone.png")
+    os.mkfifo(root / "ünïcode" / "fifo.png")  # reading it would block forever
+    (root / "ünïcode" / "back_up").symlink_to(root / "ünïcode", target_is_directory=True)
+    (root / "dots.in.name" / "notes.jpg").write_text("not a jpeg")
+    make_image(root / "with space" / 'new\nline, "quoted".png', (3, 3, 3), size=(7, 7))  # usable: CSV and JSON quote it
+    make_image(root / "dots.in.name" / os.fsdecode(b"caf\xe9.png"), (4, 4, 4))  # Latin-1 bytes, not UTF-8
+    expected["dots.in.name/caf\ufffd.png"] = "the name is not valid UTF-8; rename it"
+    return expected
+
+
+FOUND_BY_DECODING = {"with space/zero.jpg", "with space/cut.jpg", "with space/page.png", "dots.in.name/notes.jpg"}
+
+
+def reasons_match(skipped: dict, expected: dict) -> None:
+    assert set(skipped) == set(expected), f"unexpected: {set(skipped) ^ set(expected)}"
+    for path, reason in expected.items():
+        assert skipped[path].startswith(reason), f"{path}: {skipped[path]!r} does not start with {reason!r}"
+
+
+def test_messy_folder_lists_every_image_and_says_why_for_the_rest(tmp_path):
+    expected = messy_folder(tmp_path / "images", tmp_path / "outside")
+    items, skipped = sources.class_folders(tmp_path / "images")
+    reasons_match({s.path: s.reason for s in skipped}, {p: r for p, r in expected.items() if p not in FOUND_BY_DECODING})
+    paths = {i.path: i.label for i in items}
+    assert FOUND_BY_DECODING < set(paths), "files that only decoding can judge are listed, then skipped by ingest"
+    assert paths["with space/UPPER.JPEG"] == "with space" and paths["with space/nested/deeper/x.Png"] == "with space"
+    assert paths["with space/inside_link.png"] == "with space" and paths["NA/linked_folder/deeper/x.Png"] == "NA"
+    assert paths['with space/new\nline, "quoted".png'] == "with space"
+    assert {i.label for i in items} == {"with space", "ünïcode", "dots.in.name", "NA"}
+    assert not any("secret" in p or "trash" in p or "cache" in p for p in paths)
+    assert [i.path for i in items] == sorted((i.path for i in items), key=lambda p: Path(p).parts), "a stable order"
+
+
+def test_a_folder_without_class_folders_or_a_missing_source_is_an_error(tmp_path):
+    (tmp_path / "flat").mkdir()
+    make_image(tmp_path / "flat" / "a.png", (1, 2, 3))
+    with pytest.raises(PipelineError, match=r"has no class folders; put the images of each class in .*/flat/<class name>/"):
+        sources.list_source(str(tmp_path / "flat"), "classification", "image", "label")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="has no class folders"):
+        sources.list_source(str(tmp_path / "empty"), "classification", "image", "label")
+    with pytest.raises(PipelineError, match="data.source .*nowhere does not exist"):
+        sources.list_source(str(tmp_path / "nowhere"), "classification", "image", "label")
+    (tmp_path / "data.txt").write_text("x")
+    with pytest.raises(PipelineError, match="is neither a folder nor a .csv file"):
+        sources.list_source(str(tmp_path / "data.txt"), "classification", "image", "label")
+
+
+# ---------------------------------------------------------------- CSV manifests
+
+def write_csv(path: Path, text: str, encoding="utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_csv_errors_name_the_column_and_the_fix(tmp_path):
+    make_image(tmp_path / "d" / "a.png", (1, 1, 1))
+    wrong = write_csv(tmp_path / "d" / "wrong.csv", "file,species\na.png,cat\n")
+    with pytest.raises(PipelineError, match=r"wrong.csv has no column 'image' \(data.path_column\); its columns are file, species"):
+        sources.list_source(str(wrong), "classification", "image", "label")
+    text = write_csv(tmp_path / "d" / "text.csv", "image,age\na.png,young\na.png,old\na.png,\n")
+    with pytest.raises(PipelineError, match=r"column 'age' \(data.target_column\) has no numbers \(row 2: 'young'\); "
+                                            r"data.task=regression needs a numeric target, or set data.task=classification"):
+        sources.list_source(str(text), "regression", "image", "age")
+    header_only = write_csv(tmp_path / "d" / "header.csv", "image,label\n")
+    with pytest.raises(PipelineError, match="header.csv has no rows"):
+        sources.list_source(str(header_only), "classification", "image", "label")
+    empty = write_csv(tmp_path / "d" / "empty.csv", "")
+    with pytest.raises(PipelineError, match="not a readable CSV"):
+        sources.list_source(str(empty), "classification", "image", "label")
+    latin = write_csv(tmp_path / "d" / "latin.csv", "image,label\na.png,caf\u00e9\n", encoding="latin-1")
+    with pytest.raises(PipelineError, match="not a readable CSV"):
+        sources.list_source(str(latin), "classification", "image", "label")
+
+
+def test_csv_rows_are_skipped_with_their_row_number(tmp_path):
+    root = tmp_path / "d"
+    make_image(root / "imgs" / "a.png", (1, 1, 1))
+    make_image(root / "imgs" / "b.png", (2, 2, 2))
+    make_image(tmp_path / "outside.png", (1, 1, 1))
+    (root / "imgs" / "link.png").symlink_to(tmp_path / "outside.png")
+    csv = write_csv(root / "labels.csv", "\ufeffimage , age\n"  # Excel's BOM and a space in the header
+                    "imgs/a.png,3.5\n"
+                    "imgs\\b.png,1234567.25\n"  # a Windows path
+                    "imgs/a.png,4\n"
+                    "../outside.png,4\n"
+                    f"{tmp_path / 'outside.png'},4\n"
+                    "imgs/../../outside.png,4\n"
+                    "imgs/link.png,4\n"
+                    "imgs/missing.png,4\n"
+                    "imgs/b.png,twelve\n"
+                    "imgs/b.png,nan\n"
+                    "imgs,5\n")
+    items, skipped = sources.list_source(str(csv), "regression", "image", "age")
+    assert [(i.path, i.label) for i in items] == [("imgs/a.png", 3.5), ("imgs/b.png", 1234567.25)]
+    assert [s.reason for s in skipped] == [
+        "row 4: the same path as row 2",
+        "row 5: path escapes the CSV's folder",
+        "row 6: absolute path; paths must be relative to the CSV's folder",
+        "row 7: path escapes the CSV's folder",
+        "row 8: path escapes the CSV's folder",
+        "row 9: file not found",
+        "row 10: target 'twelve' is not a finite number",
+        "row 11: target 'nan' is not a finite number",
+        "row 12: not a regular file",
+    ]
+
+
+# ---------------------------------------------------------------- what is left must make a dataset
+
+def frame(labels, hashes=None):
+    return pd.DataFrame({"label": labels, "sha256": hashes or [f"h{i}" for i in range(len(labels))]})
+
+
+def test_a_class_too_small_for_the_split_is_named_with_the_size_needed():
+    m = frame(["big"] * 30 + ["small"] * 4 + ["dup"] * 5, [f"h{i}" for i in range(34)] + ["same"] * 5)
+    with pytest.raises(PipelineError, match=r"^'dup' has 1 distinct images; split.val=0.2 and split.test=0.2 need at least 3 "
+                                            r"\(one in each split\): add images to it or remove it"):
+        splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
+    m = frame(["big"] * 30 + ["small"] * 4)  # 4 images fit 0.2/0.2, but not 0.45/0.45; 9 and more always do
+    splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
+    with pytest.raises(PipelineError, match=r"'small' has 4 distinct images; .* need at least 9"):
+        splitting.assign(m, splitting.strata(m, "classification", 10), 0.45, 0.45, seed=0)
+    m = frame(list(np.arange(12.0)))
+    with pytest.raises(PipelineError, match=r"'target bin 1 of 6' has 2 distinct images; .*: lower split.bins or add images"):
+        splitting.assign(m, splitting.strata(m, "regression", 6), 0.2, 0.2, seed=0)
+
+
+# ---------------------------------------------------------------- the real stages on a messy folder
+
+@pytest.mark.e2e
+def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_path):
+    expected = messy_folder(tmp_path / "images", tmp_path / "outside")
+    png(tmp_path / "images" / "NA" / "huge.png", 12000, 9000, bytes([7]) * 12000)
+    expected["NA/huge.png"] = "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100"
+    project = make_project(tmp_path, FAST | {"data.source": str(tmp_path / "images"), "ingest.max_megapixels": 100})
+    run(["dvc", "repro", "normalize"], project)
+    report = json.loads((project / "metrics/data.json").read_text(encoding="utf-8"))
+    skipped = {s["path"]: s["reason"] for s in report["skipped_files"]}
+    reasons_match(skipped, expected)
+    assert report["skipped"] == len(expected)
+    assert report["classes"] == {"NA": 6, "dots.in.name": 6, "with space": 8, "ünïcode": 6}
+    assert report["duplicates"] == 2 and report["duplicates_with_different_labels"] == 2  # the links into other classes
+    manifest = pd.read_csv(project / "data/ingested/manifest.csv", keep_default_na=False)
+    assert manifest["label"].tolist().count("NA") == 6, "a class named NA stays a class name"
+    encoding = json.loads((project / "data/normalized/encoding.json").read_text(encoding="utf-8"))
+    assert encoding["classes"] == ["NA", "dots.in.name", "with space", "ünïcode"]
+    counts = {name: len(np.load(project / f"data/normalized/{name}_targets.npy")) for name in ("train", "val", "test")}
+    assert sum(counts.values()) == 26 and min(counts.values()) >= 4
+    assert 'with space/new\nline, "quoted".png' in pd.read_csv(project / "data/split/split.csv")["path"].tolist()
+
+
+def stage_project(tmp_path: Path, **overrides) -> Path:
+    """The stages and params.yaml in a folder, to run one stage with python (no git, no DVC)."""
+    import shutil
+
+    import yaml
+
+    project = tmp_path / "stage_project"
+    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def run_stage(project: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"stages/{name}.py"], cwd=project, capture_output=True, text=True)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_no_usable_image_fails_clearly_and_still_writes_the_report(tmp_path):
+    junk = tmp_path / "junk"
+    (junk / "cats").mkdir(parents=True)
+    (junk / "cats" / "a.jpg").write_bytes(b"")
+    (junk / "cats" / "b.png").write_text("<html></html>")
+    project = stage_project(tmp_path, data__source=str(junk))
+    line = one_error_line(run_stage(project, "ingest"))
+    assert line.startswith(f"error: data.source {junk}: no usable image (2 skipped, e.g. cats/a.jpg: empty file; cats/b.png: not a readable image")
+    assert line.endswith("every one is in metrics/data.json)")
+    report = json.loads((project / "metrics/data.json").read_text())
+    assert report["images"] == 0 and [s["path"] for s in report["skipped_files"]] == ["cats/a.jpg", "cats/b.png"]
+    assert not (project / "data/ingested/manifest.csv").exists() and not list(project.rglob("*.tmp"))
+
+
+def test_one_usable_class_fails_at_split_naming_it(tmp_path):
+    source = tmp_path / "src"
+    for i in range(5):
+        make_image(source / "cats" / f"{i}.png", (9, 9, 9), noise_seed=i)
+    (source / "dogs").mkdir()
+    (source / "dogs" / "broken.jpg").write_bytes(jpeg_bytes()[:300])
+    project = stage_project(tmp_path, data__source=str(source))
+    assert run_stage(project, "ingest").returncode == 0
+    line = one_error_line(run_stage(project, "split"))
+    assert line == (f"error: data.source {source} has only one usable class ('cats'); classification needs at least 2 "
+                    "(skipped files are listed in metrics/data.json)")
+    skipped = {s["path"]: s["reason"] for s in json.loads((project / "metrics/data.json").read_text())["skipped_files"]}
+    assert skipped["dogs/"] == "no usable image of this class; the class is left out"
+    assert skipped["dogs/broken.jpg"].startswith("corrupt or truncated image")

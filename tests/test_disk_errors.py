@@ -1,0 +1,147 @@
+"""Disk full, read-only or blocked output folders: one clear line naming the file, never a traceback, and no
+partial output. Disk full is real: the temporary file is a link to /dev/full, where every write fails (ENOSPC)."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, make_image
+from lib import errors, files
+from lib.errors import PipelineError
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+DISK_FULL = "no space left on the device: free disk space"
+
+
+def full_disk_at(path: Path) -> Path:
+    """Make the next write of `path` (through its temporary file) hit a full disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(path.name + ".tmp").symlink_to("/dev/full")
+    return path
+
+
+@needs_dev_full
+@pytest.mark.parametrize("write", [
+    lambda p: files.save_npy(p, np.zeros((100, 100))),
+    lambda p: files.write_json(p, {"a": 1}),
+    lambda p: files.write_csv(p, __import__("pandas").DataFrame({"a": [1.5]})),
+], ids=["npy", "json", "csv"])
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, write):
+    out = full_disk_at(tmp_path / "out" / "result")
+    with pytest.raises(PipelineError) as info:
+        write(out)
+    assert str(info.value) == f"cannot write {out}: {DISK_FULL}"
+    assert os.listdir(out.parent) == [], "neither the output nor its temporary file"
+
+
+def test_disk_full_when_reserving_a_memory_mapped_array(tmp_path, monkeypatch):
+    """npy_writer reserves the space first: on a full disk a later write to the mapping would kill the stage (SIGBUS)."""
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    out = tmp_path / "images.npy"
+    with pytest.raises(PipelineError, match=f"^cannot write {out}: {DISK_FULL}$"):
+        with files.npy_writer(out, (1000, 32, 32, 3), np.uint8):
+            pytest.fail("must not be reached")
+    assert os.listdir(tmp_path) == []
+
+
+def test_reserving_really_allocates_the_file(tmp_path):
+    out = tmp_path / "images.npy"
+    with files.npy_writer(out, (64, 32, 32, 3), np.uint8) as array:
+        blocks = os.stat(out.with_name("images.npy.tmp")).st_blocks * 512
+        array[:] = 3
+    assert blocks >= 64 * 32 * 32 * 3, "the space is on disk before any pixel is written"
+    assert files.load_npy(out).sum() == 3 * 64 * 32 * 32 * 3
+
+
+def test_a_file_in_the_way_of_the_output_folder(tmp_path):
+    (tmp_path / "metrics").write_text("not a folder")
+    with pytest.raises(PipelineError) as info:
+        files.write_json(tmp_path / "metrics" / "data.json", {})
+    assert str(info.value) == f"cannot write {tmp_path / 'metrics' / 'data.json'}: a file is in the way where a folder is needed: move it"
+
+
+def test_read_only_file_system(tmp_path, monkeypatch):
+    """EROFS cannot be produced without mounting; the rename that publishes the output fails as on a read-only mount."""
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", read_only)
+    out = tmp_path / "x.json"
+    with pytest.raises(PipelineError, match=r"cannot write .*x.json: the file system is read-only: make it writable"):
+        files.write_json(out, {})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway; the same path is covered above")
+def test_read_only_folder(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(PipelineError, match="permission denied: fix the folder's permissions"):
+            files.write_json(folder / "x.json", {})
+    finally:
+        folder.chmod(0o755)
+
+
+def test_an_input_error_inside_a_write_is_not_blamed_on_the_output(tmp_path):
+    with pytest.raises(PermissionError):
+        with files.atomic_path(tmp_path / "out.csv"):
+            raise PermissionError(errno.EACCES, "Permission denied", "/some/input.png")
+
+
+@pytest.mark.parametrize("failure, message", [
+    (OSError(errno.ENOSPC, "No space left on device", "models/model.keras"), f"error: models/model.keras: {DISK_FULL}"),
+    (OSError(errno.EROFS, "Read-only file system", "plots/x.png"), "error: plots/x.png: the file system is read-only: "),
+    (RuntimeError("Unable to synchronously create file (file write failed: errno = 28, error message = 'No space left on device')"),
+     f"error: {DISK_FULL} (RuntimeError)"),
+])
+def test_disk_errors_from_inside_libraries_are_one_line(capsys, failure, message):
+    def main():
+        raise failure
+
+    with pytest.raises(SystemExit) as info:
+        errors.run(main)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_other_errors_still_show_their_traceback():
+    def main():
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "data/ingested/manifest.csv")
+
+    with pytest.raises(FileNotFoundError):  # a bug or a missing upstream output: the traceback helps
+        errors.run(main)
+
+
+@needs_dev_full
+def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for c, name in enumerate(["a", "b"]):
+        for i in range(3):
+            make_image(tmp_path / "src" / name / f"{i}.png", (100 * c, 50, 50), noise_seed=i)
+    params["data"]["source"] = str(tmp_path / "src")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    full_disk_at(project / "data/ingested/pixels.u8")
+    result = subprocess.run([sys.executable, "stages/ingest.py"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/pixels.u8: {DISK_FULL}"
+    assert os.listdir(project / "data/ingested") == [] and not (project / "metrics").exists()
+    (project / "metrics").write_text("")  # now the report's folder is blocked by a file
+    result = subprocess.run([sys.executable, "stages/ingest.py"], cwd=project, capture_output=True, text=True)
+    assert result.stderr.strip().splitlines()[-1] == "error: cannot write metrics/data.json: a file is in the way where a folder is needed: move it"
+    assert sorted(os.listdir(project / "data/ingested")) == ["manifest.csv", "pixels.u8"], "complete files; DVC records nothing"
