@@ -24,8 +24,8 @@ def main():
     harness.set_params(project, {"train_head.lr": 0.0005})
     head = harness.run(["dvc", "repro"], project)
 
-    print(f"\n{'digits' if args.digits else 'Flowers-17'}: full run {full.seconds:.1f} s ({len(harness.stages_run(full.output))} stages)")
-    for name, timed in (("no-op dvc repro", noop), ("train_head.lr changed", head)):
+    print(f"\n{'digits' if args.digits else 'Flowers-17'}:")
+    for name, timed in (("full dvc repro", full), ("no-op dvc repro", noop), ("train_head.lr changed", head)):
         ran = ", ".join(harness.stages_run(timed.output)) or "nothing"
         print(f"{name:24}{timed.seconds:8.1f} s  {100 * timed.seconds / full.seconds:5.1f} % of the full run  (ran: {ran})")
 

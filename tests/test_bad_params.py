@@ -107,7 +107,7 @@ def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
         result = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=project, capture_output=True, text=True)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip() == ("error: params.yaml: unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: "
-                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, unfreeze_from, momentum")
+                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, unfreeze_from, momentum, cache_activations")
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages"], "nothing was written"
 
 

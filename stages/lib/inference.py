@@ -20,8 +20,9 @@ BATCH_SIZE = 64   # images per forward pass
 def predict_to_npy(model: keras.Model, images: np.ndarray, path: Path, dtype, desc: str) -> tuple:
     """model(images) -> <path> (dtype), written chunk by chunk and published atomically. -> its shape."""
     shape = (len(images), *model.output.shape[1:])
-    with files.npy_writer(path, shape, dtype) as out:
-        for start in tqdm(range(0, len(images), CHUNK), desc=desc, unit="chunk"):
+    with files.npy_writer(path, shape, dtype) as out, tqdm(total=len(images), desc=desc, unit="img") as progress:
+        for start in range(0, len(images), CHUNK):
             batch = np.asarray(images[start:start + CHUNK], dtype=np.float32)
             out[start:start + len(batch)] = model.predict(batch, batch_size=BATCH_SIZE, verbose=0)
+            progress.update(len(batch))
     return shape

@@ -201,4 +201,8 @@ def renumber_shared_objects(config, ids: dict | None = None):
 
 
 def load(path: Path) -> keras.Model:
-    return keras.models.load_model(path, safe_mode=True, compile=False)
+    """A saved .keras model; safe_mode refuses code hidden in it (Lambda layers)."""
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        raise PipelineError(f"cannot load the model {path}: {str(exc).splitlines()[0]}; rerun `dvc repro --force` to rebuild it") from None
