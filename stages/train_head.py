@@ -1,9 +1,8 @@
 """Stage train-head: stored features -> a trained dense head (no images, no base forward pass).
 
+The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); train_head.batch_size is global.
 """
-import math
-
 from lib import distribute, files, models, params, paths, targets, training
 from lib.errors import run
 
@@ -14,13 +13,14 @@ def main():
     strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
-    x_train, y_train, x_val, y_val = (files.load_npy(paths.split_array(paths.FEATURES, split, kind))
-                                      for split in ("train", "val") for kind in ("features", "targets"))
+    train = training.batches(paths.split_array(paths.FEATURES, "train", "features"), paths.split_array(paths.FEATURES, "train", "targets"),
+                             cfg.batch_size, seed=cfg.seed)
+    val = training.batches(paths.split_array(paths.FEATURES, "val", "features"), paths.split_array(paths.FEATURES, "val", "targets"), cfg.batch_size)
     with strategy.scope():
-        head = models.build_head(x_train.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
+        head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
         training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
-                                                                         total_steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)))
-    history = training.fit(head, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.patience, encoding, cfg.batch_size)
+                                                                         total_steps=cfg.epochs * len(train)))
+    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding)
     with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
         models.save(head, out / paths.HEAD_MODEL)
         training.write_curves(history, out / paths.TRAIN_HEAD_PLOTS, encoding)

@@ -61,15 +61,18 @@ def monitor(encoding: dict) -> str:
     return "val_loss" if encoding["task"] == "classification" else "val_mae"
 
 
-def fit(model, train, val, epochs: int, patience: int, encoding: dict, batch_size: int | None = None) -> pd.DataFrame:
-    """Fit with early stopping (best epoch restored); one log line per epoch. -> history per epoch."""
+def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: dict) -> pd.DataFrame:
+    """Fit with early stopping (best epoch restored); one log line per epoch. -> history per epoch.
+
+    `train` reshuffles itself every epoch from (seed, epoch), so Keras must not reorder its batches
+    on top (shuffle=False): the order then depends on the params alone, not on the distribution
+    strategy (Keras peeks at a batch before training under one) or on the number of workers.
+    """
     if epochs == 0:
         return pd.DataFrame(columns=["epoch"])
     callbacks = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
                                                mode="min")] if patience > 0 else []
-    x, y = train if isinstance(train, tuple) else (train, None)
-    history = model.fit(x, y, validation_data=val, epochs=epochs, batch_size=batch_size, callbacks=callbacks,
-                        shuffle=True, verbose=2)
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
@@ -94,10 +97,12 @@ def write_curves(history: pd.DataFrame, folder, encoding: dict) -> None:
 
 
 class Batches(keras.utils.PyDataset):
-    """Batches of a memory-mapped array (uint8 images or float16 activations) as float32, with their
-    targets: memory holds a batch, not the dataset.
+    """Batches of a memory-mapped array (uint8 images, float16 activations or float32 features) as
+    float32, with their targets: memory holds a batch, not the dataset.
 
     With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
+    `batch_size` is global: under a tf.distribute strategy Keras splits each batch over the replicas
+    (and, with multi_worker, every worker reads the same batches and keeps its share).
     """
 
     def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None):
