@@ -28,7 +28,7 @@ def main():
             for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED}.items():
                 images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
                 shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.ACTIVATIONS, split, "activations"),
-                                                 np.float16, desc=f"extract-activations: {split}")
+                                                 np.float16, desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
                 info[f"{split}_shape"] = list(shape)
             print(f"extract-activations: {p.base.name} below {cut} -> {shape[1:]} per image -> {paths.ACTIVATIONS}")
         files.write_json(out / paths.ACTIVATIONS_INFO, info)

@@ -25,7 +25,7 @@ def main():
         for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED, "test": paths.NORMALIZED}.items():
             images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
             shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.FEATURES, split, "features"), np.float32,
-                                             desc=f"extract-features: {split}")
+                                             desc=f"extract-features: {split}", replicas=strategy.num_replicas_in_sync)
             files.save_npy(out / paths.split_array(paths.FEATURES, split, "targets"), files.load_npy(paths.split_array(folder, split, "targets")))
     print(f"extract-features: {p.base.name} ({p.base.precision}) -> {shape[1]} features per image -> {paths.FEATURES}")
 

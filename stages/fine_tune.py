@@ -21,8 +21,9 @@ def main():
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
     inputs = paths.fine_tune_inputs(cfg.cache_activations)
-    train = training.batches(inputs["train"], paths.split_array(paths.AUGMENTED, "train", "targets"), cfg.batch_size, seed=cfg.seed)
-    val = training.batches(inputs["val"], paths.split_array(paths.NORMALIZED, "val", "targets"), cfg.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    train = training.batches(inputs["train"], paths.split_array(paths.AUGMENTED, "train", "targets"), cfg.batch_size, cfg.seed, replicas)
+    val = training.batches(inputs["val"], paths.split_array(paths.NORMALIZED, "val", "targets"), cfg.batch_size, None, replicas)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
         head = models.load(paths.HEAD_MODEL)

@@ -13,9 +13,11 @@ def main():
     strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
+    replicas = strategy.num_replicas_in_sync
     train = training.batches(paths.split_array(paths.FEATURES, "train", "features"), paths.split_array(paths.FEATURES, "train", "targets"),
-                             cfg.batch_size, seed=cfg.seed)
-    val = training.batches(paths.split_array(paths.FEATURES, "val", "features"), paths.split_array(paths.FEATURES, "val", "targets"), cfg.batch_size)
+                             cfg.batch_size, cfg.seed, replicas)
+    val = training.batches(paths.split_array(paths.FEATURES, "val", "features"), paths.split_array(paths.FEATURES, "val", "targets"),
+                           cfg.batch_size, None, replicas)
     with strategy.scope():
         head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
         training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
