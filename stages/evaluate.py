@@ -13,7 +13,7 @@ def main():
     params.load()  # validates params.yaml; this stage reads no key of its own
     encoding = files.read_json(paths.MODEL_ENCODING)
     actual = targets.decode(files.load_npy(paths.split_array(paths.NORMALIZED, "test", "targets")), encoding)
-    head_out = models.load(paths.HEAD_MODEL).predict(files.load_npy(paths.split_array(paths.FEATURES, "test", "features")), verbose=0)
+    head_out = models.load(paths.HEAD_MODEL).predict(training.batches(paths.split_array(paths.FEATURES, "test", "features"), None, 64), verbose=0)
     fine_out = models.load(paths.MODEL).predict(training.batches(paths.split_array(paths.NORMALIZED, "test", "images"), None, 64), verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 

@@ -6,28 +6,32 @@ the top of the base + head on these (float16) instead of pushing every image thr
 base each epoch. Its own stage, so changing fine_tune.lr or .epochs never recomputes them;
 changing the cut, the base or the images does.
 fine_tune.cache_activations: false writes only info.json (fine-tune then runs end to end on images).
+The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
 import numpy as np
 
-from lib import files, inference, models, params, paths, training
+from lib import distribute, files, inference, models, params, paths, training
 from lib.errors import run
 
 
 def main():
     p = params.load()
     cut = p.fine_tune.unfreeze_from
+    strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(0)
     info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": cut, "dtype": "float16"}
-    if p.fine_tune.cache_activations:
-        base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-        extractor = models.activation_extractor(base, p.base.name, p.normalize.image_size, cut)
-        for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED}.items():
-            images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
-            shape = inference.predict_to_npy(extractor, images, paths.split_array(paths.ACTIVATIONS, split, "activations"),
-                                             np.float16, desc=f"extract-activations: {split}")
-            info[f"{split}_shape"] = list(shape)
-        print(f"extract-activations: {p.base.name} below {cut} -> {shape[1:]} per image -> {paths.ACTIVATIONS}")
-    files.write_json(paths.ACTIVATIONS_INFO, info)
+    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
+        if p.fine_tune.cache_activations:
+            with strategy.scope():
+                base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
+                extractor = models.activation_extractor(base, p.base.name, p.normalize.image_size, cut)
+            for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED}.items():
+                images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
+                shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.ACTIVATIONS, split, "activations"),
+                                                 np.float16, desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
+                info[f"{split}_shape"] = list(shape)
+            print(f"extract-activations: {p.base.name} below {cut} -> {shape[1:]} per image -> {paths.ACTIVATIONS}")
+        files.write_json(out / paths.ACTIVATIONS_INFO, info)
 
 
 if __name__ == "__main__":

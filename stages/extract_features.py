@@ -3,26 +3,30 @@
 Runs the base (inference mode) over the augmented training set, val and test, in batches straight
 from the memory-mapped image arrays, and stores what the head trains on.
 base.precision: bfloat16 computes in bfloat16 (faster on CPUs with AVX512-BF16); features are stored as float32.
+The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
 import keras
 import numpy as np
 
-from lib import files, inference, models, params, paths, training
+from lib import distribute, files, inference, models, params, paths, training
 from lib.errors import run
 
 
 def main():
     p = params.load()
+    strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(0)
     if p.base.precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
-    base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-    extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling)
-    for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED, "test": paths.NORMALIZED}.items():
-        images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
-        shape = inference.predict_to_npy(extractor, images, paths.split_array(paths.FEATURES, split, "features"), np.float32,
-                                         desc=f"extract-features: {split}")
-        files.save_npy(paths.split_array(paths.FEATURES, split, "targets"), files.load_npy(paths.split_array(folder, split, "targets")))
+    with strategy.scope():
+        base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
+        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling)
+    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
+        for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED, "test": paths.NORMALIZED}.items():
+            images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
+            shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.FEATURES, split, "features"), np.float32,
+                                             desc=f"extract-features: {split}", replicas=strategy.num_replicas_in_sync)
+            files.save_npy(out / paths.split_array(paths.FEATURES, split, "targets"), files.load_npy(paths.split_array(folder, split, "targets")))
     print(f"extract-features: {p.base.name} ({p.base.precision}) -> {shape[1]} features per image -> {paths.FEATURES}")
 
 

@@ -6,39 +6,44 @@ extract-activations cached below the cut: the same network and data as end to en
 every image through the frozen bottom each epoch. false trains the full model on the images.
 Writes models/model.keras either way: raw RGB pixels in, class probabilities (or the target, in its
 unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model.
+Built, compiled and trained under train.strategy (stages/lib/distribute.py); fine_tune.batch_size is global.
 """
 import shutil
 
-from lib import files, models, params, paths, training
+from lib import distribute, files, models, params, paths, training
 from lib.errors import PipelineError, run
 
 
 def main():
     p = params.load()
     cfg = p.fine_tune
+    strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
-    base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-    head = models.load(paths.HEAD_MODEL)
-    model = models.assemble(models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling), head)
-    n_trainable = models.unfreeze_from(base, cfg.unfreeze_from)
-    if cfg.cache_activations:  # shares its layers with `model`: training it trains the model
-        trained = models.top_model(base, cfg.unfreeze_from, activation_shape(), p.head.pooling, head)
-    else:
-        trained = model
     inputs = paths.fine_tune_inputs(cfg.cache_activations)
-    print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
-          f"(BatchNormalization frozen), trained on {inputs['train']}")
-    train = training.batches(inputs["train"], paths.split_array(paths.AUGMENTED, "train", "targets"), cfg.batch_size, seed=cfg.seed)
-    val = training.batches(inputs["val"], paths.split_array(paths.NORMALIZED, "val", "targets"), cfg.batch_size)
-    opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
-    training.compile_for(trained, encoding, cfg.loss, opt)
+    replicas = strategy.num_replicas_in_sync
+    train = training.batches(inputs["train"], paths.split_array(paths.AUGMENTED, "train", "targets"), cfg.batch_size, cfg.seed, replicas)
+    val = training.batches(inputs["val"], paths.split_array(paths.NORMALIZED, "val", "targets"), cfg.batch_size, None, replicas)
+    with strategy.scope():
+        base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
+        head = models.load(paths.HEAD_MODEL)
+        model = models.assemble(models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling), head)
+        n_trainable = models.unfreeze_from(base, cfg.unfreeze_from)
+        if cfg.cache_activations:  # shares its layers with `model`: training it trains the model
+            trained = models.top_model(base, cfg.unfreeze_from, activation_shape(), p.head.pooling, head)
+        else:
+            trained = model
+        print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
+              f"(BatchNormalization frozen), trained on {inputs['train']}")
+        opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
+        training.compile_for(trained, encoding, cfg.loss, opt)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding)
-    models.save(models.export(model, encoding), paths.MODEL)
-    with files.atomic_path(paths.MODEL_ENCODING) as tmp:
-        shutil.copyfile(paths.ENCODING, tmp)
-    training.write_curves(history, paths.FINE_TUNE_PLOTS, encoding)
-    files.write_json(paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
+    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
+        models.save(models.export(model, encoding), out / paths.MODEL)
+        with files.atomic_path(out / paths.MODEL_ENCODING) as tmp:
+            shutil.copyfile(paths.ENCODING, tmp)
+        training.write_curves(history, out / paths.FINE_TUNE_PLOTS, encoding)
+        files.write_json(out / paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
 
 
 def activation_shape() -> tuple:

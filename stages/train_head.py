@@ -1,24 +1,32 @@
-"""Stage train-head: stored features -> a trained dense head (no images, no base forward pass)."""
-import math
+"""Stage train-head: stored features -> a trained dense head (no images, no base forward pass).
 
-from lib import files, models, params, paths, targets, training
+The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
+Built, compiled and trained under train.strategy (stages/lib/distribute.py); train_head.batch_size is global.
+"""
+from lib import distribute, files, models, params, paths, targets, training
 from lib.errors import run
 
 
 def main():
     p = params.load()
     cfg = p.train_head
+    strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
-    x_train, y_train, x_val, y_val = (files.load_npy(paths.split_array(paths.FEATURES, split, kind))
-                                      for split in ("train", "val") for kind in ("features", "targets"))
-    head = models.build_head(x_train.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
-    training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
-                                                                     total_steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)))
-    history = training.fit(head, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.patience, encoding, cfg.batch_size)
-    models.save(head, paths.HEAD_MODEL)
-    training.write_curves(history, paths.TRAIN_HEAD_PLOTS, encoding)
-    files.write_json(paths.TRAIN_HEAD_METRICS, training.best_epoch(history, encoding))
+    replicas = strategy.num_replicas_in_sync
+    train = training.batches(paths.split_array(paths.FEATURES, "train", "features"), paths.split_array(paths.FEATURES, "train", "targets"),
+                             cfg.batch_size, cfg.seed, replicas)
+    val = training.batches(paths.split_array(paths.FEATURES, "val", "features"), paths.split_array(paths.FEATURES, "val", "targets"),
+                           cfg.batch_size, None, replicas)
+    with strategy.scope():
+        head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
+        training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
+                                                                         total_steps=cfg.epochs * len(train)))
+    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding)
+    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
+        models.save(head, out / paths.HEAD_MODEL)
+        training.write_curves(history, out / paths.TRAIN_HEAD_PLOTS, encoding)
+        files.write_json(out / paths.TRAIN_HEAD_METRICS, training.best_epoch(history, encoding))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ CASES = [
     ({"fine_tune__lr_rate": 0.1}, "unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: optimizer, lr, epochs, "),
     ({"augment__horizontal_flipp": True}, "unknown key augment.horizontal_flipp (did you mean horizontal_flip?)"),
     ({"data__csv": "x.csv"}, "unknown key data.csv; data keys: source, task, path_column, target_column"),
-    ({"extras__x": 1}, "unknown key extras; params.yaml keys: data, ingest, split, normalize, augment, base, head, train_head, fine_tune"),
+    ({"extras__x": 1}, "unknown key extras; params.yaml keys: data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train"),
     ({"train_head__epochs": DELETE}, "missing key train_head.epochs"),
     # wrong types
     ({"train_head__epochs": "ten"}, "train_head.epochs: Input should be a valid integer, unable to parse string as an integer (got 'ten')"),
@@ -63,6 +63,7 @@ CASES = [
     ({"data__task": "ranking"}, "data.task: Input should be 'classification' or 'regression' (got 'ranking')"),
     ({"normalize__resize": "stretch"}, "normalize.resize: Input should be 'crop' or 'pad' (got 'stretch')"),
     ({"fine_tune__optimizer": "adamw"}, "fine_tune.optimizer: Input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')"),
+    ({"train__strategy": "horovod"}, "train.strategy: Input should be 'default', 'mirrored' or 'multi_worker' (got 'horovod')"),
     ({"base__alpha": 0.6}, "base.alpha=0.6 has no ImageNet weights for mobilenet_v2; use one of 0.35, 0.5, 0.75, 1, 1.3, 1.4"),
     ({"base__weights": str(weights)}, f"base.weights file {weights} does not exist"),
     ({"base__weights": "weights.bin"}, "base.weights must be imagenet, none or a path to a .weights.h5 file, got 'weights.bin'"),
@@ -89,7 +90,7 @@ def test_several_problems_are_all_named_on_one_line(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("data: [unclosed\n  - x\n", "cannot read params (while parsing a flow sequence"),
-    ("- just\n- a list\n", "expected sections data, ingest, split, normalize, augment, base, head, train_head, fine_tune, got list"),
+    ("- just\n- a list\n", "expected sections data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train, got list"),
     ("", "expected sections data, ingest"),
     ("data:\n  source: a\n\tbad: tab\n", "cannot read params ("),
 ])

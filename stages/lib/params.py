@@ -119,6 +119,12 @@ class FineTune(Fit):
     cache_activations: bool
 
 
+class Train(Section):
+    # Where the models of extract-features, extract-activations, train-head and fine-tune run
+    # (stages/lib/distribute.py); batch sizes are global whatever the strategy.
+    strategy: Literal["default", "mirrored", "multi_worker"]
+
+
 class Params(Section):
     data: Data
     ingest: Ingest
@@ -129,6 +135,7 @@ class Params(Section):
     head: Head
     train_head: TrainHead
     fine_tune: FineTune
+    train: Train
 
 
 def load(path: Path = paths.PARAMS) -> Params:

@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from lib import files
+from lib.errors import PipelineError
 
 
 def make_deterministic(seed: int) -> None:
@@ -61,15 +62,23 @@ def monitor(encoding: dict) -> str:
     return "val_loss" if encoding["task"] == "classification" else "val_mae"
 
 
-def fit(model, train, val, epochs: int, patience: int, encoding: dict, batch_size: int | None = None) -> pd.DataFrame:
-    """Fit with early stopping (best epoch restored); one log line per epoch. -> history per epoch."""
+def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: dict) -> pd.DataFrame:
+    """Fit with early stopping (best epoch restored); one log line per epoch. -> history per epoch.
+
+    `train` reshuffles itself every epoch from (seed, epoch), so Keras must not reorder its batches
+    on top (shuffle=False): the order then depends on the params alone, not on the distribution
+    strategy (Keras peeks at a batch before training under one) or on the number of workers.
+    """
     if epochs == 0:
         return pd.DataFrame(columns=["epoch"])
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    for name, data in (("training", train), ("validation", val)):
+        if data.first_batch_rows() % replicas:  # Keras reduces the first batch over the replicas to learn its shapes
+            raise PipelineError(f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share evenly; "
+                                f"use a batch size that is a multiple of {replicas} and at most half the {len(data.inputs)} {name} rows")
     callbacks = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
                                                mode="min")] if patience > 0 else []
-    x, y = train if isinstance(train, tuple) else (train, None)
-    history = model.fit(x, y, validation_data=val, epochs=epochs, batch_size=batch_size, callbacks=callbacks,
-                        shuffle=True, verbose=2)
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
@@ -94,15 +103,19 @@ def write_curves(history: pd.DataFrame, folder, encoding: dict) -> None:
 
 
 class Batches(keras.utils.PyDataset):
-    """Batches of a memory-mapped array (uint8 images or float16 activations) as float32, with their
-    targets: memory holds a batch, not the dataset.
+    """Batches of a memory-mapped array (uint8 images, float16 activations or float32 features) as
+    float32, with their targets: memory holds a batch, not the dataset.
 
     With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
+    `batch_size` is global: under a tf.distribute strategy Keras splits each batch over the
+    `replicas` (with multi_worker, every worker reads the same batches and keeps its share).
     """
 
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None):
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None,
+                 replicas: int = 1):
         super().__init__(workers=1, use_multiprocessing=False)
         self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
+        self.n_batches = batch_count(len(inputs), batch_size, replicas)
         self.epoch = 0
         self.order = self._order()
 
@@ -112,10 +125,15 @@ class Batches(keras.utils.PyDataset):
         return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.inputs))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.inputs) / self.batch_size)
+        return self.n_batches
+
+    def first_batch_rows(self) -> int:
+        return self.batch_size if self.n_batches > 1 else len(self.inputs)
 
     def __getitem__(self, index: int):
-        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        start = index * self.batch_size
+        stop = len(self.inputs) if index == self.n_batches - 1 else start + self.batch_size  # the last one takes the rest
+        rows = np.sort(self.order[start:stop])
         x = np.asarray(self.inputs[rows], dtype=np.float32)
         return x if self.targets is None else (x, self.targets[rows])
 
@@ -124,6 +142,28 @@ class Batches(keras.utils.PyDataset):
         self.order = self._order()
 
 
-def batches(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None) -> Batches:
+def batch_count(rows: int, batch_size: int, replicas: int = 1) -> int:
+    """Batches of `batch_size` rows, the last one taking the rest. Under tf.distribute, a smaller last
+    batch that would leave a replica without rows (1 row over 2 replicas) joins the one before it:
+    TF 2.20's oneDNN convolutions (CPU) return a wrong shape for an empty batch. One replica
+    (train.strategy=default) never joins batches."""
+    full, rest = divmod(rows, batch_size)
+    count = full + (rest > 0)
+    if full and rest and not whole_shares(rest, replicas):
+        count -= 1
+    last = rows - (count - 1) * batch_size
+    if count and not (whole_shares(last, replicas) and (count == 1 or whole_shares(batch_size, replicas))):
+        raise PipelineError(f"{rows} rows in batches of {batch_size} cannot give each of {replicas} replicas a row of every batch; "
+                            f"try another batch size (a multiple of {replicas}) or fewer replicas")
+    return count
+
+
+def whole_shares(rows: int, replicas: int) -> bool:
+    """Whether tf.distribute splits a batch of `rows` with a row for every replica (it hands them
+    ceil(rows / replicas) rows each, in order: 5 rows over 4 replicas are 2, 2, 1 and 0)."""
+    return (replicas - 1) * math.ceil(rows / replicas) < rows
+
+
+def batches(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None, replicas: int = 1) -> Batches:
     """Batches over the .npy `inputs` (memory-mapped) and `targets` (None: inputs only)."""
-    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed)
+    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed, replicas)

@@ -1,0 +1,56 @@
+"""Benchmark 5: three queued experiments run one at a time vs two at a time (DVC's experiment queue).
+
+    python benchmarks/queue.py                 # the embedded default (digits)
+
+In a fresh clone: `dvc repro` once (the baseline, which fills the DVC cache) and a commit, then
+three `dvc exp run --queue -S train_head.seed=...` + `dvc queue start -j 1`, and three more (other
+seeds, so DVC's run cache cannot skip them) + `dvc queue start -j 2`. Each experiment reruns
+train-head, fine-tune and evaluate with early stopping off (patience 0), so every one does the same
+work. Prints the wall time of each batch of three, from `dvc queue start` until the queue is empty.
+"""
+import argparse
+import os
+import re
+import subprocess
+import time
+
+import harness
+
+FIXED_WORK = ["-S", "train_head.patience=0", "-S", "fine_tune.patience=0"]
+
+
+def run_queued(project, seeds: list[int], jobs: int) -> float:
+    for seed in seeds:
+        harness.run(["dvc", "exp", "run", "--queue", "-S", f"train_head.seed={seed}", *FIXED_WORK], project)
+    start = time.perf_counter()
+    harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)
+    while re.search(r"\b(Queued|Running)\b", status := harness.run(["dvc", "queue", "status"], project).output):
+        time.sleep(2)
+    seconds = time.perf_counter() - start
+    if len(re.findall(r"\bSuccess\b", status)) < len(seeds):
+        raise SystemExit(f"queued experiments failed in {project}:\n{status}")
+    return seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
+
+    project = harness.clone("queue")
+    print(f"baseline dvc repro in {project} ...", flush=True)
+    baseline = harness.run(["dvc", "repro"], project)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline", "--allow-empty"], cwd=project, check=True)
+
+    one = run_queued(project, [1, 2, 3], jobs=1)
+    two = run_queued(project, [4, 5, 6], jobs=2)
+    table = harness.run(["dvc", "exp", "show", "--csv", "--only-changed"], project).output
+
+    print(f"\ndigits, {os.cpu_count()} CPU cores; baseline dvc repro {baseline.seconds:.0f} s")
+    print(f"3 queued experiments, dvc queue start -j 1: {one:7.1f} s")
+    print(f"3 queued experiments, dvc queue start -j 2: {two:7.1f} s   ({one / two:.2f}x faster)")
+    print(f"\n{table}")
+
+
+if __name__ == "__main__":
+    main()

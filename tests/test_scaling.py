@@ -1,0 +1,251 @@
+"""Scaling out on existing engines: tf.distribute strategies, a DVC remote, DVC's experiment queue.
+
+One small project (60 real images in 3 class folders, 32 px, MobileNetV2 with its ImageNet weights,
+batches of 8, no dropout so that two replicas compute the same network as one device) is
+reproduced once with train.strategy=default and committed; every check starts from it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from conftest import FAST, make_image, make_project, run
+from lib import distribute, inference, training
+from lib.errors import PipelineError
+
+pytestmark = pytest.mark.e2e
+
+SETTINGS = FAST | {"head.dropout": 0.0, "train_head.batch_size": 8, "fine_tune.batch_size": 8}
+
+# Runs a stage script as `dvc repro` would, but on two logical CPU devices: the only way to get two
+# replicas on a machine without GPUs. The stage itself is unchanged. (One process per stage, as with
+# DVC: two strategies in one process would share TensorFlow's collective-op keys.)
+TWO_CPUS = """
+import runpy, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, "stages")
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+HEAD_OUTPUTS = ["models/head.keras", "metrics/train_head.json", "plots/train_head/loss.csv"]
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def env() -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+def set_params(project: Path, **changes) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_of(project: Path, where: Path) -> Path:
+    shutil.copytree(project, where, symlinks=True)
+    return where
+
+
+def weights(path: Path) -> list[np.ndarray]:
+    return keras.models.load_model(path, safe_mode=True, compile=False).get_weights()
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert len(wa) == len(wb)
+    for x, y in zip(wa, wb):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def assert_same_metrics(a: Path, b: Path) -> None:
+    ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ma.keys() == mb.keys() and ma["epochs_run"] == mb["epochs_run"] > 0
+    for key in ma:
+        assert mb[key] == pytest.approx(ma[key], abs=1e-4), key
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    for c, (name, color) in enumerate({"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}.items()):
+        for i in range(20):
+            make_image(root / name / f"img_{i:02d}.png", color, noise_seed=100 * c + i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, images) -> Path:
+    """The reference: `dvc repro` with train.strategy=default, committed with its dvc.lock."""
+    project = make_project(tmp_path_factory.mktemp("scaling"), SETTINGS | {"data.source": str(images)})
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["strategy"] == "default"
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    return project
+
+
+def test_mirrored_on_two_logical_cpus_matches_default(project, tmp_path):
+    mirrored = copy_of(project, tmp_path / "mirrored")
+    set_params(mirrored, train__strategy="mirrored")
+    for stage in ("extract_features", "train_head", "fine_tune"):
+        result = run([sys.executable, "-c", TWO_CPUS, f"stages/{stage}.py"], mirrored)
+        assert "train.strategy=mirrored: 2 replica(s)" in result.stdout, result.stdout
+    for split in ("train", "val", "test"):
+        features = f"data/features/{split}_features.npy"
+        np.testing.assert_allclose(np.load(mirrored / features), np.load(project / features), rtol=1e-5, atol=1e-5)
+    assert_same_model(mirrored / "models/head.keras", project / "models/head.keras")
+    assert_same_model(mirrored / "models/model.keras", project / "models/model.keras")
+    assert_same_metrics(mirrored / "metrics/train_head.json", project / "metrics/train_head.json")
+    assert_same_metrics(mirrored / "metrics/fine_tune.json", project / "metrics/fine_tune.json")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_two_local_processes_chief_writes_and_matches_default(project, tmp_path):
+    """Two workers on loopback ports, each in its own copy of the project, so we can see who wrote what."""
+    copies = [copy_of(project, tmp_path / f"worker{i}") for i in range(2)]
+    cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
+    for i, copy in enumerate(copies):
+        set_params(copy, train__strategy="multi_worker")
+        for output in HEAD_OUTPUTS:
+            (copy / output).unlink()
+        (tmp_path / f"tmp{i}").mkdir()
+    workers = [subprocess.Popen([sys.executable, "stages/train_head.py"], cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env() | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                                             "TMPDIR": str(tmp_path / f"tmp{i}")})
+               for i, copy in enumerate(copies)]
+    try:
+        outputs = [worker.communicate(timeout=420)[0] for worker in workers]
+    finally:  # bounded: a worker that waits for a dead peer never outlives the test
+        for worker in workers:
+            worker.kill()
+    for i, (worker, output) in enumerate(zip(workers, outputs)):
+        assert worker.returncode == 0, output
+        assert f"train.strategy=multi_worker: 2 replica(s), worker {i} of a cluster" in output
+    chief, other = copies
+    assert all((chief / output).exists() for output in HEAD_OUTPUTS), "the chief writes the stage's outputs"
+    assert not any((other / output).exists() for output in HEAD_OUTPUTS), "a non-chief worker writes nothing into the project"
+    assert list((tmp_path / "tmp1").iterdir()) == [], "its temporary copy is deleted"
+    assert_same_model(chief / "models/head.keras", project / "models/head.keras")
+    assert_same_metrics(chief / "metrics/train_head.json", project / "metrics/train_head.json")
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "train.strategy=multi_worker needs TF_CONFIG on every machine, e.g. TF_CONFIG='{\"cluster\""),
+    ("{cluster: x}", "TF_CONFIG is not valid JSON (Expecting property name enclosed in double quotes"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG needs a 'cluster' and a 'task'"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     'TF_CONFIG task {"type": "worker", "index": 2} is not in its cluster {"worker": ["a:1", "b:1"]}'),
+])
+def test_multi_worker_without_a_usable_tf_config_is_one_line(monkeypatch, tf_config, message):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(PipelineError) as info:
+        distribute.strategy("multi_worker")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+# How tf.distribute splits batches of 1..10 rows over 2 and 4 replicas (it is TF's rule, not ours).
+SHARES = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+shares = {}
+for replicas in (2, 4):
+    strategy = tf.distribute.MirroredStrategy(devices[:replicas])
+    for rows in range(1, 11):
+        batch = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.range(rows).batch(rows))))
+        shares[f"{rows}/{replicas}"] = [int(tf.size(part)) for part in strategy.experimental_local_results(batch)]
+print(json.dumps(shares))
+"""
+
+
+def test_batches_never_leave_a_replica_without_rows():
+    shares = json.loads(subprocess.run([sys.executable, "-c", SHARES], capture_output=True, text=True, check=True).stdout)
+    for key, parts in shares.items():
+        rows, replicas = map(int, key.split("/"))
+        assert sum(parts) == rows and training.whole_shares(rows, replicas) == (min(parts) > 0), (key, parts)
+
+    assert [training.batch_count(rows, 8) for rows in (0, 1, 8, 9, 17)] == [0, 1, 1, 2, 3], "one replica: never joined"
+    assert training.batch_count(17, 8, replicas=2) == 2, "8 + 9 rows: the lone 17th row joins the batch before it"
+    assert training.batch_count(18, 8, replicas=2) == 3
+    data = training.Batches(np.arange(17), np.arange(17), 8, seed=3, replicas=2)
+    assert [len(data[i][0]) for i in range(len(data))] == [8, 9] and data.first_batch_rows() == 8
+    assert sorted(np.concatenate([data[i][1] for i in range(len(data))])) == list(range(17)), "every row once"
+    with pytest.raises(PipelineError, match="1 rows in batches of 8 cannot give each of 2 replicas a row"):
+        training.batch_count(1, 8, replicas=2)
+    assert [(c.start, c.stop) for c in inference.chunks(1100)] == [(0, 512), (512, 1024), (1024, 1100)]
+    assert [(c.start, c.stop) for c in inference.chunks(1030)] == [(0, 512), (512, 1030)], "6 rows cannot make a batch"
+
+
+def test_push_to_a_remote_then_a_fresh_clone_pulls_everything_up_to_date(project, tmp_path):
+    work = copy_of(project, tmp_path / "work")
+    run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], work)
+    run(["git", "commit", "-qam", "add a DVC remote"], work)
+    run(["dvc", "push"], work)
+    assert any((tmp_path / "remote").rglob("*")), "the remote holds the cached outputs"
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
+    assert not (clone / "models/model.keras").exists() and not (clone / "data/features").exists()
+    run(["dvc", "pull"], clone)
+    assert (clone / "models/model.keras").read_bytes() == (project / "models/model.keras").read_bytes()
+    assert np.array_equal(np.load(clone / "data/features/train_features.npy"), np.load(project / "data/features/train_features.npy"))
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], clone).stdout
+    assert stages_run(run(["dvc", "repro"], clone).stdout) == [], "nothing reruns after a pull"
+
+
+def test_queued_experiments_run_two_at_a_time_and_are_compared(project, tmp_path):
+    """Queued runs execute in temporary copies holding only git/DVC-tracked files (.dvc/tmp/exps)."""
+    work = copy_of(project, tmp_path / "work")
+    lrs = [0.0001, 0.0005, 0.001]
+    for lr in lrs:  # fine-tune and evaluate rerun, the rest comes from the DVC cache
+        assert "Queued experiment" in run(["dvc", "exp", "run", "--queue", "-S", f"fine_tune.lr={lr}"], work).stdout
+    run(["dvc", "queue", "start", "-j", "2"], work)
+    try:
+        deadline = time.monotonic() + 600
+        while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], work).stdout):
+            assert time.monotonic() < deadline, f"the queue did not finish in time:\n{status}"
+            time.sleep(3)
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], work, check=False)
+    failed = re.findall(r"^(\w+) .*\bFailed\b", status, re.M)
+    assert status.count("Success") == len(lrs), status + "".join(run(["dvc", "queue", "logs", task], work, check=False).stdout for task in failed)
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], work).stdout)
+    ran = {}
+    for exp in (exp for commit in shown for exp in (commit.get("experiments") or [])):
+        data = exp["revs"][0]["data"]
+        ran[data["params"]["params.yaml"]["data"]["fine_tune"]["lr"]] = data["metrics"]["metrics/evaluate.json"]["data"]
+    assert sorted(ran) == lrs
+    assert all(0 <= figures["fine_tuned"]["accuracy"] <= 1 and figures["test_images"] == 12 for figures in ran.values())
+    table = run(["dvc", "exp", "show", "--csv"], work).stdout.splitlines()
+    assert "fine_tune.lr" in table[0].split(",") and "fine_tuned.accuracy" in table[0].split(",")
+    assert len(table) == 1 + 2 + len(lrs), "header, workspace, baseline commit, one row per experiment"
