@@ -1,6 +1,6 @@
 """Benchmark 5: three queued experiments run one at a time vs two at a time (DVC's experiment queue).
 
-    python benchmarks/queue.py                 # the embedded default (digits)
+    python benchmarks/queue_experiments.py                 # the embedded default (digits)
 
 In a fresh clone: `dvc repro` once (the baseline, which fills the DVC cache) and a commit, then
 three `dvc exp run --queue -S train_head.seed=...` + `dvc queue start -j 1`, and three more (other
