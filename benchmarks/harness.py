@@ -20,7 +20,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers17"
 # Flowers-17 at 224 with MobileNetV2-0.35 and ImageNet weights (the README's flowers line).
-FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "augment.horizontal_flip": True}
+FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "augment.horizontal_flip": True,
+                  "augment.copies": 4}
 
 
 @dataclass

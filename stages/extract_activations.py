@@ -2,7 +2,8 @@
 
 Everything below fine_tune.unfreeze_from stays frozen during fine-tuning, and the augmented
 training set is fixed, so those layers give the same activations every epoch: fine-tune trains
-the top of the base + head on these (float16) instead of pushing every image through the whole
+the top of the base + head on these (float32, so the result is exactly that of end-to-end
+training) instead of pushing every image through the whole
 base each epoch. Its own stage, so changing fine_tune.lr or .epochs never recomputes them;
 changing the cut, the base or the images does.
 fine_tune.cache_activations: false writes only info.json (fine-tune then runs end to end on images).
@@ -19,7 +20,7 @@ def main():
     cut = p.fine_tune.unfreeze_from
     strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(0)
-    info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": cut, "dtype": "float16"}
+    info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": cut, "dtype": "float32"}
     with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
         if p.fine_tune.cache_activations:
             with strategy.scope():
@@ -28,7 +29,7 @@ def main():
             for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED}.items():
                 images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
                 shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.ACTIVATIONS, split, "activations"),
-                                                 np.float16, desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
+                                                 np.float32, desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
                 info[f"{split}_shape"] = list(shape)
             print(f"extract-activations: {p.base.name} below {cut} on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
                   f"-> {shape[1:]} per image -> {paths.ACTIVATIONS}")

@@ -16,7 +16,7 @@ AUGMENTED = Path("data/augmented")          # train_images.npy, train_targets.np
 
 FEATURES = Path("data/features")           # <split>_features.npy, <split>_targets.npy
 
-ACTIVATIONS = Path("data/activations")     # <split>_activations.npy (float16): the base below the fine-tune cut
+ACTIVATIONS = Path("data/activations")     # <split>_activations.npy (float32): the base below the fine-tune cut
 ACTIVATIONS_INFO = ACTIVATIONS / "info.json"
 
 HEAD_MODEL = Path("models/head.keras")

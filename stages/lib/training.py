@@ -104,7 +104,7 @@ def write_curves(history: pd.DataFrame, folder, encoding: dict) -> None:
 
 
 class Batches(keras.utils.PyDataset):
-    """Batches of a memory-mapped array (uint8 images, float16 activations or float32 features) as
+    """Batches of a memory-mapped array (uint8 images, float32 activations or features) as
     float32, with their targets: memory holds a batch, not the dataset.
 
     With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
