@@ -31,7 +31,8 @@ def main():
                 shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.ACTIVATIONS, split, "activations"),
                                                  np.float32, desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
                 info[f"{split}_shape"] = list(shape)
-            print(f"extract-activations: {p.base.name} below {cut} -> {shape[1:]} per image -> {paths.ACTIVATIONS}")
+            print(f"extract-activations: {p.base.name} below {cut} on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
+                  f"-> {shape[1:]} per image -> {paths.ACTIVATIONS}")
         files.write_json(out / paths.ACTIVATIONS_INFO, info)
 
 

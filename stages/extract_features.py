@@ -27,7 +27,8 @@ def main():
             shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.FEATURES, split, "features"), np.float32,
                                              desc=f"extract-features: {split}", replicas=strategy.num_replicas_in_sync)
             files.save_npy(out / paths.split_array(paths.FEATURES, split, "targets"), files.load_npy(paths.split_array(folder, split, "targets")))
-    print(f"extract-features: {p.base.name} ({p.base.precision}) -> {shape[1]} features per image -> {paths.FEATURES}")
+    print(f"extract-features: {p.base.name} ({p.base.precision}) on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
+          f"-> {shape[1]} features per image -> {paths.FEATURES}")
 
 
 if __name__ == "__main__":

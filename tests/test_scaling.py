@@ -106,9 +106,10 @@ def project(tmp_path_factory, images) -> Path:
 def test_mirrored_on_two_logical_cpus_matches_default(project, tmp_path):
     mirrored = copy_of(project, tmp_path / "mirrored")
     set_params(mirrored, train__strategy="mirrored")
-    for stage in ("extract_features", "train_head", "fine_tune"):
+    for stage, model in (("extract_features", "extract-features: mobilenet_v2 (float32) on 2 replica(s)"),
+                         ("train_head", "training head on 2 replica(s)"), ("fine_tune", "training top_model on 2 replica(s)")):
         result = run([sys.executable, "-c", TWO_CPUS, f"stages/{stage}.py"], mirrored)
-        assert "train.strategy=mirrored: 2 replica(s)" in result.stdout, result.stdout
+        assert "train.strategy=mirrored: 2 replica(s)" in result.stdout and model in result.stdout, result.stdout  # the model runs under it
     for split in ("train", "val", "test"):
         features = f"data/features/{split}_features.npy"
         np.testing.assert_allclose(np.load(mirrored / features), np.load(project / features), rtol=1e-5, atol=1e-5)
@@ -144,7 +145,7 @@ def test_multi_worker_two_local_processes_chief_writes_and_matches_default(proje
             worker.kill()
     for i, (worker, output) in enumerate(zip(workers, outputs)):
         assert worker.returncode == 0, output
-        assert f"train.strategy=multi_worker: 2 replica(s), worker {i} of a cluster" in output
+        assert f"train.strategy=multi_worker: 2 replica(s), worker {i} of a cluster" in output and "training head on 2 replica(s)" in output
     chief, other = copies
     assert all((chief / output).exists() for output in HEAD_OUTPUTS), "the chief writes the stage's outputs"
     assert not any((other / output).exists() for output in HEAD_OUTPUTS), "a non-chief worker writes nothing into the project"
@@ -233,7 +234,7 @@ def test_queued_experiments_run_two_at_a_time_and_are_compared(project, tmp_path
         deadline = time.monotonic() + 600
         while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], work).stdout):
             assert time.monotonic() < deadline, f"the queue did not finish in time:\n{status}"
-            time.sleep(3)
+            time.sleep(1)
     finally:
         run(["dvc", "queue", "stop", "--kill"], work, check=False)
     failed = re.findall(r"^(\w+) .*\bFailed\b", status, re.M)

@@ -76,6 +76,7 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
         if data.first_batch_rows() % replicas:  # Keras reduces the first batch over the replicas to learn its shapes
             raise PipelineError(f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share evenly; "
                                 f"use a batch size that is a multiple of {replicas} and at most half the {len(data.inputs)} {name} rows")
+    print(f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch (global batches)", flush=True)
     callbacks = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
                                                mode="min")] if patience > 0 else []
     history = model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
