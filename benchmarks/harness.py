@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,10 @@ FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "aug
 @dataclass
 class Timed:
     seconds: float
-    peak_mb: float   # peak resident memory of the command and its descendants
+    peak_mb: float        # peak resident memory (wait4's ru_maxrss): includes the pages of memory-mapped files
     output: str
+    peak_anon_mb: float = 0.0  # peak anonymous memory (heap, tensors) of the command and its descendants,
+    #                            sampled every 0.1 s: what the process itself holds, not reclaimable file pages
 
 
 def clone(name: str) -> Path:
@@ -52,13 +55,48 @@ def run(cmd: list[str], project: Path) -> Timed:
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        sampler = AnonSampler(proc.pid)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
+        sampler.stop.set()
+        sampler.join()
         log.seek(0)
         output = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {project}:\n{output[-3000:]}")
-    return Timed(seconds, usage.ru_maxrss / 1024, output)
+    return Timed(seconds, usage.ru_maxrss / 1024, output, sampler.peak_kb / 1024)
+
+
+class AnonSampler(threading.Thread):
+    """Peak of the summed RssAnon of a process tree (Linux /proc), sampled every 0.1 s.
+
+    ru_maxrss counts the resident pages of memory-mapped files too, which grow with the data a stage
+    streams through (and the kernel drops them under pressure); RssAnon is the memory a stage holds."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.1):
+            self.peak_kb = max(self.peak_kb, sum(rss_anon_kb(pid) for pid in tree(self.pid)))
+
+
+def tree(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [pid] + [p for child in children for p in tree(int(child))]
+
+
+def rss_anon_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), 0)
 
 
 def stages_run(output: str) -> list[str]:
