@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers17"
 # Flowers-17 at 224 with MobileNetV2-0.35 and ImageNet weights (the README's flowers line).
 FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "augment.horizontal_flip": True,
-                  "augment.copies": 4}
+                  "augment.copies": 4, "fine_tune.lr": 0.001}
 
 
 @dataclass

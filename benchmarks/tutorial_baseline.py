@@ -5,8 +5,8 @@
 Follows keras.io's "Transfer learning & fine-tuning": tf.data from the image files (decoded and
 resized once, then cached), augmentation layers inside the model (on the fly, every epoch), the
 frozen MobileNetV2 base, the head fit for 25 epochs, then the top of the base unfrozen (BatchNorm
-frozen) and fit again at a low learning rate. It uses the pipeline's own train/val/test split of
-`<project>` (data/split/split.csv), so both are scored on the same test images. After every epoch
+frozen) and fit again with SGD at the project's fine_tune.lr. It uses the pipeline's own
+train/val/test split of `<project>` (data/split/split.csv), so both are scored on the same test images. After every epoch
 it scores the test set (that time is not counted) and prints when the test accuracy first reaches
 --target.
 """
@@ -65,7 +65,8 @@ def main():
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
-    source = Path(__import__("yaml").safe_load((args.project / "params.yaml").read_text())["data"]["source"])
+    params = __import__("yaml").safe_load((args.project / "params.yaml").read_text())
+    source = Path(params["data"]["source"])
     frame = pd.read_csv(args.project / "data/ingested/manifest.csv").merge(pd.read_csv(args.project / "data/split/split.csv"), on="path")
     classes = sorted(frame["label"].unique())
     train, val, test = (dataset(frame[frame["split"] == s], source, classes, s == "train") for s in ("train", "val", "test"))
@@ -87,7 +88,7 @@ def main():
     start = [layer.name for layer in base.layers].index(args.unfreeze_from)
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
-    model.compile(keras.optimizers.SGD(2e-4, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(keras.optimizers.SGD(params["fine_tune"]["lr"], momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.fine_tune_epochs, callbacks=[clock], verbose=2)
 
     seconds, best = clock.trace[-1][0], max(accuracy for _, accuracy in clock.trace)
