@@ -5,7 +5,7 @@ Fine-tuned: models/model.keras on the raw test images, exactly as a user would l
 """
 import pandas as pd
 
-from lib import files, models, params, paths, reports, targets, training
+from lib import files, inference, models, params, paths, reports, targets, training
 from lib.errors import run
 
 
@@ -13,8 +13,10 @@ def main():
     params.load()  # validates params.yaml; this stage reads no key of its own
     encoding = files.read_json(paths.MODEL_ENCODING)
     actual = targets.decode(files.load_npy(paths.split_array(paths.NORMALIZED, "test", "targets")), encoding)
-    head_out = models.load(paths.HEAD_MODEL).predict(training.batches(paths.split_array(paths.FEATURES, "test", "features"), None, 64), verbose=0)
-    fine_out = models.load(paths.MODEL).predict(training.batches(paths.split_array(paths.NORMALIZED, "test", "images"), None, 64), verbose=0)
+    test_features = training.batches(paths.split_array(paths.FEATURES, "test", "features"), None, inference.BATCH_SIZE)
+    test_images = training.batches(paths.split_array(paths.NORMALIZED, "test", "images"), None, inference.BATCH_SIZE)
+    head_out = models.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
+    fine_out = models.load(paths.MODEL).predict(test_images, verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 
     summary = reports.summary(actual, predictions, encoding)
