@@ -8,8 +8,9 @@ OFFLINE_WEIGHTS := ../shared/keras/models
 
 .PHONY: run test install keras-cache
 
+# Stage commands call `python`: put the venv first on PATH so they run with its packages.
 run: install keras-cache
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: install keras-cache
 	$(BIN)/python -m pytest
