@@ -5,7 +5,7 @@
 Follows keras.io's "Transfer learning & fine-tuning": tf.data from the image files (decoded and
 resized once, then cached), augmentation layers inside the model (on the fly, every epoch), the
 frozen MobileNetV2 base, the head fit for 25 epochs, then the top of the base unfrozen (BatchNorm
-frozen) and fit again with SGD at the project's fine_tune.lr. It uses the pipeline's own
+frozen) from the project's fine_tune.unfreeze_from and fit again with SGD at its fine_tune.lr. It uses the pipeline's own
 train/val/test split of `<project>` (data/split/split.csv), so both are scored on the same test images. After every epoch
 it scores the test set (that time is not counted) and prints when the test accuracy first reaches
 --target.
@@ -51,8 +51,9 @@ class TestAccuracyClock(keras.callbacks.Callback):
         print(f"  {pause - self.start:7.1f} s  test accuracy {accuracy:.4f}", flush=True)
         self.start += time.perf_counter() - pause
 
-    def reached(self):
-        return next((seconds for seconds, accuracy in self.trace if accuracy >= self.target), None)
+    def reached(self, target=None):
+        target = self.target if target is None else target
+        return next((seconds for seconds, accuracy in self.trace if accuracy >= target), None)
 
 
 def main():
@@ -61,7 +62,6 @@ def main():
     parser.add_argument("--target", type=float, required=True)
     parser.add_argument("--head-epochs", type=int, default=25)
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
-    parser.add_argument("--unfreeze-from", default="block_10_expand")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
@@ -85,14 +85,15 @@ def main():
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.head_epochs, callbacks=[clock], verbose=2)
     base.trainable = True
-    start = [layer.name for layer in base.layers].index(args.unfreeze_from)
+    start = [layer.name for layer in base.layers].index(params["fine_tune"]["unfreeze_from"])
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
     model.compile(keras.optimizers.SGD(params["fine_tune"]["lr"], momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.fine_tune_epochs, callbacks=[clock], verbose=2)
 
     seconds, best = clock.trace[-1][0], max(accuracy for _, accuracy in clock.trace)
-    print(json.dumps({"reached_target_s": clock.reached(), "total_s": seconds, "final_accuracy": clock.trace[-1][1], "best_accuracy": best}))
+    print(json.dumps({"reached_target_s": clock.reached(), "total_s": seconds, "final_accuracy": clock.trace[-1][1], "best_accuracy": best,
+                      "reached_best_s": clock.reached(best)}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Runs the full `dvc repro` in a fresh clone with the README's Flowers-17 params, then the
 tutorial-style script (tutorial_baseline.py) on the same split, and prints the wall time each
-needs to reach the pipeline's fine-tuned test accuracy.
+needs to reach the pipeline's fine-tuned test accuracy. If the tutorial never gets there, it also
+compares the time to the tutorial's best test accuracy (the whole pipeline run, conservatively).
 """
 import argparse
 import json
@@ -32,6 +33,9 @@ def main():
     if result["reached_target_s"] is None:
         print(f"tutorial: never reached it in {result['total_s']:.1f} s of training (best {result['best_accuracy']:.4f}); "
               f"speed-up > {result['total_s'] / pipeline.seconds:.1f}x")
+        print(f"at the tutorial's best accuracy instead: tutorial {result['reached_best_s']:.1f} s to {result['best_accuracy']:.4f}, "
+              f"pipeline {pipeline.seconds:.1f} s (its only test score, {accuracy:.4f}, is the end of the run): "
+              f"speed-up {result['reached_best_s'] / pipeline.seconds:.1f}x")
     else:
         print(f"tutorial: reached it after {result['reached_target_s']:.1f} s of training; "
               f"speed-up {result['reached_target_s'] / pipeline.seconds:.1f}x")
