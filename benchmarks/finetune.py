@@ -18,12 +18,16 @@ def main():
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tune epochs (no early stopping), same for both")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--unfreeze-from", help="fine_tune.unfreeze_from (the cut), same for both; default: params.yaml's")
     args = parser.parse_args()
 
     project = harness.clone("finetune")
     harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": args.source, "normalize.image_size": args.image_size,
                                                           "augment.copies": args.copies, "fine_tune.epochs": args.epochs,
                                                           "fine_tune.patience": 0})
+    if args.unfreeze_from:
+        harness.set_params(project, {"fine_tune.unfreeze_from": args.unfreeze_from})
+    cut = harness.read_params(project)["fine_tune"]["unfreeze_from"]
     print(f"preparing data and head in {project} ...", flush=True)
     harness.run(["dvc", "repro", "train-head"], project)
 
@@ -44,7 +48,8 @@ def main():
             "test": harness.read_json(project / "metrics/evaluate.json")["fine_tuned"]["accuracy"],
         }
     cached, e2e = results[True], results[False]
-    print(f"\nfine-tune on {args.source}: {args.image_size} px, {args.copies} augmented copies, {args.epochs} epochs")
+    print(f"\nfine-tune on {args.source}: {args.image_size} px, {args.copies} augmented copies, {args.epochs} epochs, "
+          f"trained from {cut} up")
     print(f"{'':24}{'cached':>12}{'end to end':>12}")
     print(f"{'seconds per epoch':24}{cached['epoch']:12.2f}{e2e['epoch']:12.2f}   (median of epochs 2-{args.epochs})")
     print(f"{'fastest epoch, s':24}{cached['fastest']:12.2f}{e2e['fastest']:12.2f}")

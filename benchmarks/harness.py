@@ -41,8 +41,12 @@ def clone(name: str) -> Path:
     return project
 
 
+def read_params(project: Path) -> dict:
+    return yaml.safe_load((project / "params.yaml").read_text())
+
+
 def set_params(project: Path, overrides: dict) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = read_params(project)
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         params[section][key] = value

@@ -5,7 +5,8 @@
 Follows keras.io's "Transfer learning & fine-tuning": tf.data from the image files (decoded and
 resized once, then cached), augmentation layers inside the model (on the fly, every epoch), the
 frozen MobileNetV2 base, the head fit for 25 epochs, then the top of the base unfrozen (BatchNorm
-frozen) from the project's fine_tune.unfreeze_from and fit again with SGD at its fine_tune.lr. It uses the pipeline's own
+frozen) from the project's fine_tune.unfreeze_from and fit again at keras.io's Adam(1e-5) (or, with
+--fine-tune-optimizer project, SGD at the project's fine_tune.lr). It uses the pipeline's own
 train/val/test split of `<project>` (data/split/split.csv), so both are scored on the same test images. After every epoch
 it scores the test set (that time is not counted) and prints when the test accuracy first reaches
 --target.
@@ -62,6 +63,8 @@ def main():
     parser.add_argument("--target", type=float, required=True)
     parser.add_argument("--head-epochs", type=int, default=25)
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-optimizer", choices=["keras-io", "project"], default="keras-io",
+                        help="keras-io: Adam(1e-5) as keras.io's guide fine-tunes; project: SGD at the project's fine_tune.lr, momentum 0.9")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
@@ -88,7 +91,11 @@ def main():
     start = [layer.name for layer in base.layers].index(params["fine_tune"]["unfreeze_from"])
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
-    model.compile(keras.optimizers.SGD(params["fine_tune"]["lr"], momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    if args.fine_tune_optimizer == "keras-io":
+        optimizer = keras.optimizers.Adam(1e-5)
+    else:
+        optimizer = keras.optimizers.SGD(params["fine_tune"]["lr"], momentum=0.9)
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.fine_tune_epochs, callbacks=[clock], verbose=2)
 
     seconds, best = clock.trace[-1][0], max(accuracy for _, accuracy in clock.trace)
