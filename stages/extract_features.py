@@ -2,7 +2,7 @@
 
 Runs the base (inference mode) over the augmented training set, val and test, in batches straight
 from the memory-mapped image arrays, and stores what the head trains on.
-base.precision: bfloat16 computes in bfloat16 (faster on CPUs with AVX512-BF16); features are stored as float32.
+base.precision: bfloat16 computes in mixed bfloat16 (benchmark it on your CPU); features are stored as float32.
 The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
 import keras
