@@ -22,11 +22,10 @@ def main():
     args = parser.parse_args()
 
     project = harness.clone("finetune")
+    cut_override = {"fine_tune.unfreeze_from": args.unfreeze_from} if args.unfreeze_from else {}
     harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": args.source, "normalize.image_size": args.image_size,
                                                           "augment.copies": args.copies, "fine_tune.epochs": args.epochs,
-                                                          "fine_tune.patience": 0})
-    if args.unfreeze_from:
-        harness.set_params(project, {"fine_tune.unfreeze_from": args.unfreeze_from})
+                                                          "fine_tune.patience": 0} | cut_override)
     cut = harness.read_params(project)["fine_tune"]["unfreeze_from"]
     print(f"preparing data and head in {project} ...", flush=True)
     harness.run(["dvc", "repro", "train-head"], project)
@@ -38,9 +37,10 @@ def main():
         fine_tune = harness.run(["dvc", "repro", "-s", "fine-tune"], project)
         harness.run(["dvc", "repro", "-s", "evaluate"], project)
         epochs = harness.epoch_seconds(fine_tune.output)
+        steady = epochs[1:] or epochs  # the first epoch also traces the graph
         results[cached] = {
-            "epoch": statistics.median(epochs[1:] or epochs),  # the first epoch also traces the graph
-            "fastest": min(epochs[1:] or epochs),  # the least disturbed by other jobs on a shared machine
+            "epoch": statistics.median(steady),
+            "fastest": min(steady),  # the least disturbed by other jobs on a shared machine
             "epochs": epochs,
             "extract": extract.seconds if cached else 0.0,
             "stage": fine_tune.seconds,

@@ -21,6 +21,8 @@ import pandas as pd
 import tensorflow as tf
 from keras import layers
 
+import harness
+
 SIZE = 224
 
 
@@ -41,9 +43,9 @@ def dataset(frame: pd.DataFrame, root: Path, classes: list[str], shuffle: bool) 
 class TestAccuracyClock(keras.callbacks.Callback):
     """Test accuracy after every epoch against training time (the evaluation itself is not counted)."""
 
-    def __init__(self, test, target):
+    def __init__(self, test):
         super().__init__()
-        self.test, self.target, self.trace, self.start = test, target, [], time.perf_counter()
+        self.test, self.trace, self.start = test, [], time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         pause = time.perf_counter()
@@ -52,8 +54,8 @@ class TestAccuracyClock(keras.callbacks.Callback):
         print(f"  {pause - self.start:7.1f} s  test accuracy {accuracy:.4f}", flush=True)
         self.start += time.perf_counter() - pause
 
-    def reached(self, target=None):
-        target = self.target if target is None else target
+    def reached(self, target: float) -> float | None:
+        """Training seconds until the test accuracy first reached `target` (None: never)."""
         return next((seconds for seconds, accuracy in self.trace if accuracy >= target), None)
 
 
@@ -68,7 +70,7 @@ def main():
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
-    params = __import__("yaml").safe_load((args.project / "params.yaml").read_text())
+    params = harness.read_params(args.project)
     source = Path(params["data"]["source"])
     frame = pd.read_csv(args.project / "data/ingested/manifest.csv").merge(pd.read_csv(args.project / "data/split/split.csv"), on="path")
     classes = sorted(frame["label"].unique())
@@ -84,7 +86,7 @@ def main():
     x = layers.Dropout(0.5)(layers.Dense(256, activation="relu")(x))
     model = keras.Model(inputs, layers.Dense(len(classes), activation="softmax")(x))
 
-    clock = TestAccuracyClock(test, args.target)
+    clock = TestAccuracyClock(test)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.head_epochs, callbacks=[clock], verbose=2)
     base.trainable = True
@@ -99,7 +101,7 @@ def main():
     model.fit(train, validation_data=val, epochs=args.fine_tune_epochs, callbacks=[clock], verbose=2)
 
     seconds, best = clock.trace[-1][0], max(accuracy for _, accuracy in clock.trace)
-    print(json.dumps({"reached_target_s": clock.reached(), "total_s": seconds, "final_accuracy": clock.trace[-1][1], "best_accuracy": best,
+    print(json.dumps({"reached_target_s": clock.reached(args.target), "total_s": seconds, "final_accuracy": clock.trace[-1][1], "best_accuracy": best,
                       "reached_best_s": clock.reached(best)}))
 
 
