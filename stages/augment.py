@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from lib import augmentation, files, params, paths
+from lib import augmentation, files, params, paths, settings
 from lib.errors import run
 
 BATCH = 64
@@ -24,7 +24,7 @@ def main():
         return [images[i]] + [augmentation.variant(images[i], cfg, (cfg.seed, i, c)) for c in range(copies)]
 
     per_image = copies + 1
-    with ThreadPoolExecutor(p.ingest.workers) as pool, \
+    with ThreadPoolExecutor(settings.workers()) as pool, \
             files.npy_writer(paths.split_array(paths.AUGMENTED, "train", "images"), (len(images) * per_image, *images.shape[1:]), np.uint8) as out:
         with tqdm(range(0, len(images), BATCH), desc=f"augment: {copies} copies", unit="batch") as batches:
             for start in batches:

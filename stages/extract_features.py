@@ -5,7 +5,6 @@ from the memory-mapped image arrays, and stores what the head trains on.
 base.precision: bfloat16 computes in mixed bfloat16 (benchmark it on your CPU); features are stored as float32.
 The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
-import keras
 import numpy as np
 
 from lib import distribute, files, inference, models, params, paths, training
@@ -16,8 +15,7 @@ def main():
     p = params.load()
     strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(0)
-    if p.base.precision == "bfloat16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
+    models.set_precision(p.base.precision)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
         extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling)

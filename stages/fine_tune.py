@@ -17,8 +17,8 @@ from lib.errors import PipelineError, run
 def main():
     p = params.load()
     cfg = p.fine_tune
+    training.make_deterministic(cfg.seed, threads=cfg.threads)
     strategy = distribute.strategy(p.train.strategy)
-    training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
     inputs = paths.fine_tune_inputs(cfg.cache_activations)
     replicas = strategy.num_replicas_in_sync

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 from tqdm import tqdm
 
-from lib import files, images, params, paths, sources
+from lib import files, images, params, paths, settings, sources
 from lib.errors import PipelineError, run
 
 BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dataset size
@@ -20,17 +20,14 @@ COLUMNS = ["path", "label", "sha256", "width", "height", "stored_height", "store
 def load_item(item: sources.Item, max_short_side: int, max_pixels: int):
     """-> (row dict, pixels) or (None, reason). The file is hashed in chunks and decoded lazily: a huge
     file never sits in memory whole."""
-    if item.pixels is not None:
-        sha256, pixels, size = hashlib.sha256(item.pixels.tobytes()).hexdigest(), item.pixels, item.pixels.shape[1::-1]
-    else:
-        try:
-            with open(item.file, "rb") as f:
-                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-            pixels, size = images.decode(item.file, max_short_side, max_pixels)
-        except OSError as exc:
-            return None, f"cannot read file ({exc.strerror or exc})"
-        except images.Unusable as exc:
-            return None, str(exc)
+    try:
+        with open(item.file, "rb") as f:
+            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        pixels, size = images.decode(item.file, max_short_side, max_pixels)
+    except OSError as exc:
+        return None, f"cannot read file ({exc.strerror or exc})"
+    except images.Unusable as exc:
+        return None, str(exc)
     row = {"path": item.path, "label": item.label, "sha256": sha256,
            "width": size[0], "height": size[1], "stored_height": pixels.shape[0], "stored_width": pixels.shape[1]}
     return row, pixels
@@ -38,9 +35,9 @@ def load_item(item: sources.Item, max_short_side: int, max_pixels: int):
 
 def main():
     p = params.load()
-    items, skipped = sources.list_source(p.data.source, p.data.task, p.data.path_column, p.data.target_column)
+    items, skipped = sources.list_source(p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column)
     rows, offset = [], 0
-    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(p.ingest.workers) as pool, \
+    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(settings.workers()) as pool, \
             tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from lib import files, images, params, paths, targets
+from lib import files, images, params, paths, settings, targets
 from lib.errors import run
 
 BATCH = 256
@@ -28,7 +28,7 @@ def main():
         h, w = row.stored_height, row.stored_width
         return images.fit(np.asarray(pixels[row.offset:row.offset + h * w * 3]).reshape(h, w, 3), size, p.normalize.resize)
 
-    with ThreadPoolExecutor(p.ingest.workers) as pool:
+    with ThreadPoolExecutor(settings.workers()) as pool:
         for name in paths.SPLITS:
             rows = manifest[split == name]
             with files.npy_writer(paths.split_array(paths.NORMALIZED, name, "images"), (len(rows), size, size, 3), np.uint8) as out:

@@ -12,7 +12,7 @@ def main():
     p = params.load()
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     if p.data.task == "classification" and manifest["label"].nunique() < 2:
-        raise PipelineError(f"data.source {p.data.source} has only one usable class ({manifest['label'].iloc[0]!r}); "
+        raise PipelineError(f"the data has only one usable class ({manifest['label'].iloc[0]!r}); "
                             f"classification needs at least 2 (skipped files are listed in {paths.DATA_REPORT})")
     stratum = splitting.strata(manifest, p.data.task, p.split.bins)
     split = splitting.assign(manifest, stratum, p.split.val, p.split.test, p.split.seed)

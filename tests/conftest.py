@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import lib  # noqa: F401  configures TensorFlow (stages/lib/__init__.py) before any test module imports it
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore", "data/raw", "weights"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,31 +51,65 @@ def class_folder(tmp_path) -> Path:
     return root
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command (dvc, git, ...) with this Python's environment first on PATH, as `make` runs the pipeline."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"} | (env or {})
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def make_project(tmp_path: Path, params_override: dict) -> Path:
-    """Copy the project into a fresh git + DVC repository with the given params overrides committed."""
+DELETE = object()  # a params override that removes the key
+
+
+def write_params(folder: Path, overrides: dict | None = None, text: str | None = None) -> Path:
+    """Overrides dotted keys ({"fine_tune.lr": 0.1}) in <folder>/params.yaml (made from the project's if the folder
+    has none), or writes `text` as is."""
     import yaml
 
+    path = folder / "params.yaml"
+    params = yaml.safe_load((path if path.exists() else ROOT / "params.yaml").read_text())
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".")
+        if value is DELETE:
+            del params[section][key]
+        else:
+            params.setdefault(section, {})[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if text is not None else yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` ran, in order, from its output."""
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def stage_project(tmp_path: Path, overrides: dict | None = None) -> Path:
+    """The stages and params.yaml in a folder, to run a stage with python (no git, no DVC)."""
+    project = tmp_path / "stage_project"
+    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    write_params(project, overrides)
+    return project
+
+
+def run_stage(project: Path, name: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"stages/{name}.py"], cwd=project, capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
+
+
+def make_project(tmp_path: Path, params_override: dict) -> Path:
+    """Copy the project into a fresh git + DVC repository with the given params overrides committed."""
     project = tmp_path / "project"
     project.mkdir()
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.dvc", ".gitignore"))
         else:
             shutil.copy(src, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in params_override.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(project, params_override)
     (project / ".gitignore").write_text("__pycache__/\n*.tmp\n")
     run(["git", "init", "-q"], project)
     run(["git", "config", "user.email", "test@example.com"], project)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FAST, ROOT, make_image, make_project, run
+from conftest import FAST, ROOT, make_image, make_project, run, run_stage, stage_project
 from lib import images, sources, splitting
 from lib.errors import PipelineError
 
@@ -302,15 +302,20 @@ def test_a_folder_without_class_folders_or_a_missing_source_is_an_error(tmp_path
     (tmp_path / "flat").mkdir()
     make_image(tmp_path / "flat" / "a.png", (1, 2, 3))
     with pytest.raises(PipelineError, match=r"has no class folders; put the images of each class in .*/flat/<class name>/"):
-        sources.list_source(str(tmp_path / "flat"), "classification", "image", "label")
+        sources.list_source(str(tmp_path / "flat"), "", "classification", "image", "label")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PipelineError, match="has no class folders"):
-        sources.list_source(str(tmp_path / "empty"), "classification", "image", "label")
+        sources.list_source(str(tmp_path / "empty"), "", "classification", "image", "label")
     with pytest.raises(PipelineError, match="data.source .*nowhere does not exist"):
-        sources.list_source(str(tmp_path / "nowhere"), "classification", "image", "label")
+        sources.list_source(str(tmp_path / "nowhere"), "", "classification", "image", "label")
     (tmp_path / "data.txt").write_text("x")
-    with pytest.raises(PipelineError, match="is neither a folder nor a .csv file"):
-        sources.list_source(str(tmp_path / "data.txt"), "classification", "image", "label")
+    with pytest.raises(PipelineError, match="data.txt is not a folder$"):
+        sources.list_source(str(tmp_path / "data.txt"), "", "classification", "image", "label")
+    (tmp_path / "labels.csv").write_text("image,label\n")
+    with pytest.raises(PipelineError, match=f"labels.csv is not a folder; for a CSV use data.source={tmp_path} and data.csv=labels.csv"):
+        sources.list_source(str(tmp_path / "labels.csv"), "", "classification", "image", "label")
+    with pytest.raises(PipelineError, match=f"data.csv missing.csv is not a file in data.source {tmp_path}"):
+        sources.list_source(str(tmp_path), "missing.csv", "classification", "image", "label")
 
 
 # ---------------------------------------------------------------- CSV manifests
@@ -325,20 +330,20 @@ def test_csv_errors_name_the_column_and_the_fix(tmp_path):
     make_image(tmp_path / "d" / "a.png", (1, 1, 1))
     wrong = write_csv(tmp_path / "d" / "wrong.csv", "file,species\na.png,cat\n")
     with pytest.raises(PipelineError, match=r"wrong.csv has no column 'image' \(data.path_column\); its columns are file, species"):
-        sources.list_source(str(wrong), "classification", "image", "label")
+        sources.list_source(str(wrong.parent), wrong.name, "classification", "image", "label")
     text = write_csv(tmp_path / "d" / "text.csv", "image,age\na.png,young\na.png,old\na.png,\n")
     with pytest.raises(PipelineError, match=r"column 'age' \(data.target_column\) has no numbers \(row 2: 'young'\); "
                                             r"data.task=regression needs a numeric target, or set data.task=classification"):
-        sources.list_source(str(text), "regression", "image", "age")
+        sources.list_source(str(text.parent), text.name, "regression", "image", "age")
     header_only = write_csv(tmp_path / "d" / "header.csv", "image,label\n")
     with pytest.raises(PipelineError, match="header.csv has no rows"):
-        sources.list_source(str(header_only), "classification", "image", "label")
+        sources.list_source(str(header_only.parent), header_only.name, "classification", "image", "label")
     empty = write_csv(tmp_path / "d" / "empty.csv", "")
     with pytest.raises(PipelineError, match="not a readable CSV"):
-        sources.list_source(str(empty), "classification", "image", "label")
+        sources.list_source(str(empty.parent), empty.name, "classification", "image", "label")
     latin = write_csv(tmp_path / "d" / "latin.csv", "image,label\na.png,caf\u00e9\n", encoding="latin-1")
     with pytest.raises(PipelineError, match="not a readable CSV"):
-        sources.list_source(str(latin), "classification", "image", "label")
+        sources.list_source(str(latin.parent), latin.name, "classification", "image", "label")
 
 
 def test_csv_rows_are_skipped_with_their_row_number(tmp_path):
@@ -359,7 +364,7 @@ def test_csv_rows_are_skipped_with_their_row_number(tmp_path):
                     "imgs/b.png,twelve\n"
                     "imgs/b.png,nan\n"
                     "imgs,5\n")
-    items, skipped = sources.list_source(str(csv), "regression", "image", "age")
+    items, skipped = sources.list_source(str(csv.parent), csv.name, "regression", "image", "age")
     assert [(i.path, i.label) for i in items] == [("imgs/a.png", 3.5), ("imgs/b.png", 1234567.25)]
     assert [s.reason for s in skipped] == [
         "row 4: the same path as row 2",
@@ -418,26 +423,6 @@ def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_pa
     assert 'with space/new\nline, "quoted".png' in pd.read_csv(project / "data/split/split.csv")["path"].tolist()
 
 
-def stage_project(tmp_path: Path, **overrides) -> Path:
-    """The stages and params.yaml in a folder, to run one stage with python (no git, no DVC)."""
-    import shutil
-
-    import yaml
-
-    project = tmp_path / "stage_project"
-    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split("__")
-        params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return project
-
-
-def run_stage(project: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"stages/{name}.py"], cwd=project, capture_output=True, text=True)
-
-
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
@@ -450,7 +435,7 @@ def test_no_usable_image_fails_clearly_and_still_writes_the_report(tmp_path):
     (junk / "cats").mkdir(parents=True)
     (junk / "cats" / "a.jpg").write_bytes(b"")
     (junk / "cats" / "b.png").write_text("<html></html>")
-    project = stage_project(tmp_path, data__source=str(junk))
+    project = stage_project(tmp_path, {"data.source": str(junk)})
     line = one_error_line(run_stage(project, "ingest"))
     assert line.startswith(f"error: data.source {junk}: no usable image (2 skipped, e.g. cats/a.jpg: empty file; cats/b.png: not a readable image")
     assert line.endswith("every one is in metrics/data.json)")
@@ -465,10 +450,10 @@ def test_one_usable_class_fails_at_split_naming_it(tmp_path):
         make_image(source / "cats" / f"{i}.png", (9, 9, 9), noise_seed=i)
     (source / "dogs").mkdir()
     (source / "dogs" / "broken.jpg").write_bytes(jpeg_bytes()[:300])
-    project = stage_project(tmp_path, data__source=str(source))
+    project = stage_project(tmp_path, {"data.source": str(source)})
     assert run_stage(project, "ingest").returncode == 0
     line = one_error_line(run_stage(project, "split"))
-    assert line == (f"error: data.source {source} has only one usable class ('cats'); classification needs at least 2 "
+    assert line == ("error: the data has only one usable class ('cats'); classification needs at least 2 "
                     "(skipped files are listed in metrics/data.json)")
     skipped = {s["path"]: s["reason"] for s in json.loads((project / "metrics/data.json").read_text())["skipped_files"]}
     assert skipped["dogs/"] == "no usable image of this class; the class is left out"

@@ -95,20 +95,20 @@ def test_csv_manifest_skips_bad_rows_and_rejects_missing_columns(tmp_path):
     csv = tmp_path / "data" / "labels.csv"
     pd.DataFrame({"image": ["a.png", "a.png", "a.png", "../outside.png", "nope.png", ""],
                   "age": ["3", "", "inf", "4", "5", "6"]}).to_csv(csv, index=False)
-    items, skipped = sources.list_source(str(csv), "regression", "image", "age")
+    items, skipped = sources.list_source(str(csv.parent), csv.name, "regression", "image", "age")
     assert [(i.path, i.label) for i in items] == [("a.png", 3.0)]
     assert [s.reason for s in skipped] == ["row 3: target is missing", "row 4: target 'inf' is not a finite number",
                                            "row 5: path escapes the CSV's folder", "row 6: file not found",
                                            "row 7: image path is missing"]
     with pytest.raises(PipelineError, match="has no column 'years'.*data.target_column.*image, age"):
-        sources.list_source(str(csv), "regression", "image", "years")
+        sources.list_source(str(csv.parent), csv.name, "regression", "image", "years")
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
-        sources.list_source(str(tmp_path / "nowhere"), "classification", "image", "label")
+        sources.list_source(str(tmp_path / "nowhere"), "", "classification", "image", "label")
     with pytest.raises(PipelineError, match="needs a CSV"):
-        sources.list_source(str(tmp_path), "regression", "image", "label")
+        sources.list_source(str(tmp_path), "", "regression", "image", "label")
 
 
 def manifest(labels, hashes=None):

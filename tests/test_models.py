@@ -75,7 +75,7 @@ def test_regression_export_outputs_the_target_unit_and_saves_reproducibly(tmp_pa
     assert np.allclose(loaded.predict(x, verbose=0), exported.predict(x, verbose=0), atol=1e-5)
 
 
-def train_twice(images, activation_dtype, lr):
+def train_twice(images, lr):
     """Two identical fresh models, one trained end to end on images, one on cached activations.
     -> (end-to-end model, cached-trained model, its top model, the activations)"""
     trained_models = []
@@ -86,9 +86,8 @@ def train_twice(images, activation_dtype, lr):
         model = models.assemble(models.feature_extractor(base, "mobilenet_v2", 64, "avg"), head)
         models.unfreeze_from(base, "block_15_expand")
         if cached:
-            activations = models.activation_extractor(base, "mobilenet_v2", 64, "block_15_expand").predict(images, verbose=0)
-            inputs = activations.astype(activation_dtype)
-            trained = models.top_model(base, "block_15_expand", activations.shape[1:], "avg", head)
+            inputs = models.activation_extractor(base, "mobilenet_v2", 64, "block_15_expand").predict(images, verbose=0)
+            trained = models.top_model(base, "block_15_expand", inputs.shape[1:], "avg", head)
         else:
             inputs, trained = images, model
         training.compile_for(trained, {"task": "classification"}, "auto", training.optimizer("sgd", lr, 0.9))
@@ -102,16 +101,18 @@ def conv_weights(model, name="block_15_expand"):
 
 
 def test_fine_tuning_on_cached_activations_trains_the_same_network():
+    """The same network, data and batches: the same weights up to float rounding. The frozen bottom runs in another
+    graph (inference-only extraction vs inside the training model), which may sum in another order: bit-identical with
+    oneDNN's kernels on the CPUs tried, 3e-8 apart with TensorFlow's Eigen kernels. The bound is 100x that, and the
+    weights must have moved 100x more than the bound."""
     images = np.random.default_rng(2).uniform(0, 255, (24, 64, 64, 3)).astype("float32")
-    end_to_end, cached, _, _ = train_twice(images, np.float32, lr=0.01)
-    assert not np.allclose(conv_weights(cached), models.build_base("mobilenet_v2", 0.35, "imagenet").get_layer("block_15_expand").get_weights()[0])
-    assert np.array_equal(conv_weights(end_to_end), conv_weights(cached)), "same network, same data: same weights, bit for bit"
-
-    end_to_end, cached, top, activations = train_twice(images, np.float16, lr=0.001)  # as stored: rounding only
-    assert np.allclose(conv_weights(end_to_end), conv_weights(cached), atol=1e-3)
+    end_to_end, cached, top, activations = train_twice(images, lr=0.01)
+    initial = models.build_base("mobilenet_v2", 0.35, "imagenet").get_layer("block_15_expand").get_weights()[0]
+    assert np.abs(conv_weights(cached) - initial).max() > 100 * 3e-6, "fine-tuning must move the unfrozen weights"
+    np.testing.assert_allclose(conv_weights(cached), conv_weights(end_to_end), rtol=0, atol=3e-6)
     # The saved (full) model computes what the trained top computes: they share their weights.
-    assert np.allclose(cached.predict(images, verbose=0), top.predict(activations.astype("float32"), verbose=0), atol=2e-3)
-    assert np.allclose(end_to_end.predict(images, verbose=0), cached.predict(images, verbose=0), atol=1e-2)
+    np.testing.assert_allclose(cached.predict(images, verbose=0), top.predict(activations, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(end_to_end.predict(images, verbose=0), cached.predict(images, verbose=0), rtol=0, atol=1e-5)
 
 
 def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(mobilenet):

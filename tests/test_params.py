@@ -1,39 +1,123 @@
-"""params.yaml is validated in one place before any work: typos, types and ranges."""
+"""Bad params.yaml: rejected by the typed schema (stages/lib/params.py) before any work, with one line
+naming the key and what is allowed."""
 from __future__ import annotations
 
-import pytest
-import yaml
+import re
 
-from conftest import ROOT
+import pytest
+
+from conftest import DELETE, ROOT, run_stage, stage_project, write_params
 from lib import params
 from lib.errors import PipelineError
 
 
-def write(tmp_path, **changes):
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        data[section][key] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+weights = ROOT / "tests" / "does-not-exist.weights.h5"
+
+CASES = [
+    # unknown keys: the typo, a suggestion, and every valid key of the section
+    ({"fine_tune.lr_rate": 0.1}, "unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: optimizer, lr, epochs, "),
+    ({"augment.horizontal_flipp": True}, "unknown key augment.horizontal_flipp (did you mean horizontal_flip?)"),
+    ({"data.labels": "x.csv"}, "unknown key data.labels; data keys: source, csv, task, path_column, target_column"),
+    ({"extras.x": 1}, "unknown key extras; params.yaml keys: data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train"),
+    ({"train_head.epochs": DELETE}, "missing key train_head.epochs"),
+    # wrong types
+    ({"train_head.epochs": "ten"}, "train_head.epochs: Input should be a valid integer, unable to parse string as an integer (got 'ten')"),
+    ({"fine_tune.batch_size": 2.5}, "fine_tune.batch_size: Input should be a valid integer, got a number with a fractional part (got 2.5)"),
+    ({"augment.horizontal_flip": "sometimes"}, "augment.horizontal_flip: Input should be a valid boolean"),
+    ({"train_head.lr": [0.1]}, "train_head.lr: Input should be a valid number (got [0.1])"),
+    ({"train_head.lr": float("inf")}, "train_head.lr: Input should be a finite number (got inf)"),
+    ({"head.dropout": float("nan")}, "head.dropout: Input should be a finite number"),
+    # out of range
+    ({"train_head.epochs": -1}, "train_head.epochs: Input should be greater than or equal to 0 (got -1)"),
+    ({"fine_tune.epochs": -3}, "fine_tune.epochs: Input should be greater than or equal to 0 (got -3)"),
+    ({"fine_tune.lr": 0}, "fine_tune.lr: Input should be greater than 0 (got 0)"),
+    ({"head.dropout": 1.0}, "head.dropout: Input should be less than 1 (got 1.0)"),
+    ({"split.val": 0}, "split.val: Input should be greater than 0 (got 0)"),
+    ({"split.test": 1.5}, "split.test: Input should be less than 1 (got 1.5)"),
+    ({"split.val": -0.1}, "split.val: Input should be greater than 0 (got -0.1)"),
+    ({"split.val": 0.5, "split.test": 0.5}, "split.val + split.test = 1 leaves no training set; keep it below 1"),
+    ({"normalize.image_size": 16}, "normalize.image_size: Input should be greater than or equal to 32 (got 16)"),
+    ({"ingest.max_megapixels": 0}, "ingest.max_megapixels: Input should be greater than 0 (got 0)"),
+    ({"ingest.max_megapixels": 5000}, "ingest.max_megapixels: Input should be less than or equal to 1000 (got 5000)"),
+    ({"ingest.workers": 4}, "unknown key ingest.workers; ingest keys: max_short_side, max_megapixels"),
+    # allowed values
+    ({"base.name": "resnet"}, "base.name: Input should be 'mobilenet_v2' or 'vgg16' (got 'resnet')"),
+    ({"data.task": "ranking"}, "data.task: Input should be 'classification' or 'regression' (got 'ranking')"),
+    ({"normalize.resize": "stretch"}, "normalize.resize: Input should be 'crop' or 'pad' (got 'stretch')"),
+    ({"fine_tune.optimizer": "adamw"}, "fine_tune.optimizer: Input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')"),
+    ({"train.strategy": "horovod"}, "train.strategy: Input should be 'default', 'mirrored' or 'multi_worker' (got 'horovod')"),
+    ({"base.alpha": 0.6}, "base.alpha=0.6 has no ImageNet weights for mobilenet_v2; use one of 0.35, 0.5, 0.75, 1, 1.3, 1.4"),
+    ({"base.weights": "weights/missing.weights.h5"}, "base.weights file weights/missing.weights.h5 does not exist"),
+    ({"base.weights": "weights.bin"}, "base.weights must be imagenet, none or a .weights.h5 file in the project's weights/ folder "
+                                       "(a dependency of every stage that builds the base, so replacing the file reruns them), got 'weights.bin'"),
+    ({"base.weights": str(weights)}, "base.weights must be imagenet, none or a .weights.h5 file in the project's weights/ folder"),
+    ({"base.weights": "../x.weights.h5"}, "base.weights must be imagenet, none or a .weights.h5 file in the project's weights/ folder"),
+    ({"data.source": ""}, "data.source: String should have at least 1 character"),
+    ({"data.source": "../shared/datasets/flowers17"}, "data.source ../shared/datasets/flowers17 is a relative path outside the project: "
+                                                      "give its absolute path ("),
+    ({"data.source": "data/raw/../../.."}, "data.source data/raw/../../.. is a relative path outside the project"),
+    ({"data.source": "."}, "data.source . overlaps the pipeline's own outputs (data/ingested); point it at a folder that holds only "
+                            "your images, e.g. data/raw/<name>"),
+    ({"data.source": "data"}, "data.source data overlaps the pipeline's own outputs (data/ingested)"),
+    ({"data.source": "metrics/x"}, "data.source metrics/x overlaps the pipeline's own outputs (metrics)"),
+    ({"data.csv": "../labels.csv"}, "data.csv '../labels.csv' must name a .csv file inside data.source (e.g. labels.csv), or be empty for class folders"),
+    ({"data.csv": "labels.txt"}, "data.csv 'labels.txt' must name a .csv file inside data.source"),
+    ({"data.target_column": "image"}, "data.path_column and data.target_column are both 'image'; they must be two columns"),
+]
 
 
 def test_the_committed_params_are_valid():
     p = params.load(ROOT / "params.yaml")
-    assert p.data.source == "builtin:digits" and p.base.name == "mobilenet_v2"
+    assert p.data.source == "data/raw/digits" and p.data.csv == "" and p.base.name == "mobilenet_v2"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"fine_tune__lr_rate": 0.1}, "unknown key fine_tune.lr_rate"),
-    ({"train_head__epochs": -1}, "train_head.epochs: Input should be greater than or equal to 0"),
-    ({"train_head__epochs": "ten"}, "train_head.epochs: Input should be a valid integer"),
-    ({"split__val": 0.5, "split__test": 0.5}, "leaves no training set"),
-    ({"split__test": 1.5}, "split.test: Input should be less than 1"),
-    ({"base__name": "resnet"}, "base.name: Input should be 'mobilenet_v2' or 'vgg16'"),
-    ({"base__weights": "missing.weights.h5"}, "base.weights file missing.weights.h5 does not exist"),
-    ({"data__task": "ranking"}, "data.task: Input should be 'classification' or 'regression'"),
+@pytest.mark.parametrize("change, message", [case for case in CASES if case[1]], ids=lambda v: "" if isinstance(v, str) else str(v))
+def test_bad_params_are_rejected_with_one_line_naming_the_key(tmp_path, change, message):
+    with pytest.raises(PipelineError) as info:
+        params.load(write_params(tmp_path, change))
+    text = str(info.value)
+    assert text.startswith(f"{tmp_path / 'params.yaml'}: {message}"), text
+    assert "\n" not in text
+
+
+def test_several_problems_are_all_named_on_one_line(tmp_path):
+    with pytest.raises(PipelineError) as info:
+        params.load(write_params(tmp_path, {"train_head.epochs": -1, "fine_tune.lr_rate": 1, "base.name": "resnet"}))
+    text = str(info.value)
+    assert "\n" not in text and all(key in text for key in ("train_head.epochs", "fine_tune.lr_rate", "base.name"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data: [unclosed\n  - x\n", "cannot read params (while parsing a flow sequence"),
+    ("- just\n- a list\n", "expected sections data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train, got list"),
+    ("", "expected sections data, ingest"),
+    ("data:\n  source: a\n\tbad: tab\n", "cannot read params ("),
 ])
-def test_bad_params_are_rejected_with_the_key(tmp_path, change, message):
-    with pytest.raises(PipelineError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        params.load(write(tmp_path, **change))
+def test_unreadable_params_yaml_is_one_line(tmp_path, text, message):
+    with pytest.raises(PipelineError) as info:
+        params.load(write_params(tmp_path, text=text))
+    assert str(info.value).startswith(f"{tmp_path / 'params.yaml'}: {message}") and "\n" not in str(info.value)
+
+
+def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
+    project = stage_project(tmp_path, {"fine_tune.lr_rate": 0.1, "data.source": str(tmp_path / "nowhere")})
+    for stage in ("ingest", "augment"):
+        result = run_stage(project, stage)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == ("error: params.yaml: unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: "
+                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, unfreeze_from, momentum, cache_activations, threads")
+    assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages"], "nothing was written"
+
+
+def test_unfreeze_from_not_a_layer_lists_the_valid_names():
+    """Checked when the base is built (it needs TensorFlow to know the layer names), before any training."""
+    keras = pytest.importorskip("keras")
+    from lib import models
+
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35)
+    with pytest.raises(PipelineError) as info:
+        models.unfreeze_from(base, "block_10_expnd")
+    text = str(info.value)
+    assert re.match(r"fine_tune.unfreeze_from 'block_10_expnd' is not a layer of mobilenetv2_0.35_32; for example: .*block_10_expand", text)
+    assert "block_16_expand" in text and "Conv_1" in text and "\n" not in text
+    assert models.unfreeze_from(base, "block_16_expand") > 0

@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 import json
-import re
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FAST, make_image, make_project, run
+from conftest import FAST, make_image, make_project, run, stages_run
 
 pytestmark = pytest.mark.e2e
 
 ALL_STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "extract-activations", "train-head", "fine-tune", "evaluate"]
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
 
 
 def test_digits_classification_repro_experiments_and_determinism(tmp_path):
@@ -79,7 +74,7 @@ def test_regression_from_csv_end_to_end(tmp_path):
     rows.append({"image": "images/missing.png", "age": 3.0})
     rows.append({"image": "images/000.png", "age": "old"})
     pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
-    project = make_project(tmp_path, FAST | {"data.source": str(folder / "labels.csv"), "data.task": "regression",
+    project = make_project(tmp_path, FAST | {"data.source": str(folder), "data.csv": "labels.csv", "data.task": "regression", "data.target_column": "age",
                                              "data.target_column": "age", "split.bins": 3, "train_head.epochs": 5,
                                              "fine_tune.cache_activations": False})  # end to end, on images
     out = run(["dvc", "repro"], project)
@@ -96,3 +91,89 @@ def test_regression_from_csv_end_to_end(tmp_path):
     direct = model.predict(pixels, verbose=0).reshape(-1)
     assert np.allclose(direct, predictions["predicted"], rtol=1e-4, atol=1e-3), "the saved model outputs the target's unit"
     assert (project / "plots/evaluate/figures/predicted_vs_actual.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- the data is a tracked input
+
+def status_of(project, target: str) -> dict:
+    """`dvc status --json <target>` (the target and the stages before it): stage -> what changed; {} when up to date."""
+    return json.loads(run(["dvc", "status", "--json", "--with-deps", target], project).stdout)
+
+
+def commit(project, message="run"):
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", message], project)
+
+
+def test_adding_removing_replacing_or_relabeling_an_image_reruns_ingest_and_only_what_changed(tmp_path, class_folder):
+    project = make_project(tmp_path, FAST | {"data.source": str(class_folder)})
+    assert stages_run(run(["dvc", "repro", "split"], project).stdout) == ["ingest", "split"]
+    commit(project)
+    assert status_of(project, "split") == {}
+
+    (class_folder / "red" / "notes.txt").write_text("not an image")  # ingest reruns, skips it: nothing after it changes
+    assert list(status_of(project, "split")) == ["ingest"]
+    assert stages_run(run(["dvc", "repro", "split"], project).stdout) == ["ingest"]
+    assert {"path": "red/notes.txt"} | {"reason": "not an image file extension (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"} \
+        in json.loads((project / "metrics/data.json").read_text())["skipped_files"]
+    commit(project)
+
+    changes = {
+        "an added image": lambda: make_image(class_folder / "green" / "new.png", (40, 200, 40), noise_seed=999),
+        "a removed image": lambda: (class_folder / "blue" / "img_03.jpg").unlink(),
+        "a replaced image": lambda: make_image(class_folder / "red" / "img_00.png", (200, 40, 40), noise_seed=998),
+        "a relabeled image": lambda: (class_folder / "red" / "img_01.jpg").rename(class_folder / "blue" / "img_01.jpg"),
+    }
+    for change, apply in changes.items():
+        apply()
+        assert list(status_of(project, "split")) == ["ingest"], f"{change} must make ingest stale"
+        assert stages_run(run(["dvc", "repro", "split"], project).stdout) == ["ingest", "split"], change
+        commit(project, change)
+
+
+def test_editing_a_csv_source_or_an_image_it_lists_reruns_ingest(tmp_path):
+    folder = tmp_path / "faces"
+    for i in range(12):
+        make_image(folder / "images" / f"{i:02d}.png", (i * 20,) * 3, noise_seed=i)
+    (folder / "labels.csv").write_text("image,age\n" + "".join(f"images/{i:02d}.png,{i + 20}\n" for i in range(12)))
+    project = make_project(tmp_path, FAST | {"data.source": str(folder), "data.csv": "labels.csv", "data.task": "regression", "data.target_column": "age",
+                                             "split.bins": 2})
+    run(["dvc", "repro", "ingest"], project)
+    commit(project)
+    assert status_of(project, "ingest") == {}
+    with open(folder / "labels.csv", "a") as csv:
+        csv.write("images/00.png,99\n")  # a duplicate row
+    assert list(status_of(project, "ingest")) == ["ingest"]
+    run(["dvc", "repro", "ingest"], project)
+    assert status_of(project, "ingest") == {}
+    make_image(folder / "images" / "05.png", (0, 0, 0), noise_seed=5)
+    assert list(status_of(project, "ingest")) == ["ingest"], "an image the CSV lists is a dependency too"
+
+
+def test_settings_change_no_output_and_rerun_nothing(tmp_path, class_folder):
+    """Threads are settings (environment variables), not params: the same bytes with 1 worker or 4."""
+    project = make_project(tmp_path, FAST | {"data.source": str(class_folder)})
+    run(["dvc", "repro", "augment"], project, env={"PIPELINE_WORKERS": "1"})
+    lock = (project / "dvc.lock").read_text()
+    forced = run(["dvc", "repro", "--force", "augment"], project, env={"PIPELINE_WORKERS": "4"})
+    assert stages_run(forced.stdout) == ["ingest", "split", "normalize", "augment"]
+    assert (project / "dvc.lock").read_text() == lock
+    bad = run(["dvc", "repro", "--force", "ingest"], project, check=False, env={"PIPELINE_WORKERS": "many"})
+    assert "error: PIPELINE_WORKERS='many': expected a whole number of threads from 1 to 256 (or unset it: one per CPU)" in bad.stderr
+
+
+def test_replacing_a_base_weights_file_reruns_the_stages_that_build_the_base(tmp_path, class_folder):
+    import keras
+
+    project = make_project(tmp_path, FAST | {"data.source": str(class_folder), "base.weights": "weights/mine.weights.h5"})
+    base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    base.save_weights(project / "weights" / "mine.weights.h5")
+    run(["dvc", "repro", "extract-features"], project)
+    commit(project)
+    assert status_of(project, "extract-features") == {}
+    keras.utils.set_random_seed(1)
+    keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35) \
+        .save_weights(project / "weights" / "mine.weights.h5")
+    assert list(status_of(project, "extract-features")) == ["extract-features"]
+    assert "weights" in json.dumps(status_of(project, "extract-features"))
+    assert stages_run(run(["dvc", "repro", "extract-features"], project).stdout) == ["extract-features"]

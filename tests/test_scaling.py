@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FAST, make_image, make_project, run
+from conftest import FAST, make_image, make_project, run, stages_run, write_params
 from lib import distribute, inference, training
 from lib.errors import PipelineError
 
@@ -44,20 +44,8 @@ runpy.run_path(sys.argv[1], run_name="__main__")
 HEAD_OUTPUTS = ["models/head.keras", "metrics/train_head.json", "plots/train_head/loss.csv"]
 
 
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
-
-
 def env() -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-
-
-def set_params(project: Path, **changes) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def copy_of(project: Path, where: Path) -> Path:
@@ -105,7 +93,7 @@ def project(tmp_path_factory, images) -> Path:
 
 def test_mirrored_on_two_logical_cpus_matches_default(project, tmp_path):
     mirrored = copy_of(project, tmp_path / "mirrored")
-    set_params(mirrored, train__strategy="mirrored")
+    write_params(mirrored, {"train.strategy": "mirrored"})
     for stage, model in (("extract_features", "extract-features: mobilenet_v2 (float32) on 2 replica(s)"),
                          ("train_head", "training head on 2 replica(s)"), ("fine_tune", "training top_model on 2 replica(s)")):
         result = run([sys.executable, "-c", TWO_CPUS, f"stages/{stage}.py"], mirrored)
@@ -130,7 +118,7 @@ def test_multi_worker_two_local_processes_chief_writes_and_matches_default(proje
     copies = [copy_of(project, tmp_path / f"worker{i}") for i in range(2)]
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     for i, copy in enumerate(copies):
-        set_params(copy, train__strategy="multi_worker")
+        write_params(copy, {"train.strategy": "multi_worker"})
         for output in HEAD_OUTPUTS:
             (copy / output).unlink()
         (tmp_path / f"tmp{i}").mkdir()

@@ -4,7 +4,6 @@ that the file would run code if loaded the unsafe way."""
 from __future__ import annotations
 
 import ast
-import json
 import zipfile
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def test_folder_and_csv_paths_cannot_leave_their_root(tmp_path):
                    "cats/dir_link/secret.png,x\n"
                    "dogs/secret.png,x\n"
                    "~/secret.png,x\n")
-    items, skipped = sources.list_source(str(csv), "classification", "image", "label")
+    items, skipped = sources.list_source(str(csv.parent), csv.name, "classification", "image", "label")
     assert [i.path for i in items] == ["cats/ok.png"]
     assert [s.reason for s in skipped] == [
         "row 3: path escapes the CSV's folder", "row 4: absolute path; paths must be relative to the CSV's folder",

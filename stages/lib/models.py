@@ -25,6 +25,11 @@ from lib.errors import PipelineError
 VGG_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
+def set_precision(precision: str) -> None:
+    """float32, or bfloat16: mixed precision for the models built afterwards (outputs stay float32)."""
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+
+
 def build_base(name: str, alpha: float, weights: str) -> keras.Model:
     """The convolutional base without its classifier. weights: imagenet | none | path/to/x.weights.h5.
 

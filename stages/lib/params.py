@@ -6,6 +6,7 @@ value stops the run before any work, with one line naming the key and what is al
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,7 @@ class Section(BaseModel):
 
 class Data(Section):
     source: str = Field(min_length=1)
+    csv: str
     task: Literal["classification", "regression"]
     path_column: str = Field(min_length=1)
     target_column: str = Field(min_length=1)
@@ -35,13 +37,35 @@ class Data(Section):
             raise ValueError(f"data.path_column and data.target_column are both {self.path_column!r}; they must be two columns")
         return self
 
+    @model_validator(mode="after")
+    def source_is_a_dataset_folder(self):
+        """A relative data.source must stay inside the project: queued experiments (dvc exp run --queue) run in a
+        copy of the project under .dvc/tmp/exps, where `../x` is another folder. It may not hold the pipeline's outputs."""
+        if not Path(self.source).is_absolute() and leaves(self.source):
+            raise ValueError(f"data.source {self.source} is a relative path outside the project: give its absolute path "
+                             f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` (README, Your own images); "
+                             "queued experiments run in a copy of the project, where a relative path outside it points elsewhere")
+        source = Path(self.source).resolve()
+        for output in paths.OUTPUT_FOLDERS:
+            output = output.resolve()
+            if source == output or source.is_relative_to(output) or output.is_relative_to(source):
+                raise ValueError(f"data.source {self.source} overlaps the pipeline's own outputs ({output.relative_to(Path.cwd().resolve())}); "
+                                 "point it at a folder that holds only your images, e.g. data/raw/<name>")
+        if self.csv and (Path(self.csv).is_absolute() or leaves(self.csv) or not self.csv.lower().endswith(".csv")):
+            raise ValueError(f"data.csv {self.csv!r} must name a .csv file inside data.source (e.g. labels.csv), or be empty for class folders")
+        return self
+
+
+def leaves(relative: str) -> bool:
+    """Whether a relative path goes above its starting folder (`..`, `a/../..`), read as text as DVC does."""
+    return os.path.normpath(relative).split(os.sep)[0] == os.pardir
+
 
 class Ingest(Section):
     max_short_side: int = Field(ge=8)
     # Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) is set from this, never disabled:
     # larger images are skipped and reported. Decoding needs about 4 bytes per pixel.
     max_megapixels: float = Field(gt=0, le=1000)
-    workers: int = Field(ge=1, le=64)
 
 
 class Split(Section):
@@ -85,9 +109,11 @@ class Base(Section):
             raise ValueError(f"base.alpha={self.alpha:g} has no ImageNet weights for mobilenet_v2; "
                              f"use one of {', '.join(f'{a:g}' for a in MOBILENET_V2_ALPHAS)}")
         if self.weights not in ("imagenet", "none"):
-            if not self.weights.endswith(".weights.h5"):
-                raise ValueError(f"base.weights must be imagenet, none or a path to a .weights.h5 file, got {self.weights!r}")
-            if not Path(self.weights).is_file():
+            weights = Path(self.weights)
+            if not self.weights.endswith(".weights.h5") or weights.is_absolute() or leaves(self.weights) or weights.parts[0] != paths.WEIGHTS.name:
+                raise ValueError(f"base.weights must be imagenet, none or a .weights.h5 file in the project's {paths.WEIGHTS}/ folder "
+                                 f"(a dependency of every stage that builds the base, so replacing the file reruns them), got {self.weights!r}")
+            if not weights.is_file():
                 raise ValueError(f"base.weights file {self.weights} does not exist")
         return self
 
@@ -117,6 +143,9 @@ class FineTune(Fit):
     unfreeze_from: str
     momentum: float = Field(ge=0, lt=1)
     cache_activations: bool
+    # TensorFlow threads per op: the convolutions' weight gradients are summed over them, so the
+    # last bits of the model depend on it (a param, not a setting); the same value on any CPU gives the same model.
+    threads: int = Field(ge=1, le=256)
 
 
 class Train(Section):

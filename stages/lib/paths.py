@@ -19,6 +19,8 @@ FEATURES = Path("data/features")           # <split>_features.npy, <split>_targe
 ACTIVATIONS = Path("data/activations")     # <split>_activations.npy (float32): the base below the fine-tune cut
 ACTIVATIONS_INFO = ACTIVATIONS / "info.json"
 
+WEIGHTS = Path("weights")                   # your own base weights (base.weights: weights/<name>.weights.h5)
+
 HEAD_MODEL = Path("models/head.keras")
 MODEL = Path("models/model.keras")
 MODEL_ENCODING = Path("models/encoding.json")
@@ -34,6 +36,9 @@ FINE_TUNE_PLOTS = Path("plots/fine_tune")
 EVALUATE_PLOTS = Path("plots/evaluate")
 
 SPLITS = ("train", "val", "test")
+# Folders the pipeline writes: data.source may not overlap them.
+OUTPUT_FOLDERS = (INGESTED, SPLIT.parent, NORMALIZED, AUGMENTED, FEATURES, ACTIVATIONS, HEAD_MODEL.parent, DATA_REPORT.parent,
+                  TRAIN_HEAD_PLOTS.parent)
 
 
 def split_array(folder: Path, split: str, kind: str) -> Path:

@@ -1,11 +1,13 @@
-"""What `data.source` can be, listed as items (path, label) before any decoding.
+"""What `data.source` (a folder) can hold, listed as items (path, label) before any decoding.
 
-- `builtin:digits`: scikit-learn's bundled 8x8 handwritten digits (no download).
-- a folder of class folders: `<root>/<class>/**/<image>`; images in nested folders belong to their
-  class folder. Hidden files and folders (`.name`) are skipped. Links are followed only while they
-  stay inside the root (a loop is skipped).
-- a CSV manifest: an image-path column and a target column (paths relative to the CSV's folder;
-  absolute paths and paths leaving that folder are skipped).
+- class folders (`data.csv` empty): `<source>/<class>/**/<image>`; images in nested folders belong
+  to their class folder. Hidden files and folders (`.name`) are skipped. Links are followed only
+  while they stay inside the source (a loop is skipped).
+- a CSV manifest `<source>/<data.csv>`: an image-path column and a target column (paths relative to
+  the source folder; absolute paths and paths leaving it are skipped).
+
+The whole folder is a DVC dependency of ingest, so adding, removing, replacing or relabeling an
+image (or editing the CSV) reruns ingest.
 
 Anything that cannot be an item (hidden files, other extensions, links leaving the root, bad CSV
 rows) is returned as skipped, with the reason, for the data report. Only a source that cannot
@@ -17,7 +19,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from lib.errors import PipelineError
 
@@ -28,8 +29,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 class Item:
     path: str                         # as shown in reports: relative to the source root
     label: str | float
-    file: Path | None = None          # the image file, or None for built-in pixels
-    pixels: np.ndarray | None = None  # built-in data only
+    file: Path                        # the image file
 
 
 @dataclass(frozen=True)
@@ -38,32 +38,18 @@ class Skipped:
     reason: str
 
 
-def list_source(source: str, task: str, path_column: str, target_column: str) -> tuple[list[Item], list[Skipped]]:
-    if source == "builtin:digits":
-        return builtin_digits(), []
-    if source.startswith("builtin:"):
-        raise PipelineError(f"data.source {source!r} is not a built-in dataset; the only one is builtin:digits")
-    root = Path(source).expanduser()
+def list_source(source: str, csv: str, task: str, path_column: str, target_column: str) -> tuple[list[Item], list[Skipped]]:
+    root = Path(source)
     if not root.exists():
-        raise PipelineError(f"data.source {source} does not exist; give a folder of class folders or a CSV file")
-    if root.is_dir():
-        if task == "regression":
-            raise PipelineError(f"data.task=regression needs a CSV manifest with a numeric column; data.source {source} is a folder")
-        return class_folders(root)
-    if root.suffix.lower() == ".csv":
-        return csv_manifest(root, task, path_column, target_column)
-    raise PipelineError(f"data.source {source} is neither a folder nor a .csv file")
-
-
-def builtin_digits() -> list[Item]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return [
-        Item(path=f"builtin:digits/{i:04d}", label=str(int(target)), pixels=np.repeat(image[:, :, None], 3, axis=2))
-        for i, (image, target) in enumerate(zip(gray, digits.target))
-    ]
+        raise PipelineError(f"data.source {source} does not exist; give a folder of class folders, or the folder of a CSV (data.csv)")
+    if not root.is_dir():
+        hint = f"; for a CSV use data.source={root.parent} and data.csv={root.name}" if root.suffix.lower() == ".csv" else ""
+        raise PipelineError(f"data.source {source} is not a folder{hint}")
+    if csv:
+        return csv_manifest(root / csv, task, path_column, target_column)
+    if task == "regression":
+        raise PipelineError(f"data.task=regression needs a CSV of image paths and numeric targets: set data.csv (a file in {source})")
+    return class_folders(root)
 
 
 def class_folders(root: Path) -> tuple[list[Item], list[Skipped]]:
@@ -161,13 +147,15 @@ def unusable_file(file: Path) -> str | None:
 
 
 def csv_manifest(csv_path: Path, task: str, path_column: str, target_column: str) -> tuple[list[Item], list[Skipped]]:
-    """Rows of (image path relative to the CSV's folder, target). Paths may not leave that folder."""
+    """Rows of (image path relative to the CSV's folder, data.source, and target). Paths may not leave that folder."""
     import pandas as pd
 
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise PipelineError(f"data.source {csv_path}: not a readable CSV ({one_line(exc)})") from None
+    except FileNotFoundError:
+        raise PipelineError(f"data.csv {csv_path.name} is not a file in data.source {csv_path.parent}") from None
     except OSError as exc:
         raise PipelineError(f"data.source {csv_path}: cannot read it ({exc.strerror})") from None
     table.columns = [str(c).strip() for c in table.columns]

@@ -18,8 +18,14 @@ from lib import files
 from lib.errors import PipelineError
 
 
-def make_deterministic(seed: int) -> None:
-    """Same inputs and params -> same weights, bit for bit (Python, NumPy and TF seeds; deterministic ops)."""
+def make_deterministic(seed: int, threads: int | None = None) -> None:
+    """Same inputs and params -> same weights, bit for bit (Python, NumPy and TF seeds; deterministic ops).
+
+    `threads` fixes TensorFlow's pool of threads for one op: oneDNN splits the sums of some gradients
+    (convolution weights) over that many threads, so their last bits depend on it. Call this before
+    anything starts TensorFlow's runtime (even the distribution strategy)."""
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 

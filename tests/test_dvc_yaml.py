@@ -1,0 +1,99 @@
+"""dvc.yaml tells the truth: each stage lists exactly the code it runs and the params keys it reads.
+
+A missing dependency means stale cached results with no warning; an extra one, needless reruns.
+Both are computed here from the stage scripts themselves (ast), not kept by hand.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from lib import params
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def lib_imports(module: Path) -> set[str]:
+    """Names of the stages/lib modules that `module` imports directly."""
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "lib":
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib."):
+            names.add(node.module.split(".")[1])
+    return names
+
+
+def code_of(script: Path) -> set[str]:
+    """The script and every stages/lib file it runs, transitively (the lib package's __init__ included)."""
+    seen, todo = set(), lib_imports(script)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo |= lib_imports(ROOT / "stages" / "lib" / f"{name}.py")
+    return {script.relative_to(ROOT).as_posix(), "stages/lib/__init__.py"} | {f"stages/lib/{name}.py" for name in seen}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_depends_on_exactly_the_code_it_runs(stage):
+    script = ROOT / re.fullmatch(r"python (stages/\w+\.py)", STAGES[stage]["cmd"]).group(1)
+    declared = {dep for dep in STAGES[stage]["deps"] if dep.startswith("stages/")}
+    expected = code_of(script)
+    assert declared - expected == set(), f"{stage} lists code it does not run"
+    assert expected - declared == set(), f"{stage} runs code dvc.yaml does not list: its cached results would go stale"
+
+
+def params_read(script: Path) -> set[str]:
+    """Dotted params keys a stage script reads: `p.section.key`, `cfg.key` after `cfg = p.section`, and every key
+    of a section handed whole to a function (`variant(image, cfg, ...)`)."""
+    tree = ast.parse(script.read_text())
+    sections = {}  # local name -> section, e.g. cfg -> augment
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target, value in zip(node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets,
+                                     node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]):
+                if isinstance(target, ast.Name) and isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name) \
+                        and value.value.id == "p":
+                    sections[target.id] = value.attr
+    keys = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name) \
+                and node.value.value.id == "p":
+            keys.add(f"{node.value.attr}.{node.attr}")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in sections:
+            keys.add(f"{sections[node.value.id]}.{node.attr}")
+        elif isinstance(node, ast.Call):
+            for arg in node.args:
+                if isinstance(arg, ast.Name) and arg.id in sections:
+                    section = sections[arg.id]
+                    keys |= {f"{section}.{key}" for key in getattr(params.Params, "model_fields")[section].annotation.model_fields}
+    return keys
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_declares_exactly_the_params_keys_it_reads(stage):
+    script = ROOT / re.fullmatch(r"python (stages/\w+\.py)", STAGES[stage]["cmd"]).group(1)
+    declared = set(STAGES[stage].get("params", []))
+    read = params_read(script)
+    assert read - declared == set(), f"{stage} reads params dvc.yaml does not list: changing them would not rerun it"
+    assert declared - read == set(), f"{stage} lists params it never reads: changing them reruns it for nothing"
+
+
+def test_the_data_source_is_a_dependency_of_ingest():
+    assert "${data.source}" in STAGES["ingest"]["deps"]
+
+
+def test_stage_scripts_leave_tensorflow_to_lib():
+    """stages/lib/__init__.py configures TensorFlow (oneDNN on, AVX2 kernels) through environment variables that
+    TensorFlow reads when it is imported: a stage script importing keras or tensorflow before `lib` would skip it."""
+    for script in (ROOT / "stages").glob("*.py"):
+        for node in ast.walk(ast.parse(script.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert not any(name.split(".")[0] in ("tensorflow", "keras") for name in names), f"{script.name} imports {names}"
