@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,11 @@ def make_project(tmp_path: Path, params_override: dict) -> Path:
     return project
 
 
+def commit(project: Path, message: str = "run") -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", message], project)
+
+
 # Small, fast settings for end-to-end runs: tiny images, one epoch.
 FAST = {
     "normalize.image_size": 32,
@@ -130,3 +136,29 @@ FAST = {
     "fine_tune.epochs": 1,
     "fine_tune.unfreeze_from": "block_16_expand",
 }
+
+
+@dataclass
+class Run:
+    project: Path
+    outputs: dict  # what each command printed: "first" (dvc repro), "again", and each experiment by name
+
+
+# Experiments made on the shared fast run, from its committed baseline (dvc exp run --temp leaves the workspace as is).
+FAST_EXPERIMENTS = {"more-head-epochs": {"train_head.epochs": 3}, "lower-lr": {"fine_tune.lr": 0.0001},
+                    "deeper-cut": {"fine_tune.unfreeze_from": "block_15_expand"}}
+
+
+@pytest.fixture(scope="session")
+def fast_run(tmp_path_factory) -> Run:
+    """The project on its digits with FAST params: `dvc repro`, committed, `dvc repro` again, then FAST_EXPERIMENTS.
+    Shared by the end-to-end tests that only read it or add experiments of their own (with `dvc exp run --temp`):
+    none may change its workspace."""
+    project = make_project(tmp_path_factory.mktemp("fast_run"), FAST)
+    outputs = {"first": run(["dvc", "repro"], project).stdout}
+    commit(project, "baseline run")
+    outputs["again"] = run(["dvc", "repro"], project).stdout
+    for name, overrides in FAST_EXPERIMENTS.items():
+        sets = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
+        outputs[name] = run(["dvc", "exp", "run", "--temp", "-n", name, *sets], project).stdout
+    return Run(project, outputs)

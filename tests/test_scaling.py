@@ -211,12 +211,18 @@ def test_push_to_a_remote_then_a_fresh_clone_pulls_everything_up_to_date(project
     assert stages_run(run(["dvc", "repro"], clone).stdout) == [], "nothing reruns after a pull"
 
 
-def test_queued_experiments_run_two_at_a_time_and_are_compared(project, tmp_path):
-    """Queued runs execute in temporary copies holding only git/DVC-tracked files (.dvc/tmp/exps)."""
+def test_queued_experiments_run_two_at_a_time_and_are_compared(project, images, tmp_path):
+    """Queued runs execute in temporary copies holding only git/DVC-tracked files (.dvc/tmp/exps): a data.source
+    outside the project works there when absolute; a relative one leaving the project fails before any stage runs."""
     work = copy_of(project, tmp_path / "work")
-    lrs = [0.0001, 0.0005, 0.001]
-    for lr in lrs:  # fine-tune and evaluate rerun, the rest comes from the DVC cache
-        assert "Queued experiment" in run(["dvc", "exp", "run", "--queue", "-S", f"fine_tune.lr={lr}"], work).stdout
+    other = tmp_path / "other_images"  # another dataset, outside the project, by its absolute path
+    shutil.copytree(images, other)
+    shutil.rmtree(other / "blue")
+    queued = {"lower-lr": ["-S", "fine_tune.lr=0.0005"],  # fine-tune and evaluate rerun, the rest comes from the DVC cache
+              "other-data": ["-S", f"data.source={other}"],
+              "relative-data": ["-S", "data.source=../other_images"]}
+    for name, sets in queued.items():
+        assert "Queued experiment" in run(["dvc", "exp", "run", "--queue", "-n", name, *sets], work).stdout
     run(["dvc", "queue", "start", "-j", "2"], work)
     try:
         deadline = time.monotonic() + 600
@@ -225,16 +231,17 @@ def test_queued_experiments_run_two_at_a_time_and_are_compared(project, tmp_path
             time.sleep(1)
     finally:
         run(["dvc", "queue", "stop", "--kill"], work, check=False)
-    failed = re.findall(r"^(\w+) .*\bFailed\b", status, re.M)
-    assert status.count("Success") == len(lrs), status + "".join(run(["dvc", "queue", "logs", task], work, check=False).stdout for task in failed)
+    outcome = dict(re.findall(r"^\w+\s+([\w-]+)\s.*\b(Success|Failed)\b", status, re.M))
+    logs = {name: run(["dvc", "queue", "logs", name], work, check=False).stdout for name in queued}
+    assert outcome == {"lower-lr": "Success", "other-data": "Success", "relative-data": "Failed"}, status + "".join(logs.values())
+    # DVC hashes the stage's dependencies before running it: in the copy, ../other_images is .dvc/tmp/exps/other_images
+    assert re.search(r"failed to reproduce 'ingest': .*No such file or directory: '.*\.dvc/tmp/exps/other_images'", logs["relative-data"])
+    assert "Running stage" not in logs["relative-data"], "nothing ran"
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], work).stdout)
-    ran = {}
-    for exp in (exp for commit in shown for exp in (commit.get("experiments") or [])):
-        data = exp["revs"][0]["data"]
-        ran[data["params"]["params.yaml"]["data"]["fine_tune"]["lr"]] = data["metrics"]["metrics/evaluate.json"]["data"]
-    assert sorted(ran) == lrs
-    assert all(0 <= figures["fine_tuned"]["accuracy"] <= 1 and figures["test_images"] == 12 for figures in ran.values())
+    ran = {exp["name"]: exp["revs"][0]["data"] for commit in shown for exp in (commit.get("experiments") or []) if exp.get("name")}
+    assert ran["lower-lr"]["params"]["params.yaml"]["data"]["fine_tune"]["lr"] == 0.0005
+    test_images = {name: ran[name]["metrics"]["metrics/evaluate.json"]["data"]["test_images"] for name in ("lower-lr", "other-data")}
+    assert test_images == {"lower-lr": 12, "other-data": 8}, "the other data (2 classes of 20, not 3) was read in the copy"
     table = run(["dvc", "exp", "show", "--csv"], work).stdout.splitlines()
     assert "fine_tune.lr" in table[0].split(",") and "fine_tuned.accuracy" in table[0].split(",")
-    assert len(table) == 1 + 2 + len(lrs), "header, workspace, baseline commit, one row per experiment"

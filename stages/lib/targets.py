@@ -5,6 +5,8 @@ only place later stages learn the class order or the target's mean and std.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -12,9 +14,11 @@ import pandas as pd
 def fit(train_labels: pd.Series, task: str) -> dict:
     if task == "classification":
         return {"task": task, "classes": sorted(train_labels.astype(str).unique())}
-    values = train_labels.astype(float)
-    std = float(values.std(ddof=0))
-    return {"task": task, "mean": float(values.mean()), "std": std if std > 0 else 1.0}
+    # math.fsum is exact: NumPy's SIMD sums (AVX-512 or AVX2, picked by CPU) would differ in the last bits
+    values = train_labels.astype(float).tolist()
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+    return {"task": task, "mean": mean, "std": std if std > 0 else 1.0}
 
 
 def encode(labels: pd.Series, encoding: dict) -> np.ndarray:
