@@ -53,9 +53,9 @@ def set_params(project: Path, overrides: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd: list[str], project: Path) -> Timed:
-    """Run `cmd` in `project` with this Python's environment; wall time and peak memory (from wait4)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run(cmd: list[str], project: Path, env: dict | None = None) -> Timed:
+    """Run `cmd` in `project` with this Python's environment (plus `env`); wall time and peak memory (from wait4)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"} | (env or {})
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -26,9 +26,20 @@ def keras_cache():
     cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     cache.mkdir(parents=True, exist_ok=True)
     for weights in (SHARED / "keras" / "models").glob("*.h5"):
-        if not (cache / weights.name).exists():
-            shutil.copy(weights, cache / weights.name)
+        if not (cache / weights.name).exists():  # copied whole, then renamed: test workers may start together
+            tmp = cache / f"{weights.name}.{os.getpid()}.tmp"
+            shutil.copy(weights, tmp)
+            os.replace(tmp, cache / weights.name)
     return cache
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Tests run in parallel workers (pytest-xdist, --dist loadgroup); those sharing the fast run go to one worker,
+    so that it runs once."""
+    for item in items:
+        if "fast_run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("fast_run"))
 
 
 def make_image(path: Path, color, size=(40, 30), mode="RGB", fmt=None, noise_seed=0) -> Path:
@@ -61,7 +72,14 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     return result
 
 
-DELETE = object()  # a params override that removes the key
+class Delete:
+    """A params override that removes the key (shown as DELETE in test ids)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = Delete()
 
 
 def write_params(folder: Path, overrides: dict | None = None, text: str | None = None) -> Path:
@@ -128,13 +146,15 @@ def commit(project: Path, message: str = "run") -> None:
     run(["git", "commit", "-qm", message], project)
 
 
-# Small, fast settings for end-to-end runs: tiny images, one epoch.
+# Small, fast settings for end-to-end runs: tiny images, one epoch. No dropout: the same run under
+# train.strategy=mirrored then matches it to float rounding (tests/test_scaling.py).
 FAST = {
     "normalize.image_size": 32,
     "augment.copies": 1,
     "train_head.epochs": 2,
     "fine_tune.epochs": 1,
     "fine_tune.unfreeze_from": "block_16_expand",
+    "head.dropout": 0.0,
 }
 
 
