@@ -1,8 +1,10 @@
 """Writing outputs atomically (temp file, then rename) and reading arrays without pickle.
 
 A stage killed half-way (SIGINT, SIGTERM or SIGKILL) leaves at most a `*.tmp` file, which no stage
-reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. A full
-disk or a read-only folder is a PipelineError naming the file, not a traceback.
+reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. The
+temporary file is flushed to the disk (fsync) before the rename and the folder after it, so that
+after a power loss an output DVC recorded as done is there in full, not empty. A full disk or a
+read-only folder is a PipelineError naming the file, not a traceback.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        to_disk(tmp)  # the bytes first: a rename can reach the disk before the data it names
         os.replace(tmp, path)
+        to_disk(path.parent)  # then the rename itself
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                          errno.ENOTDIR, errno.EISDIR, errno.EEXIST) and about(exc, path, tmp):
@@ -35,6 +39,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def to_disk(path: Path) -> None:
+    """fsync a file or folder: its contents (or, for a folder, its entries) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system or device without fsync
+            raise
+    finally:
+        os.close(fd)
 
 
 def about(exc: OSError, path: Path, tmp: Path) -> bool:
