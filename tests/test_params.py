@@ -147,3 +147,25 @@ def test_unfreeze_from_not_a_layer_lists_the_valid_names():
     assert re.match(r"fine_tune.unfreeze_from 'block_10_expnd' is not a layer of mobilenetv2_0.35_32; for example: .*block_10_expand", text)
     assert "block_16_expand" in text and "Conv_1" in text and "\n" not in text
     assert models.unfreeze_from(base, "block_16_expand") > 0
+
+
+@pytest.mark.parametrize("layer, why", [
+    ("input_layer", "is the input layer of the base, with nothing below it to cache"),
+    ("block_2_add", "takes 2 inputs (it joins the branches of a residual connection), so what enters it is not one activation"),
+])
+def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activations(layer, why):
+    """The cached-activations path cuts the base at the input of unfreeze_from: the input layer has none and an Add
+    has two (a traceback from Keras before, in extract-activations and fine-tune)."""
+    keras = pytest.importorskip("keras")
+    from lib import models
+
+    base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    layer = base.layers[0].name if layer == "input_layer" else layer  # input_layer_1, ... when Keras built a model before
+    with pytest.raises(PipelineError) as info:
+        models.activation_extractor(base, "mobilenet_v2", 32, layer)
+    text = str(info.value)
+    assert text.startswith(f"fine_tune.unfreeze_from {layer!r} {why}; pick one of ") and "\n" not in text, text
+    valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")
+    assert "block_16_expand" in valid and not [name for name in valid if name.endswith("_add") or name.startswith("input_layer")]
+    with pytest.raises(PipelineError, match=f"^fine_tune.unfreeze_from {layer!r} {re.escape(why)}"):
+        models.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))
