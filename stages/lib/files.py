@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -70,10 +71,30 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_csv(path: Path, frame, float_format: str | None = "%.6g") -> None:
-    """float_format=None writes floats in full (shortest repr that reads back the same number)."""
+def write_csv(path: Path, frame, float_format: str | None = "%.6g", escape_formulas: bool = False) -> None:
+    """float_format=None writes floats in full (shortest repr that reads back the same number).
+
+    escape_formulas: for tables people open in a spreadsheet (metrics, predictions), text from the data
+    (class names) that a spreadsheet would run as a formula gets a leading `'` (see `spreadsheet_safe`).
+    Never for the pipeline's own data files, which must read back exactly as written.
+    """
+    if escape_formulas:
+        frame = frame.apply(lambda column: column.map(spreadsheet_safe) if column.dtype == object else column)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def spreadsheet_safe(value):
+    """Text starting with = + - @ (or a tab or CR) runs as a formula when a spreadsheet opens the CSV (`=HYPERLINK(...)`,
+    `@SUM(...)`); a leading `'` makes it shown as written (OWASP's advice). Plain numbers (`-1`) stay as they are.
+    The same class name is escaped the same way everywhere, so `dvc plots` still pairs actual and predicted."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def read_manifest(path: Path, task: str):
