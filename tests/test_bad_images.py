@@ -355,7 +355,7 @@ def test_csv_rows_are_skipped_with_their_row_number(tmp_path):
     csv = write_csv(root / "labels.csv", "\ufeffimage , age\n"  # Excel's BOM and a space in the header
                     "imgs/a.png,3.5\n"
                     "imgs\\b.png,1234567.25\n"  # a Windows path
-                    "imgs/a.png,4\n"
+                    "imgs/a.png,3.5\n"
                     "../outside.png,4\n"
                     f"{tmp_path / 'outside.png'},4\n"
                     "imgs/../../outside.png,4\n"
@@ -367,14 +367,14 @@ def test_csv_rows_are_skipped_with_their_row_number(tmp_path):
     items, skipped = sources.list_source(str(csv.parent), csv.name, "regression", "image", "age")
     assert [(i.path, i.label) for i in items] == [("imgs/a.png", 3.5), ("imgs/b.png", 1234567.25)]
     assert [s.reason for s in skipped] == [
-        "row 4: the same path as row 2",
+        "row 4: the same file as row 2",
         "row 5: path escapes the CSV's folder",
         "row 6: absolute path; paths must be relative to the CSV's folder",
         "row 7: path escapes the CSV's folder",
         "row 8: path escapes the CSV's folder",
         "row 9: file not found",
-        "row 10: target 'twelve' is not a finite number",
-        "row 11: target 'nan' is not a finite number",
+        "row 10: target 'twelve' is not a finite number written with digits 0-9 (like 12.5 or -3e2)",
+        "row 11: target 'nan' is not a finite number written with digits 0-9 (like 12.5 or -3e2)",
         "row 12: not a regular file",
     ]
 

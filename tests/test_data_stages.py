@@ -41,6 +41,111 @@ def test_symlink_leaving_the_root_is_skipped(class_folder, tmp_path):
     assert {s.path: s.reason for s in skipped}["red/link.png"] == "link points outside data.source"
 
 
+def test_branching_links_list_each_real_folder_once(tmp_path):
+    """14 levels, each with two links to the next: every level was walked through both links (2^14 copies, 60 s)."""
+    levels = 14
+    store = tmp_path / "images" / "cats" / "levels"
+    for i in range(levels + 1):
+        make_image(store / str(i) / f"level_{i}.png", (10 * i, 0, 0), size=(4, 4))
+        if i < levels:
+            for name in ("x", "y"):
+                (store / str(i) / name).symlink_to(store / str(i + 1), target_is_directory=True)
+    (tmp_path / "images" / "cats" / "entry").symlink_to(store / "0", target_is_directory=True)
+    make_image(tmp_path / "images" / "dogs" / "d.png", (0, 0, 9))
+    items, skipped = sources.class_folders(tmp_path / "images")
+    assert sorted(i.path for i in items if i.label == "cats") == sorted(f"cats/levels/{i}/level_{i}.png" for i in range(levels + 1))
+    reasons = {s.path: s.reason for s in skipped}
+    assert len(reasons) == 2 * levels + 1, "each link to a folder listed already is skipped once"
+    assert reasons["cats/entry"] == "link to a folder already listed as cats/levels/0/"
+    assert reasons["cats/levels/3/y"] == "link to a folder already listed as cats/levels/4/"
+
+
+def test_a_class_folder_1000_levels_deep_is_listed(tmp_path):
+    """The walk was recursive: at ~1000 levels a RecursionError, caught as a symlink loop, dropped the image."""
+    deep = tmp_path / "images" / "cats"
+    for _ in range(1000):  # one at a time: Path.mkdir(parents=True) is recursive too
+        deep = deep / "d"
+        deep.mkdir(parents=True)
+    make_image(deep / "bottom.png", (1, 2, 3), size=(4, 4))
+    make_image(tmp_path / "images" / "dogs" / "d.png", (3, 2, 1), size=(4, 4))
+    items, skipped = sources.class_folders(tmp_path / "images")
+    assert skipped == [] and sorted(i.path for i in items) == [f"cats/{'d/' * 1000}bottom.png", "dogs/d.png"]
+
+
+def test_look_alike_class_names_are_one_class(tmp_path):
+    """'café' with a precomposed é (NFC) and with e + combining accent (NFD) look the same: one class, not two."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    make_image(tmp_path / "images" / nfc / "a.png", (1, 1, 1))
+    make_image(tmp_path / "images" / nfd / "b.png", (2, 2, 2))
+    make_image(tmp_path / "images" / "tea" / "c.png", (3, 3, 3))
+    items, _ = sources.class_folders(tmp_path / "images")
+    assert sorted((i.path.split("/")[1], i.label) for i in items) == [("a.png", nfc), ("b.png", nfc), ("c.png", "tea")]
+    csv = tmp_path / "images" / "labels.csv"
+    csv.write_text(f"image,label\n{nfc}/a.png,{nfc}\n{nfd}/b.png,{nfd}\ntea/c.png,tea\n", encoding="utf-8")
+    items, _ = sources.list_source(str(csv.parent), csv.name, "classification", "image", "label")
+    assert [i.label for i in items] == [nfc, nfc, "tea"]
+
+
+def test_one_file_listed_under_look_alike_paths_is_one_item_and_conflicting_labels_skip_it(tmp_path):
+    """`./a.png`, `a.png` and `imgs//a.png` are one file: listed twice it is one item; with two labels, neither is
+    trusted and every row of it is skipped (before: the first row's label won quietly)."""
+    root = tmp_path / "d"
+    make_image(root / "imgs" / "a.png", (1, 1, 1))
+    make_image(root / "imgs" / "b.png", (2, 2, 2))
+    (root / "imgs" / "b_link.png").symlink_to(root / "imgs" / "b.png")
+    csv = root / "labels.csv"
+    csv.write_text("image,label\n"
+                   "imgs/a.png,cat\n"
+                   "./imgs/a.png,cat\n"
+                   "imgs//b.png,cat\n"
+                   "imgs/../imgs/b.png,dog\n"
+                   "imgs/b_link.png,cat\n")
+    items, skipped = sources.list_source(str(csv.parent), csv.name, "classification", "image", "label")
+    assert [(i.path, i.label) for i in items] == [("imgs/a.png", "cat")]
+    assert [(s.path, s.reason) for s in skipped] == [
+        ("imgs/a.png", "row 3: the same file as row 2"),
+        ("imgs/b.png", "row 4: the same file has the label 'dog' in row 5; a file with conflicting labels is left out"),
+        ("imgs/../imgs/b.png", "row 5: the same file has the label 'cat' in row 4; a file with conflicting labels is left out"),
+        ("imgs/b_link.png", "row 6: the same file has the label 'dog' in row 5; a file with conflicting labels is left out")]
+
+
+def test_csv_quirks_pandas_misread(tmp_path):
+    """A trailing comma on every row made pandas use the first column as the index (every row then had no target);
+    blank lines shifted the row numbers; a repeated header name was resolved silently."""
+    root = tmp_path / "d"
+    for name in ("a", "b", "c"):
+        make_image(root / f"{name}.png", (1, 1, 1), noise_seed=ord(name))
+    trailing = root / "trailing.csv"
+    trailing.write_text("image,label\na.png,cat,\nb.png,dog,\n")
+    items, skipped = sources.list_source(str(root), trailing.name, "classification", "image", "label")
+    assert [(i.path, i.label) for i in items] == [("a.png", "cat"), ("b.png", "dog")] and skipped == []
+    blank = root / "blank.csv"
+    blank.write_text("image,label\n\na.png,cat\n\n\nb.png,\nc.png,dog,extra\n")
+    items, skipped = sources.list_source(str(root), blank.name, "classification", "image", "label")
+    assert [i.path for i in items] == ["a.png"]
+    assert [s.reason for s in skipped] == ["row 6: target is missing",  # the row a spreadsheet shows it on
+                                           "row 7: 3 values but the header names 2 columns; quote a value that holds a comma"]
+    repeated = root / "repeated.csv"
+    repeated.write_text("image,label,notes,label\na.png,cat,,dog\n")
+    with pytest.raises(PipelineError, match=r"repeated.csv: the header names column 'label' \(data.target_column\) 2 times "
+                                            r"\(columns 2, 4\); rename all but one$"):
+        sources.list_source(str(root), repeated.name, "classification", "image", "label")
+
+
+def test_regression_targets_are_plain_numbers_the_statistics_can_hold(tmp_path):
+    """float() reads '1_000' and Arabic-Indic digits as numbers; 1e200 is finite, but its square (the std) overflows."""
+    root = tmp_path / "d"
+    make_image(root / "a.png", (1, 1, 1))
+    csv = root / "ages.csv"
+    csv.write_text("image,age\na.png,1_000\na.png,\u0661\u0662\na.png,1e200\na.png,-2.5e1\n", encoding="utf-8")
+    items, skipped = sources.list_source(str(root), csv.name, "regression", "image", "age")
+    assert [(i.path, i.label) for i in items] == [("a.png", -25.0)]
+    assert [s.reason for s in skipped] == [
+        "row 2: target '1_000' is not a finite number written with digits 0-9 (like 12.5 or -3e2)",
+        "row 3: target '\u0661\u0662' is not a finite number written with digits 0-9 (like 12.5 or -3e2)",
+        "row 4: target '1e200' is beyond ±1e+30; rescale the column (e.g. to other units)"]
+
+
 def test_decode_makes_rgb_upright_and_bounded(tmp_path):
     gray = make_image(tmp_path / "gray.png", (90, 90, 90), size=(50, 20), mode="L")
     pixels, size = decode_file(gray)
@@ -97,7 +202,8 @@ def test_csv_manifest_skips_bad_rows_and_rejects_missing_columns(tmp_path):
                   "age": ["3", "", "inf", "4", "5", "6"]}).to_csv(csv, index=False)
     items, skipped = sources.list_source(str(csv.parent), csv.name, "regression", "image", "age")
     assert [(i.path, i.label) for i in items] == [("a.png", 3.0)]
-    assert [s.reason for s in skipped] == ["row 3: target is missing", "row 4: target 'inf' is not a finite number",
+    assert [s.reason for s in skipped] == ["row 3: target is missing",
+                                           "row 4: target 'inf' is not a finite number written with digits 0-9 (like 12.5 or -3e2)",
                                            "row 5: path escapes the CSV's folder", "row 6: file not found",
                                            "row 7: image path is missing"]
     with pytest.raises(PipelineError, match="has no column 'years'.*data.target_column.*image, age"):
