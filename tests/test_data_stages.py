@@ -62,14 +62,21 @@ def test_branching_links_list_each_real_folder_once(tmp_path):
 
 def test_a_class_folder_1000_levels_deep_is_listed(tmp_path):
     """The walk was recursive: at ~1000 levels a RecursionError, caught as a symlink loop, dropped the image."""
-    deep = tmp_path / "images" / "cats"
-    for _ in range(1000):  # one at a time: Path.mkdir(parents=True) is recursive too
-        deep = deep / "d"
-        deep.mkdir(parents=True)
-    make_image(deep / "bottom.png", (1, 2, 3), size=(4, 4))
-    make_image(tmp_path / "images" / "dogs" / "d.png", (3, 2, 1), size=(4, 4))
-    items, skipped = sources.class_folders(tmp_path / "images")
-    assert skipped == [] and sorted(i.path for i in items) == [f"cats/{'d/' * 1000}bottom.png", "dogs/d.png"]
+    folders = [tmp_path / "images" / "cats" / "d"]
+    for _ in range(999):  # one at a time: Path.mkdir(parents=True) and shutil.rmtree are recursive too
+        folders.append(folders[-1] / "d")
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True)
+        make_image(folders[-1] / "bottom.png", (1, 2, 3), size=(4, 4))
+        make_image(tmp_path / "images" / "dogs" / "d.png", (3, 2, 1), size=(4, 4))
+        items, skipped = sources.class_folders(tmp_path / "images")
+        assert skipped == [] and sorted(i.path for i in items) == [f"cats/{'d/' * 1000}bottom.png", "dogs/d.png"]
+    finally:  # pytest's clean-up of old temporary folders would hit the recursion limit
+        (folders[-1] / "bottom.png").unlink(missing_ok=True)
+        for folder in reversed(folders):
+            if folder.exists():
+                folder.rmdir()
 
 
 def test_look_alike_class_names_are_one_class(tmp_path):
