@@ -27,17 +27,30 @@ def decode(path: Path, max_short_side: int = 256, max_pixels: int = MAX_PIXELS):
     return images.decode(path, max_short_side, max_pixels)
 
 
-def png(path: Path, width: int, height: int, row: bytes, bit_depth: int = 8, color_type: int = 0) -> Path:
-    """A PNG written row by row (a 12000x9000 one costs a row of memory, not the image); every row is `row`."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+
+def png(path: Path, width: int, height: int, row: bytes, bit_depth: int = 8, color_type: int = 0, chunks: bytes = b"") -> Path:
+    """A PNG written row by row (a 12000x9000 one costs a row of memory, not the image); every row is `row`.
+    `chunks` go before the pixels (a palette: PLTE, its transparency: tRNS)."""
     z = zlib.compressobj(9)
     data = b"".join(z.compress(b"\0" + row) for _ in range(height)) + z.flush()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+                     + chunks + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b""))
     return path
+
+
+def gray16_png(path: Path, width: int, height: int) -> Path:
+    """16-bit grey: decoded as float64 at full size it took 26 bytes a pixel."""
+    return png(path, width, height, (bytes(range(256)) * (2 * width // 256 + 1))[:2 * width], bit_depth=16)
+
+
+def transparent_palette_png(path: Path, width: int, height: int) -> Path:
+    """A palette with a transparent colour: converted to RGBA and composited at full size it took 17 bytes a pixel."""
+    palette = png_chunk(b"PLTE", bytes(range(256)) * 3) + png_chunk(b"tRNS", bytes([0]) + bytes([255]) * 255)
+    return png(path, width, height, (bytes(range(256)) * (width // 256 + 1))[:width], color_type=3, chunks=palette)
 
 
 def jpeg_bytes(size=(64, 64), seed=0) -> bytes:
@@ -211,6 +224,65 @@ def test_a_12000x9000_image_is_shrunk_with_bounded_memory(tmp_path):
     assert jpeg.startswith("(256, 341, 3) (12000, 9000)") and float(jpeg.split()[-1]) < 30, jpeg
     assert png_line.startswith("(256, 341, 3) (12000, 9000)") and float(png_line.split()[-1]) < 160, png_line  # 108 MB of gray
     assert skipped == "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100 (decompression-bomb guard); raise it to include this image"
+
+
+def test_thin_images_are_skipped_before_decoding(tmp_path):
+    """max_short_side capped only the short side: this 25 KB PNG of 256 x 100,000 added 77 MB to pixels.u8."""
+    strip = png(tmp_path / "strip.png", 256, 100_000, bytes(256))
+    assert strip.stat().st_size < 100_000
+    with pytest.raises(images.Unusable, match=r"^256x100000 pixels is thinner than 1:10 \(the long side is 391 times the short side\); "
+                                              r"crop it to include it$"):
+        decode(strip)
+    with pytest.raises(images.Unusable, match=r"^3000x1 pixels is thinner than 1:10"):
+        decode(png(tmp_path / "line.png", 3000, 1, bytes(3000)))
+    pixels, size = decode(png(tmp_path / "panorama.png", 2560, 256, bytes(2560)))  # 1:10 is kept
+    assert size == (2560, 256) and pixels.shape == (256, 2560, 3)
+
+
+def test_palette_and_16_bit_images_are_converted_in_strips_like_whole(tmp_path):
+    """Converting strip by strip (and reducing each) gives the picture a whole conversion gives."""
+    for name, make in (("gray16.png", gray16_png), ("palette.png", transparent_palette_png)):
+        path = make(tmp_path / name, 1500, 1200)
+        pixels, size = decode(path, max_short_side=200)
+        with Image.open(path) as im:
+            whole = np.asarray(images.shrink(images.to_rgb(im), 200), dtype=np.int16)
+        assert size == (1500, 1200) and pixels.shape == whole.shape == (200, 250, 3)
+        assert np.abs(pixels - whole).mean() < 3, name  # box-reduced, then resampled: within a few levels
+
+
+INGEST_PEAK = """
+import resource, subprocess, sys
+result = subprocess.run([sys.executable, "stages/ingest.py"], capture_output=True, text=True)
+print(result.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+"""
+
+
+def ingest_peak_mb(project: Path) -> int:
+    """Peak memory (RSS) of the ingest stage in `project`, in MB, with two decoding threads."""
+    out = subprocess.run([sys.executable, "-c", INGEST_PEAK], cwd=project, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PIPELINE_WORKERS": "2"}).stdout.split()
+    assert out[0] == "0", "ingest failed"
+    return int(out[1])
+
+
+# Ingest's peak memory: Python, NumPy, pandas and Pillow (about 100 MB), the snapshots in flight, and decoding, which
+# holds at most images.DECODE_BUDGET (256 MB) for all threads together, or one larger image alone (README, Troubleshooting).
+INGEST_MEMORY_MB = 400
+
+
+def test_ingest_memory_stays_bounded_on_images_costly_to_convert(tmp_path):
+    """A 16-bit grey and a transparent palette PNG of 30 megapixels each (a few hundred KB as files): converted at
+    full size they took 750 and 490 MB, and with two threads both at once."""
+    source = tmp_path / "images"
+    gray16_png(source / "grey" / "deep.png", 6000, 5000)
+    transparent_palette_png(source / "palette" / "glass.png", 6000, 5000)
+    for c, name in enumerate(("grey", "palette")):
+        for i in range(3):
+            make_image(source / name / f"{i}.png", (80 * c, 90, 90), noise_seed=10 * c + i)
+    project = stage_project(tmp_path, {"data.source": str(source), "ingest.max_megapixels": 100})
+    peak = ingest_peak_mb(project)
+    assert peak < INGEST_MEMORY_MB, f"ingest peaked at {peak} MB"
+    assert len(pd.read_csv(project / "data/ingested/manifest.csv")) == 8
 
 
 # ---------------------------------------------------------------- listing a folder of class folders
