@@ -26,6 +26,7 @@ def main():
     split = pd.read_csv(paths.SPLIT)["split"]
     pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
     enc = targets.fit(manifest.loc[split == "train", "label"], p.data.task)
+    targets.check_classes(manifest["label"], split, enc)
 
     def resized(row) -> np.ndarray:
         h, w = row.stored_height, row.stored_width

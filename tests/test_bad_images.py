@@ -454,7 +454,8 @@ def test_csv_rows_are_skipped_with_their_row_number(tmp_path):
 # ---------------------------------------------------------------- what is left must make a dataset
 
 def frame(labels, hashes=None):
-    return pd.DataFrame({"label": labels, "sha256": hashes or [f"h{i}" for i in range(len(labels))]})
+    hashes = hashes or [f"h{i}" for i in range(len(labels))]
+    return pd.DataFrame({"label": labels, "pixels_sha256": hashes, "group": hashes})
 
 
 def test_a_class_too_small_for_the_split_is_named_with_the_size_needed():
