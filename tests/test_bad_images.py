@@ -474,26 +474,87 @@ def test_a_class_too_small_for_the_split_is_named_with_the_size_needed():
 
 # ---------------------------------------------------------------- the real stages on a messy folder
 
+def hostile_additions(root: Path) -> dict:
+    """More of what a real folder holds, on top of messy_folder: the same picture under two labels and in two formats,
+    a re-encoded copy, a strip, images costly to decode, branching links and look-alike class names. -> expected skips."""
+    for c, name in enumerate(["with space", "ünïcode", "dots.in.name", "NA"]):  # enough images left in every class
+        for i in range(4, 8):
+            make_image(root / name / f"img_{i}.png", (60 * c, 200 - 40 * c, 90), noise_seed=10 * c + i)
+    conflict = "an image with conflicting labels is left out, every copy of it"
+    Image.open(root / "NA" / "img_4.png").save(root / "ünïcode" / "relabeled.bmp")  # the same pixels, another label
+    Image.open(root / "dots.in.name" / "img_5.png").save(root / "dots.in.name" / "img_5.bmp")  # a copy, same label: kept
+    Image.open(root / "dots.in.name" / "img_6.png").save(root / "dots.in.name" / "img_6.jpg", quality=95)  # a near-duplicate
+    png(root / "NA" / "strip.png", 256, 100_000, bytes(256))
+    gray16_png(root / "with space" / "deep16.png", 6000, 5000)  # 30 megapixels each: hundreds of MB if converted whole
+    transparent_palette_png(root / "ünïcode" / "glass.png", 6000, 5000)
+    levels = root / "dots.in.name" / "levels"
+    for i in range(6):  # six levels, each with two links to the next: walked through both, 64 copies
+        make_image(levels / str(i) / f"level_{i}.png", (i, 90, 200 - 9 * i), size=(12, 12), noise_seed=300 + i)
+        if i < 5:
+            for link in ("x", "y"):
+                (levels / str(i) / link).symlink_to(levels / str(i + 1), target_is_directory=True)
+    for i in range(3):  # "café" as one precomposed letter and as e + a combining accent: one class
+        make_image(root / "caf\u00e9" / f"a{i}.png", (90, 40, 40 + i), noise_seed=400 + i)
+        make_image(root / "cafe\u0301" / f"b{i}.png", (90, 40, 90 + i), noise_seed=410 + i)
+    expected = {
+        "NA/img_4.png": f"the same picture as ünïcode/relabeled.bmp (labeled 'ünïcode'): {conflict}",
+        "ünïcode/relabeled.bmp": f"the same picture as NA/img_4.png (labeled 'NA'): {conflict}",
+        "with space/inside_link.png": f"the same picture as NA/img_0.png (labeled 'NA'): {conflict}",  # links into another class
+        "NA/img_0.png": f"the same picture as with space/inside_link.png (labeled 'with space'): {conflict}",
+        "NA/linked_folder/deeper/x.Png": f"the same picture as with space/nested/deeper/x.Png (labeled 'with space'): {conflict}",
+        "with space/nested/deeper/x.Png": f"the same picture as NA/linked_folder/deeper/x.Png (labeled 'NA'): {conflict}",
+        "NA/strip.png": "256x100000 pixels is thinner than 1:10",
+    }
+    for i in range(5):
+        expected[f"dots.in.name/levels/{i}/x"] = f"link to a folder already listed as dots.in.name/levels/{i + 1}/"
+        expected[f"dots.in.name/levels/{i}/y"] = f"link to a folder already listed as dots.in.name/levels/{i + 1}/"
+    return expected
+
+
+DVC_PEAK = """
+import resource, subprocess, sys
+result = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(result.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+sys.stderr.write(result.stdout + result.stderr)
+"""
+
+
 @pytest.mark.e2e
 def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_path):
-    expected = messy_folder(tmp_path / "images", tmp_path / "outside")
-    png(tmp_path / "images" / "NA" / "huge.png", 12000, 9000, bytes([7]) * 12000)
+    source = tmp_path / "images"
+    expected = messy_folder(source, tmp_path / "outside") | hostile_additions(source)
+    png(source / "NA" / "huge.png", 12000, 9000, bytes([7]) * 12000)
     expected["NA/huge.png"] = "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100"
-    project = make_project(tmp_path, FAST | {"data.source": str(tmp_path / "images"), "ingest.max_megapixels": 100})
-    run(["dvc", "repro", "normalize"], project)
+    # DVC hashes data.source before ingest runs: it stops at a link loop, a broken link or a name that is not UTF-8, and
+    # waits forever on a named pipe (README, Troubleshooting). Ingest's own reasons for them are checked without DVC, above.
+    for name in ("loop.png", "dangling.png", "fifo.png"):
+        (source / "ünïcode" / name).unlink()
+        del expected[f"ünïcode/{name}"]
+    (source / "dots.in.name" / os.fsdecode(b"caf\xe9.png")).unlink()
+    del expected["dots.in.name/caf\ufffd.png"]
+    project = make_project(tmp_path, FAST | {"data.source": str(source), "ingest.max_megapixels": 100})
+    result = subprocess.run([sys.executable, "-c", DVC_PEAK, "dvc", "repro", "normalize"], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                                 "DVC_NO_ANALYTICS": "1", "PIPELINE_WORKERS": "2"})
+    status, peak = result.stdout.split()
+    assert status == "0" and "Traceback" not in result.stderr, result.stderr
+    assert int(peak) < INGEST_MEMORY_MB, f"a process of dvc repro (dvc itself, ingest, split, normalize) peaked at {peak} MB"
     report = json.loads((project / "metrics/data.json").read_text(encoding="utf-8"))
     skipped = {s["path"]: s["reason"] for s in report["skipped_files"]}
     reasons_match(skipped, expected)
     assert report["skipped"] == len(expected)
-    assert report["classes"] == {"NA": 6, "dots.in.name": 6, "with space": 8, "ünïcode": 6}
-    assert report["duplicates"] == 2 and report["duplicates_with_different_labels"] == 2  # the links into other classes
+    assert report["classes"] == {"NA": 7, "café": 6, "dots.in.name": 18, "with space": 11, "ünïcode": 11}
+    assert report["duplicates"] == 1  # dots.in.name/img_5 as PNG and BMP
+    assert report["near_duplicates"] == [{"paths": ["dots.in.name/img_6.jpg", "dots.in.name/img_6.png"], "labels": ["dots.in.name"]}]
     manifest = pd.read_csv(project / "data/ingested/manifest.csv", keep_default_na=False)
-    assert manifest["label"].tolist().count("NA") == 6, "a class named NA stays a class name"
+    assert manifest["label"].tolist().count("NA") == 7, "a class named NA stays a class name"
     encoding = json.loads((project / "data/normalized/encoding.json").read_text(encoding="utf-8"))
-    assert encoding["classes"] == ["NA", "dots.in.name", "with space", "ünïcode"]
+    assert encoding["classes"] == ["NA", "café", "dots.in.name", "with space", "ünïcode"]
     counts = {name: len(np.load(project / f"data/normalized/{name}_targets.npy")) for name in ("train", "val", "test")}
-    assert sum(counts.values()) == 26 and min(counts.values()) >= 4
-    assert 'with space/new\nline, "quoted".png' in pd.read_csv(project / "data/split/split.csv")["path"].tolist()
+    assert sum(counts.values()) == 53 and min(counts.values()) >= 9
+    split = pd.read_csv(project / "data/split/split.csv").set_index("path")["split"]
+    assert 'with space/new\nline, "quoted".png' in split.index
+    assert split["dots.in.name/img_5.png"] == split["dots.in.name/img_5.bmp"] and split["dots.in.name/img_6.png"] == split["dots.in.name/img_6.jpg"]
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
