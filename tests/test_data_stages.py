@@ -250,6 +250,10 @@ def test_split_rejects_a_class_too_small():
     m = manifest(["a"] * 20 + ["tiny"] * 2)
     with pytest.raises(PipelineError, match=r"'tiny' has 2 distinct images.*need at least 3"):
         splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
+    m["group"] = [f"h{i}" for i in range(20)] + ["h0", "h1"]  # tiny's images are near-duplicates of a's: they go with a's
+    with pytest.raises(PipelineError, match=r"^'tiny' has 0 distinct images \(2 of its images are near-duplicates of others' and go "
+                                            r"with them; see metrics/data.json\); .* need at least 3"):
+        splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
 
 
 def test_split_ignores_row_order_and_moves_few_images_when_one_is_added():

@@ -6,9 +6,9 @@
   lossy step. Two images are near-duplicates when their 64-bit difference hashes (dHash: which of
   two neighbours is brighter, on a 9x8 grey thumbnail) differ in at most NEAR_BITS bits and their
   8x8 colour thumbnails differ by at most NEAR_LEVELS (of 255) on average. The thumbnail check keeps
-  look-alike but different pictures apart: handwritten digits often share a dHash (the 8x8 digits
-  have 107 pairs at distance 0), yet no two of them come within 4 levels; re-encoded and resized
-  copies stay within 1. Flowers-17 holds 67 such pairs.
+  look-alike but different pictures apart: handwritten digits often share a dHash (the committed 8x8
+  digits have 107 pairs at distance 0), yet their closest pair differs by 4 levels; JPEG re-encodes
+  (even at quality 20) and half-size copies of photos stay within 1. Flowers-17 holds 67 such pairs.
 
 Copies and near-duplicates, linked transitively, form a group: split keeps each group in one split
 (so no picture is in training and test at once), and the data report lists the near-duplicates.
@@ -16,7 +16,8 @@ Copies and near-duplicates, linked transitively, form a group: split keeps each 
 Conflicting labels: an exact copy that carries another label (the same picture in two class folders,
 or listed twice in a CSV with two labels) cannot be trusted either way, so every copy of it is left
 out and reported. Near-duplicates with different labels are kept (a look-alike may be a different
-picture) and listed in the report with their labels, for review.
+picture) and listed in the report with their labels, for review. Regression targets are
+measurements: copies with different targets are kept (in one split) and counted in the report.
 """
 from __future__ import annotations
 

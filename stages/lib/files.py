@@ -98,12 +98,14 @@ def spreadsheet_safe(value):
 
 
 def read_manifest(path: Path, task: str):
-    """The ingest manifest; class labels stay text exactly as written (a class named NA or 1.0 is not a number)."""
+    """The ingest manifest; class labels stay text exactly as written (a class named NA or 1.0 is not a number), and
+    so do the hashes (a hex digest of digits only is not a number either)."""
     import pandas as pd
 
+    hashes = {"pixels_sha256": str, "group": str}
     if task == "classification":
-        return pd.read_csv(path, dtype={"label": str}, keep_default_na=False)
-    return pd.read_csv(path, dtype={"label": float})
+        return pd.read_csv(path, dtype={"label": str} | hashes, keep_default_na=False)
+    return pd.read_csv(path, dtype={"label": float} | hashes)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
