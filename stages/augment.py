@@ -20,16 +20,18 @@ def main():
     images = files.load_npy(paths.split_array(paths.NORMALIZED, "train", "images"), mmap=True)
     targets = files.load_npy(paths.split_array(paths.NORMALIZED, "train", "targets"))
 
-    def with_variants(i: int) -> list[np.ndarray]:
-        return [images[i]] + [augmentation.variant(images[i], cfg, (cfg.seed, i, c)) for c in range(copies)]
-
     per_image = copies + 1
     with ThreadPoolExecutor(settings.workers()) as pool, \
             files.npy_writer(paths.split_array(paths.AUGMENTED, "train", "images"), (len(images) * per_image, *images.shape[1:]), np.uint8) as out:
+
+        def write_with_variants(i: int) -> None:  # straight into the output: memory holds one image per thread, whatever `copies`
+            out[i * per_image] = images[i]
+            for c in range(copies):
+                out[i * per_image + 1 + c] = augmentation.variant(images[i], cfg, (cfg.seed, i, c))
+
         with tqdm(range(0, len(images), BATCH), desc=f"augment: {copies} copies", unit="batch") as batches:
             for start in batches:
-                stop = min(start + BATCH, len(images))
-                out[start * per_image:stop * per_image] = np.stack([im for group in pool.map(with_variants, range(start, stop)) for im in group])
+                list(pool.map(write_with_variants, range(start, min(start + BATCH, len(images)))))
     files.save_npy(paths.split_array(paths.AUGMENTED, "train", "targets"), np.repeat(targets, per_image, axis=0))
     print(f"augment: {len(images)} training images -> {len(images) * per_image}")
 

@@ -21,9 +21,10 @@ def main():
 
     summary = reports.summary(actual, predictions, encoding)
     files.write_json(paths.EVALUATE_METRICS, summary)
-    files.write_csv(paths.BREAKDOWN, reports.breakdown(actual, predictions, encoding))
+    files.write_csv(paths.BREAKDOWN, reports.breakdown(actual, predictions, encoding), escape_formulas=True)  # class names: no formulas
     for name, predicted in predictions.items():
-        files.write_csv(paths.EVALUATE_PLOTS / "predictions" / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}))
+        files.write_csv(paths.EVALUATE_PLOTS / "predictions" / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}),
+                        escape_formulas=True)
     if encoding["task"] == "classification":
         reports.confusion_figure(actual, predictions, encoding["classes"], paths.EVALUATE_PLOTS / "figures" / "confusion.png")
     else:

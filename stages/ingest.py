@@ -2,41 +2,42 @@
 
 Every file is read and decoded once (in parallel threads): EXIF orientation applied, converted to
 RGB, shrunk so its shorter side is at most ingest.max_short_side. Unusable files are skipped and
-listed with the reason in metrics/data.json.
+listed with the reason in metrics/data.json. Identical pictures are recognised by their decoded
+pixels, near-duplicates by a perceptual hash (stages/lib/duplicates.py): a picture that appears
+under two labels is left out, every copy of it (its pixels stay in pixels.u8, unreferenced), and
+copies and near-duplicates share a `group`, which split keeps in one split.
 """
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 from tqdm import tqdm
 
-from lib import files, images, params, paths, settings, sources
+from lib import duplicates, files, images, params, paths, settings, sources
 from lib.errors import PipelineError, run
 
 BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dataset size
-COLUMNS = ["path", "label", "sha256", "width", "height", "stored_height", "stored_width", "offset"]
+# pixels_sha256: of the decoded snapshot; group: copies and near-duplicates share one (duplicates.groups)
+COLUMNS = ["path", "label", "pixels_sha256", "group", "width", "height", "stored_height", "stored_width", "offset"]
 
 
 def load_item(item: sources.Item, max_short_side: int, max_pixels: int):
-    """-> (row dict, pixels) or (None, reason). The file is hashed in chunks and decoded lazily: a huge
-    file never sits in memory whole."""
+    """-> (row dict, (pixels, fingerprint)) or (None, reason). The file is decoded lazily: a huge file never sits in
+    memory whole."""
     try:
-        with open(item.file, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         pixels, size = images.decode(item.file, max_short_side, max_pixels)
     except OSError as exc:
         return None, f"cannot read file ({exc.strerror or exc})"
     except images.Unusable as exc:
         return None, str(exc)
-    row = {"path": item.path, "label": item.label, "sha256": sha256,
-           "width": size[0], "height": size[1], "stored_height": pixels.shape[0], "stored_width": pixels.shape[1]}
-    return row, pixels
+    row = {"path": item.path, "label": item.label, "width": size[0], "height": size[1],
+           "stored_height": pixels.shape[0], "stored_width": pixels.shape[1]}
+    return row, (pixels, duplicates.fingerprint(pixels))
 
 
 def main():
     p = params.load()
     items, skipped = sources.list_source(p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column)
-    rows, offset = [], 0
+    rows, prints, offset = [], [], 0
     with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(settings.workers()) as pool, \
             tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
@@ -45,16 +46,22 @@ def main():
                 if row is None:
                     skipped.append(sources.Skipped(item.path, result))
                     continue
-                rows.append(row | {"offset": offset})
-                out.write(result.tobytes())
-                offset += result.nbytes
+                pixels, fingerprint = result
+                rows.append(row | {"pixels_sha256": fingerprint.sha256, "offset": offset})
+                prints.append(fingerprint)
+                out.write(pixels.tobytes())
+                offset += pixels.nbytes
             progress.update(len(batch))
+        if p.data.task == "classification":  # the same picture under two labels: every copy is left out
+            conflicts = duplicates.conflicting_labels([r["path"] for r in rows], [r["label"] for r in rows], [r["pixels_sha256"] for r in rows])
+            skipped += [sources.Skipped(rows[i]["path"], reason) for i, reason in conflicts.items()]
+            rows, prints = [r for i, r in enumerate(rows) if i not in conflicts], [f for i, f in enumerate(prints) if i not in conflicts]
         if not rows:  # the report is still written, so the user can see why every file was skipped
             files.write_json(paths.DATA_REPORT, report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task))
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise PipelineError(f"data.source {p.data.source}: no usable image" +
                                 (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else ""))
-    manifest = pd.DataFrame(rows, columns=COLUMNS)
+    manifest = pd.DataFrame(rows, columns=COLUMNS).assign(group=duplicates.groups(prints))
     if p.data.task == "classification":  # a class whose every file was skipped
         gone = sorted({str(item.label) for item in items} - set(manifest["label"].astype(str)))
         skipped += [sources.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]
@@ -64,15 +71,17 @@ def main():
 
 
 def report(manifest: pd.DataFrame, skipped: list, task: str) -> dict:
-    """The data report: counts, duplicates and every skipped file with its reason."""
-    summary = {"images": len(manifest), "skipped": len(skipped), "duplicates": int(manifest["sha256"].duplicated().sum())}
+    """The data report: counts, exact copies, near-duplicates (kept, each group in one split) and every skipped file
+    with its reason."""
+    summary = {"images": len(manifest), "skipped": len(skipped), "duplicates": int(manifest["pixels_sha256"].duplicated().sum())}
     if task == "classification":
         summary["classes"] = manifest["label"].value_counts().sort_index().to_dict()
-        conflicts = int((manifest.groupby("sha256")["label"].nunique() > 1).sum())
-        if conflicts:
-            summary["duplicates_with_different_labels"] = conflicts
     elif len(manifest):
         summary["target"] = {k: round(float(v), 6) for k, v in manifest["label"].astype(float).describe().items()}
+        summary["duplicates_with_different_targets"] = int((manifest.groupby("pixels_sha256")["label"].nunique() > 1).sum())
+    near = manifest.groupby("group").filter(lambda g: g["pixels_sha256"].nunique() > 1)
+    summary["near_duplicates"] = sorted([{"paths": sorted(g["path"]), "labels": sorted(set(g["label"]))} if task == "classification"
+                                         else {"paths": sorted(g["path"])} for _, g in near.groupby("group")], key=lambda g: g["paths"])
     summary["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: s.path)]
     return summary
 

@@ -11,18 +11,22 @@ import pandas as pd
 from tqdm import tqdm
 
 from lib import files, images, params, paths, settings, targets
-from lib.errors import run
+from lib.errors import PipelineError, run
 
 BATCH = 256
 
 
 def main():
     p = params.load()
+    size = p.normalize.image_size
+    if p.ingest.max_short_side < size:  # the snapshot is smaller than the model input: every photo would be upscaled
+        raise PipelineError(f"normalize.image_size={size} is above ingest.max_short_side={p.ingest.max_short_side}, so images would be "
+                            f"upscaled from a shrunk snapshot: raise ingest.max_short_side to at least {size} (it reruns ingest)")
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     split = pd.read_csv(paths.SPLIT)["split"]
     pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
     enc = targets.fit(manifest.loc[split == "train", "label"], p.data.task)
-    size = p.normalize.image_size
+    targets.check_classes(manifest["label"], split, enc)
 
     def resized(row) -> np.ndarray:
         h, w = row.stored_height, row.stored_width

@@ -1,6 +1,8 @@
 """Stage split: manifest -> train/val/test assignment, stratified by class (or target bin), seeded.
 
-Identical images (same content hash) always land in the same split.
+Copies and near-duplicates of a picture (one `group` of the manifest) always land in the same split,
+and where a picture lands depends on its pixels and split.seed, not on the order of the rows
+(stages/lib/splitting.py).
 """
 import pandas as pd
 

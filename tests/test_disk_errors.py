@@ -64,6 +64,38 @@ def test_reserving_really_allocates_the_file(tmp_path):
     assert files.load_npy(out).sum() == 3 * 64 * 32 * 32 * 3
 
 
+def write_memory_mapped(path: Path) -> None:
+    with files.npy_writer(path, (4, 2), np.uint8) as array:
+        array[:] = 1
+
+
+@pytest.mark.parametrize("write", [
+    lambda p: files.write_json(p, {"a": 1}),
+    lambda p: files.save_npy(p, np.zeros(10)),
+    write_memory_mapped,
+], ids=["json", "npy", "memory-mapped npy"])
+def test_outputs_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch, write):
+    """After a power loss, an output renamed into place (and recorded by DVC as done) must not be empty: the temporary
+    file is fsynced before the rename, and the folder (which holds the rename) after it."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "out" / "result"
+    write(out)
+    tmp = str(out.with_name("result.tmp"))
+    assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(out.parent))], events
+
+
 def test_a_file_in_the_way_of_the_output_folder(tmp_path):
     (tmp_path / "metrics").write_text("not a folder")
     with pytest.raises(PipelineError) as info:

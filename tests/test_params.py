@@ -32,10 +32,18 @@ CASES = [
     ({"fine_tune.epochs": -3}, "fine_tune.epochs: Input should be greater than or equal to 0 (got -3)"),
     ({"fine_tune.lr": 0}, "fine_tune.lr: Input should be greater than 0 (got 0)"),
     ({"head.dropout": 1.0}, "head.dropout: Input should be less than 1 (got 1.0)"),
-    ({"split.val": 0}, "split.val: Input should be greater than 0 (got 0)"),
+    ({"split.val": 0}, "split.val: Input should be greater than or equal to 0.001 (got 0)"),
     ({"split.test": 1.5}, "split.test: Input should be less than 1 (got 1.5)"),
-    ({"split.val": -0.1}, "split.val: Input should be greater than 0 (got -0.1)"),
-    ({"split.val": 0.5, "split.test": 0.5}, "split.val + split.test = 1 leaves no training set; keep it below 1"),
+    ({"split.val": -0.1}, "split.val: Input should be greater than or equal to 0.001 (got -0.1)"),
+    ({"split.val": 0.5, "split.test": 0.5}, "split.val + split.test = 1 leaves no training set; keep it at most 0.999"),
+    # valid types and signs that would hang or crash a stage later
+    ({"split.val": 1e-9}, "split.val: Input should be greater than or equal to 0.001 (got 1e-09)"),  # a 1e10-step loop
+    ({"split.val": 0.5, "split.test": 0.4999999}, "split.val + split.test = 1 leaves almost no training set; keep it at most 0.999"),
+    ({"split.seed": 2**32}, "split.seed: Input should be less than 4294967296 (got 4294967296)"),  # NumPy seeds are 32-bit
+    ({"augment.seed": 2**40}, "augment.seed: Input should be less than 4294967296"),
+    ({"train_head.seed": 2**32}, "train_head.seed: Input should be less than 4294967296"),
+    ({"fine_tune.seed": 2**63}, "fine_tune.seed: Input should be less than 4294967296"),
+    ({"augment.copies": 1000}, "augment.copies: Input should be less than or equal to 100 (got 1000)"),
     ({"normalize.image_size": 16}, "normalize.image_size: Input should be greater than or equal to 32 (got 16)"),
     ({"ingest.max_megapixels": 0}, "ingest.max_megapixels: Input should be greater than 0 (got 0)"),
     ({"ingest.max_megapixels": 5000}, "ingest.max_megapixels: Input should be less than or equal to 1000 (got 5000)"),
@@ -109,6 +117,24 @@ def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages"], "nothing was written"
 
 
+def test_seeds_at_the_limit_work_where_they_are_used():
+    """The largest seed the schema accepts is one NumPy (and so Keras) accepts: the bound is the real one."""
+    import numpy as np
+
+    np.random.seed(params.SEED_LIMIT - 1)
+    with pytest.raises(ValueError):
+        np.random.seed(params.SEED_LIMIT)
+
+
+def test_normalize_refuses_an_image_size_above_the_snapshot_before_reading_anything(tmp_path):
+    """ingest.max_short_side=64 and normalize.image_size=128: every photo would be upscaled from a 64-pixel snapshot."""
+    project = stage_project(tmp_path, {"ingest.max_short_side": 64, "normalize.image_size": 128})
+    result = run_stage(project, "normalize")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == ("error: normalize.image_size=128 is above ingest.max_short_side=64, so images would be upscaled "
+                                     "from a shrunk snapshot: raise ingest.max_short_side to at least 128 (it reruns ingest)")
+
+
 def test_unfreeze_from_not_a_layer_lists_the_valid_names():
     """Checked when the base is built (it needs TensorFlow to know the layer names), before any training."""
     keras = pytest.importorskip("keras")
@@ -121,3 +147,25 @@ def test_unfreeze_from_not_a_layer_lists_the_valid_names():
     assert re.match(r"fine_tune.unfreeze_from 'block_10_expnd' is not a layer of mobilenetv2_0.35_32; for example: .*block_10_expand", text)
     assert "block_16_expand" in text and "Conv_1" in text and "\n" not in text
     assert models.unfreeze_from(base, "block_16_expand") > 0
+
+
+@pytest.mark.parametrize("layer, why", [
+    ("input_layer", "is the input layer of the base, with nothing below it to cache"),
+    ("block_2_add", "takes 2 inputs (it joins the branches of a residual connection), so what enters it is not one activation"),
+])
+def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activations(layer, why):
+    """The cached-activations path cuts the base at the input of unfreeze_from: the input layer has none and an Add
+    has two (a traceback from Keras before, in extract-activations and fine-tune)."""
+    keras = pytest.importorskip("keras")
+    from lib import models
+
+    base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    layer = base.layers[0].name if layer == "input_layer" else layer  # input_layer_1, ... when Keras built a model before
+    with pytest.raises(PipelineError) as info:
+        models.activation_extractor(base, "mobilenet_v2", 32, layer)
+    text = str(info.value)
+    assert text.startswith(f"fine_tune.unfreeze_from {layer!r} {why}; pick one of ") and "\n" not in text, text
+    valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")
+    assert "block_16_expand" in valid and not [name for name in valid if name.endswith("_add") or name.startswith("input_layer")]
+    with pytest.raises(PipelineError, match=f"^fine_tune.unfreeze_from {layer!r} {re.escape(why)}"):
+        models.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))

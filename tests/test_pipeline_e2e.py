@@ -87,7 +87,8 @@ def test_regression_from_csv_end_to_end(tmp_path):
     assert set(metrics["fine_tuned"]) == {"mae", "rmse", "r2"} and "mae" in metrics["baseline"]
     report = json.loads((project / "metrics/data.json").read_text())
     reasons = {s["path"]: s["reason"] for s in report["skipped_files"]}
-    assert reasons == {"images/missing.png": "row 62: file not found", "images/000.png": "row 63: target 'old' is not a finite number"}
+    assert reasons == {"images/missing.png": "row 62: file not found",
+                       "images/000.png": "row 63: target 'old' is not a finite number written with digits 0-9 (like 12.5 or -3e2)"}
 
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
     predictions = pd.read_csv(project / "plots/evaluate/predictions/fine_tuned.csv")

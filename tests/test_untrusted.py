@@ -156,3 +156,45 @@ def test_the_pipeline_models_have_no_lambda_and_load_in_safe_mode(tmp_path, kera
     pixels = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")
     loaded = models.load(tmp_path / "model.keras")
     assert np.allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
+
+
+HOSTILE_CLASSES = ["=HYPERLINK(\"http://x.example\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "a$^$b", "-1", "plain"]
+
+
+def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
+    """metrics/breakdown.csv and plots/evaluate/predictions/*.csv go to spreadsheets: a class name starting with = + - @
+    gets a leading ' (shown, not run); plain numbers stay, and actual and predicted stay paired for `dvc plots`."""
+    import csv
+
+    import pandas as pd
+
+    from lib import reports
+
+    actual = np.array(HOSTILE_CLASSES * 2)
+    predicted = np.roll(actual, 1)
+    encoding = {"task": "classification", "classes": sorted(HOSTILE_CLASSES)}
+    files.write_csv(tmp_path / "breakdown.csv", reports.breakdown(actual, {"head": predicted}, encoding), escape_formulas=True)
+    files.write_csv(tmp_path / "head.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
+    shown = {"=HYPERLINK(\"http://x.example\",\"y\")": "'=HYPERLINK(\"http://x.example\",\"y\")",
+             "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0", "-2+3": "'-2+3", "@SUM(A1:A9)": "'@SUM(A1:A9)",
+             "a$^$b": "a$^$b", "-1": "-1", "plain": "plain"}
+    with open(tmp_path / "breakdown.csv", newline="") as f:
+        assert [row["class"] for row in csv.DictReader(f)] == [shown[c] for c in sorted(HOSTILE_CLASSES)]
+    with open(tmp_path / "head.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["actual"], r["predicted"]) for r in rows] == [(shown[a], shown[p]) for a, p in zip(actual, predicted)]
+
+
+def test_evaluate_escapes_every_csv_it_writes():
+    """Every CSV evaluate writes holds class names from the data."""
+    writes = [node for path, node in calls("write_csv") if path.name == "evaluate.py"]
+    assert len(writes) == 2 and all(keyword(node, "escape_formulas") is True for node in writes)
+
+
+def test_class_names_with_dollar_signs_are_drawn_literally(tmp_path):
+    """matplotlib reads $...$ as math text: 'a$^$b' made evaluate's confusion matrix crash after the whole pipeline ran."""
+    from lib import reports
+
+    actual = np.array(HOSTILE_CLASSES * 2)
+    reports.confusion_figure(actual, {"head": actual, "fine_tuned": np.roll(actual, 1)}, sorted(HOSTILE_CLASSES), tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").stat().st_size > 1000

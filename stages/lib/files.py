@@ -1,8 +1,10 @@
 """Writing outputs atomically (temp file, then rename) and reading arrays without pickle.
 
 A stage killed half-way (SIGINT, SIGTERM or SIGKILL) leaves at most a `*.tmp` file, which no stage
-reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. A full
-disk or a read-only folder is a PipelineError naming the file, not a traceback.
+reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. The
+temporary file is flushed to the disk (fsync) before the rename and the folder after it, so that
+after a power loss an output DVC recorded as done is there in full, not empty. A full disk or a
+read-only folder is a PipelineError naming the file, not a traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +29,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        to_disk(tmp)  # the bytes first: a rename can reach the disk before the data it names
         os.replace(tmp, path)
+        to_disk(path.parent)  # then the rename itself
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                          errno.ENOTDIR, errno.EISDIR, errno.EEXIST) and about(exc, path, tmp):
@@ -35,6 +40,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def to_disk(path: Path) -> None:
+    """fsync a file or folder: its contents (or, for a folder, its entries) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system or device without fsync
+            raise
+    finally:
+        os.close(fd)
 
 
 def about(exc: OSError, path: Path, tmp: Path) -> bool:
@@ -54,19 +71,41 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_csv(path: Path, frame, float_format: str | None = "%.6g") -> None:
-    """float_format=None writes floats in full (shortest repr that reads back the same number)."""
+def write_csv(path: Path, frame, float_format: str | None = "%.6g", escape_formulas: bool = False) -> None:
+    """float_format=None writes floats in full (shortest repr that reads back the same number).
+
+    escape_formulas: for tables people open in a spreadsheet (metrics, predictions), text from the data
+    (class names) that a spreadsheet would run as a formula gets a leading `'` (see `spreadsheet_safe`).
+    Never for the pipeline's own data files, which must read back exactly as written.
+    """
+    if escape_formulas:
+        frame = frame.apply(lambda column: column.map(spreadsheet_safe) if column.dtype == object else column)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def spreadsheet_safe(value):
+    """Text starting with = + - @ (or a tab or CR) runs as a formula when a spreadsheet opens the CSV (`=HYPERLINK(...)`,
+    `@SUM(...)`); a leading `'` makes it shown as written (OWASP's advice). Plain numbers (`-1`) stay as they are.
+    The same class name is escaped the same way everywhere, so `dvc plots` still pairs actual and predicted."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def read_manifest(path: Path, task: str):
-    """The ingest manifest; class labels stay text exactly as written (a class named NA or 1.0 is not a number)."""
+    """The ingest manifest; class labels stay text exactly as written (a class named NA or 1.0 is not a number), and
+    so do the hashes (a hex digest of digits only is not a number either)."""
     import pandas as pd
 
+    hashes = {"pixels_sha256": str, "group": str}
     if task == "classification":
-        return pd.read_csv(path, dtype={"label": str}, keep_default_na=False)
-    return pd.read_csv(path, dtype={"label": float})
+        return pd.read_csv(path, dtype={"label": str} | hashes, keep_default_na=False)
+    return pd.read_csv(path, dtype={"label": float} | hashes)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -2,32 +2,53 @@
 
 Files are untrusted: only the formats of IMAGE_FORMATS are opened (no EPS/Ghostscript or other
 plugins), any decoder failure makes the file Unusable (skipped and reported, never a crash), and
-Pillow's decompression-bomb guard is set from ingest.max_megapixels (never disabled). Memory stays
-bounded: JPEGs are decoded at a reduced scale when that is still large enough, other images are
-shrunk before any colour conversion, and only one large image is decoded at a time.
+Pillow's decompression-bomb guard is set from ingest.max_megapixels (never disabled). Images
+thinner than 1:MAX_ASPECT_RATIO are skipped too (a 256 x 100,000 strip would take 77 MB of the
+snapshot), both before any pixel is read.
+
+Memory is bounded. A decoded image takes at most 4 bytes per pixel in Pillow (its own mode: 1 for
+grey and palettes, 2 for 16-bit grey, 4 for RGB, CMYK, 32-bit and float) and nothing else is made
+at full size: JPEGs are decoded at a reduced scale when that is still large enough; grey, RGB(A)
+and CMYK images are shrunk before their colour conversion; every other mode (palettes, 16-bit,
+float) is converted STRIP_PIXELS at a time, each strip reduced as it is converted. Some decoders
+hold buffers of their own (DECODE_BYTES_PER_PIXEL). The threads share DECODE_BUDGET bytes: an
+image waits until its decoding fits, and one larger than the whole budget (up to
+ingest.max_megapixels) decodes alone. So decoding holds at most max(DECODE_BUDGET, the largest
+image's pixels x its bytes per pixel), whatever the number of threads.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's plugins for the extensions sources.IMAGE_EXTENSIONS accepts (JPEG also opens multi-picture MPO files).
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
-# Images whose decoded size is above this take turns, so the threads never hold several at once.
-LARGE_PIXELS = 16_000_000
-_large = threading.Lock()
+# Bytes all decoding threads may hold at once; an image that needs more decodes alone.
+DECODE_BUDGET = 256 * 2**20
+# Bytes a pixel takes while a file is decoded, measured with Pillow 12 on 30-megapixel files: Pillow's image (at most
+# 4), plus libwebp's canvas and its copy for WebP, libtiff's strip buffers for TIFF.
+DECODE_BYTES_PER_PIXEL = {"WEBP": 16, "TIFF": 8}
+DEFAULT_BYTES_PER_PIXEL = 4
+# Pixels converted at a time in modes that cannot be shrunk first (palettes, 16-bit, float), at up to 26 bytes each
+# (16-bit grey through float64).
+STRIP_PIXELS = 1_000_000
+STRIP_BYTES_PER_PIXEL = 26
+# The long side may be at most this many times the short side.
+MAX_ASPECT_RATIO = 10
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose does).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
            8: Image.Transpose.ROTATE_90}
-# Modes that can be shrunk before conversion to RGB (smaller than RGB, or RGB itself).
+# Modes that can be shrunk before conversion to RGB (smaller than RGB, or RGB itself); others are converted in strips.
 SHRINK_FIRST = {"L", "LA", "RGB", "RGBA", "CMYK"}
 
 # Images between max_pixels and 2 * max_pixels only warn in Pillow; we skip them ourselves.
@@ -36,6 +57,29 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 class Unusable(Exception):
     """The file cannot be used as an image; the message is the reason shown in the data report."""
+
+
+class MemoryBudget:
+    """Bytes held by all decoding threads together: `taking(n)` waits until n more fit in the budget or, for an
+    image larger than the whole budget, until no other image is being decoded."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.changed = limit, 0, threading.Condition()
+
+    @contextlib.contextmanager
+    def taking(self, size: int) -> Iterator[None]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used -= size
+                self.changed.notify_all()
+
+
+_budget = MemoryBudget(DECODE_BUDGET)
 
 
 def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -50,16 +94,18 @@ def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS) as im:
             stored = im.size
             check_size(stored, max_pixels)
+            check_aspect(stored)
             if im.format in ("JPEG", "MPO"):  # libjpeg decodes at 1/2, 1/4 or 1/8 scale when that is still large enough
                 scale = max_short_side / min(im.size)
                 if scale < 1:
                     im.draft(im.mode, (int(im.size[0] * scale) + 1, int(im.size[1] * scale) + 1))
-            with _large if im.size[0] * im.size[1] > LARGE_PIXELS else contextlib.nullcontext():
+            with _budget.taking(decoding_bytes(im)):
                 im.load()
                 orientation = exif_orientation(im)
-                small = im.convert("L") if im.mode == "1" else im
-                small = shrink(small, max_short_side) if small.mode in SHRINK_FIRST else small
-                rgb = shrink(to_rgb(small), max_short_side)
+                if im.mode in SHRINK_FIRST:
+                    rgb = shrink(to_rgb(shrink(im, max_short_side)), max_short_side)
+                else:
+                    rgb = shrink(converted_in_strips(im, max(1, min(im.size) // max_short_side)), max_short_side)
     except Unusable:
         raise
     except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses to even open it
@@ -77,9 +123,23 @@ def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[
     return np.asarray(rgb, dtype=np.uint8), stored
 
 
+def decoding_bytes(im: Image.Image) -> int:
+    """What decoding `im` (opened, not loaded) holds at its peak: the image and the decoder's buffers, and a strip."""
+    pixels = im.size[0] * im.size[1]
+    strip = 0 if im.mode in SHRINK_FIRST else min(pixels, STRIP_PIXELS) * STRIP_BYTES_PER_PIXEL
+    return pixels * DECODE_BYTES_PER_PIXEL.get(im.format, DEFAULT_BYTES_PER_PIXEL) + strip
+
+
 def check_size(size: tuple[int, int], max_pixels: int) -> None:
     if size[0] * size[1] > max_pixels:
         raise Unusable(too_large(f"{size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.3g} megapixels)", max_pixels))
+
+
+def check_aspect(size: tuple[int, int]) -> None:
+    ratio = max(size) / max(1, min(size))
+    if ratio > MAX_ASPECT_RATIO:
+        raise Unusable(f"{size[0]}x{size[1]} pixels is thinner than 1:{MAX_ASPECT_RATIO} (the long side is {ratio:.3g} times the short "
+                       "side); crop it to include it")
 
 
 def too_large(shown: str, max_pixels: int) -> str:
@@ -99,12 +159,13 @@ def one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB: alpha composited on white, 16-bit and float scaled down, CMYK and palettes converted."""
+def to_rgb(im: Image.Image, top: float | None = None) -> Image.Image:
+    """Any Pillow mode -> RGB: alpha composited on white, 16-bit and float scaled down, CMYK and palettes converted.
+
+    `top`: the value that becomes 255 in 16-bit, 32-bit and float images (default: from this image's own peak)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(im, dtype=np.float64)
-        peak = float(array.max()) if array.size else 0.0
-        top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
+        top = intensity_top(im) if top is None else top
         im = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
@@ -114,6 +175,25 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im.convert("RGBA"))
     return im.convert("RGB")
+
+
+def intensity_top(im: Image.Image) -> float:
+    """16-bit images span 0-65535; 32-bit ones too if their peak is above 255; float ones 0-1 if their peak is at most 1."""
+    peak = float(im.getextrema()[1]) if im.mode in ("I", "F") else 0.0
+    return 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
+
+
+def converted_in_strips(im: Image.Image, factor: int) -> Image.Image:
+    """`im` (any mode) -> RGB reduced `factor` times (box average), converted STRIP_PIXELS at a time: a palette or
+    16-bit image never exists at full size in RGBA or float64 (17 and 26 bytes a pixel when converted whole)."""
+    width, height = im.size
+    top = intensity_top(im) if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") else None
+    out = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    rows = max(1, STRIP_PIXELS // width // factor) * factor  # whole blocks of `factor` rows: the same as reducing at once
+    for start in range(0, height, rows):
+        strip = to_rgb(im.crop((0, start, width, min(start + rows, height))), top)
+        out.paste(strip.reduce(factor) if factor > 1 else strip, (0, start // factor))
+    return out
 
 
 def shrink(im: Image.Image, max_short_side: int) -> Image.Image:

@@ -127,24 +127,36 @@ def unfreeze_from(base: keras.Model, layer_name: str) -> int:
 def split_base(base: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
     """The base cut at the input of `layer_name`: base(x) == top(bottom(x)), sharing its layers.
 
-    The cut must be a single tensor: no layer above it may read an activation from below it (a
-    residual connection jumping over the cut), which is true at the first layer of every block.
+    The cut must be a single tensor: not the input layer (nothing below it), not a layer joining
+    branches (an Add of a residual connection takes two), and no layer above it may read an
+    activation from below it (a residual connection jumping over the cut), which is true at the
+    first layer of every block.
     """
     check_layer(base, layer_name)
     top = _top(base, layer_name)
     if top is None:
+        inputs = base.get_layer(layer_name).input
+        if isinstance(base.get_layer(layer_name), layers.InputLayer):
+            why = " is the input layer of the base, with nothing below it to cache"
+        elif isinstance(inputs, (list, tuple)):
+            why = f" takes {len(inputs)} inputs (it joins the branches of a residual connection), so what enters it is not one activation"
+        else:
+            why = ": a residual connection jumps over this layer, so the activations below it cannot be cached"
         valid = [layer.name for layer in base.layers[1:] if not isinstance(layer, layers.BatchNormalization) and _top(base, layer.name)]
-        raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r}: a residual connection jumps over this layer, so the "
-                            f"activations below it cannot be cached; pick one of {', '.join(valid)} "
-                            "(or set fine_tune.cache_activations: false)")
+        raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r}{why}; "
+                            f"pick one of {', '.join(valid)} (or set fine_tune.cache_activations: false)")
     return keras.Model(base.input, base.get_layer(layer_name).input, name="base_bottom"), top
 
 
 def _top(base: keras.Model, layer_name: str) -> keras.Model | None:
-    """The layers from `layer_name` up as a model of its input, or None if they need anything from below."""
+    """The layers from `layer_name` up as a model of its single input, or None if it has no single input (the input layer,
+    a layer joining branches) or the layers above need anything from below."""
+    cut = base.get_layer(layer_name).input
+    if isinstance(cut, (list, tuple)):  # [] for the input layer, two tensors for an Add
+        return None
     names = [layer.name for layer in base.layers]
     below = set(names[:names.index(layer_name)])
-    top = keras.Model(base.get_layer(layer_name).input, base.output, name="base_top")
+    top = keras.Model(cut, base.output, name="base_top")
     return None if any(layer.name in below for layer in top.layers) else top
 
 

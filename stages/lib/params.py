@@ -17,6 +17,10 @@ from lib import paths
 from lib.errors import PipelineError
 
 BASE_NAMES = ("mobilenet_v2", "vgg16")
+SEED_LIMIT = 2**32         # NumPy and TensorFlow seeds are 32-bit: a larger one would crash train-head with a traceback
+MIN_FRACTION = 0.001       # least split.val, split.test and training share: each split needs one image per class, so
+                           # smaller fractions would need thousands of images per class (and a long loop to say so)
+MAX_AUGMENT_COPIES = 100   # the augmented training set is copies + 1 times the normalized one, on disk and in every epoch
 MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
 
 
@@ -69,15 +73,17 @@ class Ingest(Section):
 
 
 class Split(Section):
-    seed: int = Field(ge=0)
-    val: float = Field(gt=0, lt=1)
-    test: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
+    val: float = Field(ge=MIN_FRACTION, lt=1)
+    test: float = Field(ge=MIN_FRACTION, lt=1)
     bins: int = Field(ge=2)
 
     @model_validator(mode="after")
     def leaves_a_training_set(self):
-        if self.val + self.test >= 1:
-            raise ValueError(f"split.val + split.test = {self.val + self.test:g} leaves no training set; keep it below 1")
+        total = self.val + self.test
+        if round(total, 12) > 1 - MIN_FRACTION:
+            raise ValueError(f"split.val + split.test = {total:g} leaves {'no' if total >= 1 else 'almost no'} training set; "
+                             f"keep it at most {1 - MIN_FRACTION:g}")
         return self
 
 
@@ -87,8 +93,8 @@ class Normalize(Section):
 
 
 class Augment(Section):
-    copies: int = Field(ge=0)
-    seed: int = Field(ge=0)
+    copies: int = Field(ge=0, le=MAX_AUGMENT_COPIES)
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
     horizontal_flip: bool
     rotation: float = Field(ge=0, le=180)
     width_shift: float = Field(ge=0, lt=1)
@@ -130,7 +136,7 @@ class Fit(Section):
     epochs: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     patience: int = Field(ge=0)
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
     loss: Literal["auto", "mse", "huber"]
     schedule: Literal["constant", "cosine"]
 

@@ -1,7 +1,8 @@
 """Test metrics, breakdown tables and figures for one task (scikit-learn and matplotlib, no TensorFlow).
 
 `predictions` maps a model name (head, fine_tuned) to its test predictions in the original unit
-(class names, or target values).
+(class names, or target values). Class names come from the data and are drawn literally: a `$`
+in one would otherwise start matplotlib math text (and `a$^$b` would crash the figure).
 """
 from __future__ import annotations
 
@@ -72,10 +73,15 @@ def breakdown(actual: np.ndarray, predictions: dict, encoding: dict) -> pd.DataF
 def confusion_figure(actual, predictions: dict, classes: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(predictions), figsize=(6 * len(predictions), 5.5), squeeze=False)
     for ax, (name, predicted) in zip(axes[0], predictions.items()):
-        skm.ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=classes, ax=ax, colorbar=False,
-                                                   xticks_rotation="vertical", include_values=len(classes) <= 20)
+        skm.ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=classes, display_labels=[literal(c) for c in classes],
+                                                   ax=ax, colorbar=False, xticks_rotation="vertical", include_values=len(classes) <= 20)
         ax.set_title(f"{name}: accuracy {skm.accuracy_score(actual, predicted):.3f}")
     save_figure(fig, path)
+
+
+def literal(text: str) -> str:
+    """Text matplotlib draws as written: an unescaped `$` starts math text."""
+    return str(text).replace("$", r"\$")
 
 
 def regression_figures(actual, predictions: dict, folder: Path) -> None:

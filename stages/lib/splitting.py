@@ -1,6 +1,16 @@
-"""Stratified, seeded train/val/test assignment that never puts identical images in two splits."""
+"""Stratified, seeded train/val/test assignment that never puts the same picture in two splits and that moves as few
+images as possible when the data changes.
+
+The unit of assignment is a group of copies and near-duplicates (the manifest's `group`, see
+duplicates.py), placed in the stratum of most of its rows. Within a stratum, groups are ranked by a
+hash of (split.seed, group) and cut by the fractions: test first, then val, then train. A group's
+rank depends on its own pixels and the seed only, never on the order of the rows: reordering a CSV
+changes nothing, and adding an image to a class moves at most a couple of that class's images
+across a cut (where a shuffle of the rows would reassign every image).
+"""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -10,31 +20,38 @@ from lib.errors import PipelineError
 
 
 def strata(manifest: pd.DataFrame, task: str, bins: int) -> pd.Series:
-    """The stratum of each row: its class, or for regression the quantile bin of its target."""
+    """The stratum of each row: its class, or for regression the quantile bin of its target (ties ordered by pixels, not
+    by row order)."""
     if task == "classification":
         return manifest["label"].astype(str)
-    ranks = manifest["label"].astype(float).rank(method="first")
+    ranks = pd.Series(np.empty(len(manifest)), index=manifest.index)
+    ranks.iloc[np.lexsort((manifest["pixels_sha256"].to_numpy(), manifest["label"].astype(float).to_numpy()))] = np.arange(len(manifest))
     return pd.qcut(ranks, q=min(bins, len(manifest)), labels=False).map(lambda b: f"target bin {b + 1} of {bins}")
 
 
 def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, seed: int) -> pd.Series:
-    """-> 'train' | 'val' | 'test' per manifest row; rows with the same sha256 always share a split."""
-    groups = manifest.groupby("sha256", sort=True).head(1)  # one representative per distinct image
-    group_stratum = stratum.loc[groups.index]
-    rng = np.random.default_rng(seed)
-    split_of_hash = {}
-    for name in sorted(group_stratum.unique()):
-        hashes = groups.loc[group_stratum == name, "sha256"].to_numpy()
-        n_val, n_test = round(len(hashes) * val), round(len(hashes) * test)
-        if not fills_every_split(len(hashes), val, test):
+    """-> 'train' | 'val' | 'test' per manifest row; rows of one group always share a split."""
+    group_stratum = pd.DataFrame({"group": manifest["group"], "stratum": stratum}).groupby("group")["stratum"].agg(
+        lambda s: s.value_counts().sort_index().idxmax())  # most of its rows; a tie goes to the first name
+    split_of_group = {}
+    for name in sorted(stratum.unique()):
+        groups = sorted(group_stratum.index[group_stratum == name], key=lambda group: rank(group, seed))
+        if not fills_every_split(len(groups), val, test):
             fix = "lower split.bins or add images" if name.startswith("target bin") else "add images to it or remove it"
-            raise PipelineError(f"{name!r} has {len(hashes)} distinct images; split.val={val:g} and split.test={test:g} "
+            joined = (stratum == name) & manifest["group"].map(group_stratum).ne(name)
+            near = f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see metrics/data.json)" if joined.any() else ""
+            raise PipelineError(f"{name!r} has {len(groups)} distinct images{near}; split.val={val:g} and split.test={test:g} "
                                 f"need at least {minimum_size(val, test)} (one in each split): {fix}")
-        shuffled = rng.permutation(hashes)
-        split_of_hash.update({h: "test" for h in shuffled[:n_test]})
-        split_of_hash.update({h: "val" for h in shuffled[n_test:n_test + n_val]})
-        split_of_hash.update({h: "train" for h in shuffled[n_test + n_val:]})
-    return manifest["sha256"].map(split_of_hash)
+        n_val, n_test = round(len(groups) * val), round(len(groups) * test)
+        split_of_group.update({group: "test" for group in groups[:n_test]})
+        split_of_group.update({group: "val" for group in groups[n_test:n_test + n_val]})
+        split_of_group.update({group: "train" for group in groups[n_test + n_val:]})
+    return manifest["group"].map(split_of_group)
+
+
+def rank(group: str, seed: int) -> str:
+    """A group's place in its stratum: uniform, fixed by the seed and the group's own pixels."""
+    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
 
 
 def fills_every_split(n: int, val: float, test: float) -> bool:

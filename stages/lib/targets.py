@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from lib.errors import PipelineError
+
 
 def fit(train_labels: pd.Series, task: str) -> dict:
     if task == "classification":
@@ -21,10 +23,26 @@ def fit(train_labels: pd.Series, task: str) -> dict:
     return {"task": task, "mean": mean, "std": std if std > 0 else 1.0}
 
 
+def check_classes(labels: pd.Series, split: pd.Series, encoding: dict) -> None:
+    """Every class of val and test must be a class of the training split: the model cannot predict another (and its
+    index would not exist)."""
+    if encoding["task"] != "classification":
+        return
+    for name in ("val", "test"):
+        unseen = sorted(set(labels[split == name].astype(str)) - set(encoding["classes"]))
+        if unseen:
+            raise PipelineError(f"class {unseen[0]!r} has images in the {name} split but none in train"
+                                f"{f' (and {len(unseen) - 1} more)' if len(unseen) > 1 else ''}, so the model cannot learn it: "
+                                "add training images of it, or remove it from data.source")
+
+
 def encode(labels: pd.Series, encoding: dict) -> np.ndarray:
     if encoding["task"] == "classification":
         index = {name: i for i, name in enumerate(encoding["classes"])}
-        return labels.astype(str).map(index).to_numpy(dtype=np.int32)
+        encoded = labels.astype(str).map(index)
+        if encoded.isna().any():  # check_classes first; never a silent -2147483648
+            raise PipelineError(f"class {labels[encoded.isna()].iloc[0]!r} is not one of the training classes {encoding['classes']}")
+        return encoded.to_numpy(dtype=np.int32)
     return ((labels.astype(float) - encoding["mean"]) / encoding["std"]).to_numpy(dtype=np.float32)
 
 
