@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import os
 import struct
 import subprocess
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FAST, ROOT, make_image, make_project, run, run_stage, stage_project
+from conftest import FAST, ROOT, make_image, make_project, run_stage, stage_project
 from lib import images, sources, splitting
 from lib.errors import PipelineError
 
