@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,21 +165,49 @@ class Run:
     outputs: dict  # what each command printed: "first" (dvc repro), "again", and each experiment by name
 
 
-# Experiments made on the shared fast run, from its committed baseline (dvc exp run --temp leaves the workspace as is).
+# Experiments queued on the shared fast run from its committed baseline and run two at a time (dvc queue start -j 2).
 FAST_EXPERIMENTS = {"more-head-epochs": {"train_head.epochs": 3}, "lower-lr": {"fine_tune.lr": 0.0001},
                     "deeper-cut": {"fine_tune.unfreeze_from": "block_15_expand"}}
 
 
+def copy_project(project: Path, where: Path) -> Path:
+    """A copy of a project (git, DVC cache and outputs), for a test that changes it."""
+    shutil.copytree(project, where, symlinks=True)
+    return where
+
+
+def run_queue(project: Path, timeout: float = 900) -> str:
+    """`dvc queue start -j 2` and wait until nothing is queued or running; -> the final `dvc queue status`."""
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    try:
+        deadline = time.monotonic() + timeout
+        while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], project).stdout):
+            assert time.monotonic() < deadline, f"the queue did not finish in time:\n{status}"
+            time.sleep(1)
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], project, check=False)
+    return status
+
+
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory) -> Run:
-    """The project on its digits with FAST params: `dvc repro`, committed, `dvc repro` again, then FAST_EXPERIMENTS.
-    Shared by the end-to-end tests that only read it or add experiments of their own (with `dvc exp run --temp`):
-    none may change its workspace."""
-    project = make_project(tmp_path_factory.mktemp("fast_run"), FAST)
+    """The project on its digits with FAST params: `dvc repro`, committed, `dvc repro` again, then experiments through
+    DVC's queue, two at a time: FAST_EXPERIMENTS, and ingest + split on another folder of images, given by its absolute
+    path (other-data) and by a relative path leaving the project (relative-data, which fails). outputs has what each
+    printed ("queue" for `dvc queue status`). Shared by the end-to-end tests that only read it or add experiments of
+    their own (`dvc exp run --temp`): none may change its workspace; copy_project it to change it."""
+    root = tmp_path_factory.mktemp("fast_run")
+    project = make_project(root, FAST)
     outputs = {"first": run(["dvc", "repro"], project).stdout}
     commit(project, "baseline run")
     outputs["again"] = run(["dvc", "repro"], project).stdout
-    for name, overrides in FAST_EXPERIMENTS.items():
-        sets = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
-        outputs[name] = run(["dvc", "exp", "run", "--temp", "-n", name, *sets], project).stdout
+    for c, (name, color) in enumerate({"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}.items()):
+        for i in range(12):
+            make_image(root / "other_images" / name / f"img_{i:02d}.png", color, noise_seed=100 * c + i)
+    queued = {name: [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")] for name, overrides in FAST_EXPERIMENTS.items()}
+    queued |= {"other-data": ["split", "-S", f"data.source={root / 'other_images'}"], "relative-data": ["split", "-S", "data.source=../other_images"]}
+    for name, args in queued.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, *args], project)
+    outputs["queue"] = run_queue(project)
+    outputs |= {name: run(["dvc", "queue", "logs", name], project, check=False).stdout for name in queued}
     return Run(project, outputs)

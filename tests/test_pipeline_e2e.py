@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FAST, FAST_EXPERIMENTS, ROOT, commit, make_image, make_project, run, stages_run
+from conftest import FAST, FAST_EXPERIMENTS, ROOT, commit, copy_project, make_image, make_project, run, stages_run, write_params
 
 pytestmark = pytest.mark.e2e
 
+DATA_STAGES = ["ingest", "split", "normalize", "augment"]
 ALL_STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "extract-activations", "train-head", "fine-tune", "evaluate"]
 
 
@@ -59,8 +60,7 @@ def test_plots_diff_compares_two_experiments(fast_run, tmp_path):
 
 def test_the_same_inputs_and_params_give_byte_identical_outputs(fast_run, tmp_path):
     """Every stage again from scratch, in a copy of the run (the shared workspace stays as it is)."""
-    copy = tmp_path / "copy"
-    shutil.copytree(fast_run.project, copy, symlinks=True)
+    copy = copy_project(fast_run.project, tmp_path / "copy")
     lock = (copy / "dvc.lock").read_text()
     forced = run(["dvc", "repro", "--force"], copy)
     assert stages_run(forced.stdout) == ALL_STAGES
@@ -150,33 +150,32 @@ def test_editing_a_csv_source_or_an_image_it_lists_reruns_ingest(tmp_path):
     assert list(status_of(project, "ingest")) == ["ingest"], "an image the CSV lists is a dependency too"
 
 
-def test_settings_change_no_output_and_rerun_nothing(tmp_path, class_folder):
-    """Threads are settings (environment variables), not params: the same bytes with 1 worker or 4."""
-    project = make_project(tmp_path, FAST | {"data.source": str(class_folder)})
-    run(["dvc", "repro", "augment"], project, env={"PIPELINE_WORKERS": "1"})
-    lock = (project / "dvc.lock").read_text()
-    forced = run(["dvc", "repro", "--force", "augment"], project, env={"PIPELINE_WORKERS": "4"})
-    assert stages_run(forced.stdout) == ["ingest", "split", "normalize", "augment"]
-    assert (project / "dvc.lock").read_text() == lock
-    bad = run(["dvc", "repro", "--force", "ingest"], project, check=False, env={"PIPELINE_WORKERS": "many"})
+def test_settings_change_no_output_and_rerun_nothing(fast_run, tmp_path):
+    """Threads are settings (environment variables), not params: the same bytes with 1 worker as with the default."""
+    copy = copy_project(fast_run.project, tmp_path / "copy")
+    lock = (copy / "dvc.lock").read_text()
+    forced = run(["dvc", "repro", "--force", "augment"], copy, env={"PIPELINE_WORKERS": "1"})
+    assert stages_run(forced.stdout) == DATA_STAGES
+    assert (copy / "dvc.lock").read_text() == lock
+    bad = run(["dvc", "repro", "--force", "ingest"], copy, check=False, env={"PIPELINE_WORKERS": "many"})
     assert "error: PIPELINE_WORKERS='many': expected a whole number of threads from 1 to 256 (or unset it: one per CPU)" in bad.stderr
 
 
-def test_replacing_a_base_weights_file_reruns_the_stages_that_build_the_base(tmp_path, class_folder):
+def test_replacing_a_base_weights_file_reruns_the_stages_that_build_the_base(fast_run, tmp_path):
     import keras
 
-    project = make_project(tmp_path, FAST | {"data.source": str(class_folder), "base.weights": "weights/mine.weights.h5"})
-    base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
-    base.save_weights(project / "weights" / "mine.weights.h5")
-    run(["dvc", "repro", "extract-features"], project)
-    commit(project)
-    assert status_of(project, "extract-features") == {}
+    copy = copy_project(fast_run.project, tmp_path / "copy")
+    write_params(copy, {"base.weights": "weights/mine.weights.h5"})
+    keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35) \
+        .save_weights(copy / "weights" / "mine.weights.h5")
+    assert stages_run(run(["dvc", "repro", "extract-features"], copy).stdout) == ["extract-features"]
+    commit(copy)
+    assert status_of(copy, "extract-features") == {}
     keras.utils.set_random_seed(1)
     keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35) \
-        .save_weights(project / "weights" / "mine.weights.h5")
-    assert list(status_of(project, "extract-features")) == ["extract-features"]
-    assert "weights" in json.dumps(status_of(project, "extract-features"))
-    assert stages_run(run(["dvc", "repro", "extract-features"], project).stdout) == ["extract-features"]
+        .save_weights(copy / "weights" / "mine.weights.h5")
+    changed = status_of(copy, "extract-features")
+    assert list(changed) == ["extract-features"] and "weights" in json.dumps(changed)
 
 
 def test_a_dataset_under_dvc_reaches_a_teammate_and_a_change_reruns_from_ingest(tmp_path, class_folder):
@@ -205,7 +204,6 @@ def test_a_dataset_under_dvc_reaches_a_teammate_and_a_change_reruns_from_ingest(
 
 # ---------------------------------------------------------------- a fresh clone reproduces the committed run
 
-DATA_STAGES = ["ingest", "split", "normalize", "augment"]
 # A CPU other than the committer's may run other oneDNN code for training (README, Reproducibility): the last bits of
 # the trained models differ, and test accuracy moves like it does between two seeds. 0.02 is 7 of the 359 test digits.
 ACCURACY_TOLERANCE = 0.02

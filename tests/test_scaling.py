@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run, stages_run, write_params
+from conftest import FAST_EXPERIMENTS, copy_project, run, stages_run, write_params
 from lib import distribute, inference, training
 from lib.errors import PipelineError
 
@@ -44,11 +42,6 @@ HEAD_OUTPUTS = ["models/head.keras", "metrics/train_head.json", "plots/train_hea
 
 def env() -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-
-
-def copy_of(project: Path, where: Path) -> Path:
-    shutil.copytree(project, where, symlinks=True)
-    return where
 
 
 def weights(path: Path) -> list[np.ndarray]:
@@ -77,7 +70,7 @@ def project(fast_run) -> Path:
 
 
 def test_mirrored_on_two_logical_cpus_matches_default(project, tmp_path):
-    mirrored = copy_of(project, tmp_path / "mirrored")
+    mirrored = copy_project(project, tmp_path / "mirrored")
     write_params(mirrored, {"train.strategy": "mirrored"})
     for stage, model in (("extract_features", "extract-features: mobilenet_v2 (float32) on 2 replica(s)"),
                          ("train_head", "training head on 2 replica(s)"), ("fine_tune", "training top_model on 2 replica(s)")):
@@ -100,7 +93,7 @@ def free_port() -> int:
 
 def test_multi_worker_two_local_processes_chief_writes_and_matches_default(project, tmp_path):
     """Two workers on loopback ports, each in its own copy of the project, so we can see who wrote what."""
-    copies = [copy_of(project, tmp_path / f"worker{i}") for i in range(2)]
+    copies = [copy_project(project, tmp_path / f"worker{i}") for i in range(2)]
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     for i, copy in enumerate(copies):
         write_params(copy, {"train.strategy": "multi_worker"})
@@ -180,7 +173,7 @@ def test_batches_never_leave_a_replica_without_rows():
 
 
 def test_push_to_a_remote_then_a_fresh_clone_pulls_everything_up_to_date(project, tmp_path):
-    work = copy_of(project, tmp_path / "work")
+    work = copy_project(project, tmp_path / "work")
     run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], work)
     run(["git", "commit", "-qam", "add a DVC remote"], work)
     run(["dvc", "push"], work)
@@ -196,35 +189,21 @@ def test_push_to_a_remote_then_a_fresh_clone_pulls_everything_up_to_date(project
     assert stages_run(run(["dvc", "repro"], clone).stdout) == [], "nothing reruns after a pull"
 
 
-def test_queued_experiments_run_two_at_a_time_and_are_compared(project, class_folder, tmp_path):
-    """Queued runs execute in temporary copies holding only git/DVC-tracked files (.dvc/tmp/exps): a data.source
-    outside the project works there when absolute; a relative one leaving the project fails before any stage runs."""
-    work = copy_of(project, tmp_path / "work")
-    relative = os.path.relpath(class_folder, work)  # ../images
-    queued = {"queued-lr": ["-S", "fine_tune.lr=0.0005"],  # fine-tune and evaluate rerun, the rest comes from the DVC cache
-              "other-data": ["split", "-S", f"data.source={class_folder}"],  # ingest and split on other images (3 classes of 12)
-              "relative-data": ["split", "-S", f"data.source={relative}"]}
-    for name, args in queued.items():
-        assert "Queued experiment" in run(["dvc", "exp", "run", "--queue", "-n", name, *args], work).stdout
-    run(["dvc", "queue", "start", "-j", "2"], work)
-    try:
-        deadline = time.monotonic() + 600
-        while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], work).stdout):
-            assert time.monotonic() < deadline, f"the queue did not finish in time:\n{status}"
-            time.sleep(1)
-    finally:
-        run(["dvc", "queue", "stop", "--kill"], work, check=False)
-    outcome = dict(re.findall(r"^\w+\s+([\w-]+)\s.*\b(Success|Failed)\b", status, re.M))
-    logs = {name: run(["dvc", "queue", "logs", name], work, check=False).stdout for name in queued}
-    assert outcome == {"queued-lr": "Success", "other-data": "Success", "relative-data": "Failed"}, status + "".join(logs.values())
-    assert stages_run(logs["other-data"]) == ["ingest", "split"] and "split: train 24, val 6, test 6" in logs["other-data"]
-    # DVC hashes a stage's dependencies before running it: in the copy, ../images is .dvc/tmp/exps/images
-    assert re.search(r"failed to reproduce 'ingest': .*No such file or directory: '.*/\.dvc/tmp/exps/images'", logs["relative-data"])
-    assert stages_run(logs["relative-data"]) == [], "nothing ran"
+def test_queued_experiments_run_two_at_a_time_and_are_compared(fast_run):
+    """The fast run's experiments went through DVC's queue, two at a time, each in a temporary copy of the project
+    holding only git/DVC-tracked files (.dvc/tmp/exps): a data.source outside the project works there when absolute;
+    a relative one leaving the project fails before any stage runs."""
+    outcome = dict(re.findall(r"^\w+\s+([\w-]+)\s.*\b(Success|Failed)\b", fast_run.outputs["queue"], re.M))
+    assert outcome == {name: "Success" for name in FAST_EXPERIMENTS} | {"other-data": "Success", "relative-data": "Failed"}, \
+        fast_run.outputs["queue"] + fast_run.outputs["relative-data"]
+    assert stages_run(fast_run.outputs["other-data"]) == ["ingest", "split"] and "split: train 24, val 6, test 6" in fast_run.outputs["other-data"]
+    # DVC hashes a stage's dependencies before running it: in the copy, ../other_images is .dvc/tmp/exps/other_images
+    assert re.search(r"failed to reproduce 'ingest': .*No such file or directory: '.*/\.dvc/tmp/exps/other_images'", fast_run.outputs["relative-data"])
+    assert stages_run(fast_run.outputs["relative-data"]) == [], "nothing ran"
 
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], work).stdout)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], fast_run.project).stdout)
     ran = {exp["name"]: exp["revs"][0]["data"] for commit in shown for exp in (commit.get("experiments") or []) if exp.get("name")}
-    assert ran["queued-lr"]["params"]["params.yaml"]["data"]["fine_tune"]["lr"] == 0.0005
-    assert 0 <= ran["queued-lr"]["metrics"]["metrics/evaluate.json"]["data"]["fine_tuned"]["accuracy"] <= 1
-    table = run(["dvc", "exp", "show", "--csv"], work).stdout.splitlines()
+    assert ran["lower-lr"]["params"]["params.yaml"]["data"]["fine_tune"]["lr"] == 0.0001
+    assert all(0 <= ran[name]["metrics"]["metrics/evaluate.json"]["data"]["fine_tuned"]["accuracy"] <= 1 for name in FAST_EXPERIMENTS)
+    table = run(["dvc", "exp", "show", "--csv"], fast_run.project).stdout.splitlines()
     assert "fine_tune.lr" in table[0].split(",") and "fine_tuned.accuracy" in table[0].split(",")
