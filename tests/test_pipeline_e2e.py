@@ -49,9 +49,16 @@ def test_plots_diff_compares_two_experiments(fast_run, tmp_path):
     project = fast_run.project
     run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", str(tmp_path / "review")], project)
     assert "lower-lr_plots_evaluate_figures_confusion.png" in (tmp_path / "review/index.html").read_text()
-    plots = json.loads(run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "--json"], project).stdout)["data"]
-    for curve in ["plots/train_head/loss.csv", "plots/train_head/accuracy.csv", "plots/fine_tune/loss.csv", "plots/fine_tune/accuracy.csv"]:
-        assert plots[curve][0]["revisions"] == ["more-head-epochs", "lower-lr"]
+    shown = json.loads(run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "--json"], project).stdout)
+    assert "errors" not in shown, shown["errors"]
+    plots = shown["data"]
+    for curves in ["head-loss", "fine-tune-loss"]:  # dvclive's files: one row per epoch, training and validation
+        assert plots[curves][0]["revisions"] == ["more-head-epochs", "lower-lr"]
+        rows = plots[curves][0]["content"]["data"]["values"]
+        assert {(row["rev"], row["filename"]) for row in rows} == {(rev, split) for rev in ["more-head-epochs", "lower-lr"]
+                                                                    for split in ["train/loss.tsv", "eval/loss.tsv"]}
+    epochs = {row["step"] for row in plots["head-loss"][0]["content"]["data"]["values"] if row["rev"] == "more-head-epochs"}
+    assert epochs == {"0", "1", "2"}, "train_head.epochs=3: a point per epoch"
     confusion = plots["plots/evaluate/predictions/fine_tuned.csv"][0]
     assert confusion["revisions"] == ["more-head-epochs", "lower-lr"] and "xy_count" in json.dumps(confusion["content"])
     assert [image["revisions"] for image in plots["plots/evaluate/figures/confusion.png"]] == [["more-head-epochs"], ["lower-lr"]]
