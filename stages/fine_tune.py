@@ -9,8 +9,6 @@ unit) out. fine_tune.epochs: 0 skips training but still writes the assembled mod
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); fine_tune.batch_size is global.
 Each epoch's figures go to dvclive/fine_tune as it trains (lib/live.py); the restored best epoch to metrics/fine_tune.json.
 """
-import shutil
-
 from lib import distribute, files, live, models, params, paths, training
 from lib.errors import PipelineError, run
 
@@ -42,8 +40,10 @@ def main():
                            live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
         models.save(models.export(model, encoding), out / paths.MODEL)
-        with files.atomic_path(out / paths.MODEL_ENCODING) as tmp:
-            shutil.copyfile(paths.ENCODING, tmp)
+        # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)
+        preparation = {"max_short_side": p.ingest.max_short_side, "max_megapixels": p.ingest.max_megapixels,
+                       "image_size": p.normalize.image_size, "resize": p.normalize.resize}
+        files.write_json(out / paths.MODEL_ENCODING, encoding | {"input": preparation})
         files.write_json(out / paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
 
 

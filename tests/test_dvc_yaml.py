@@ -91,8 +91,9 @@ def test_the_data_source_is_a_dependency_of_ingest():
 
 def test_stage_scripts_leave_tensorflow_to_lib():
     """stages/lib/__init__.py configures TensorFlow (oneDNN on, AVX2 kernels) through environment variables that
-    TensorFlow reads when it is imported: a stage script importing keras or tensorflow before `lib` would skip it."""
-    for script in (ROOT / "stages").glob("*.py"):
+    TensorFlow reads when it is imported: a stage script (or predict.py) importing keras or tensorflow before `lib`
+    would skip it."""
+    for script in [*(ROOT / "stages").glob("*.py"), ROOT / "predict.py"]:
         for node in ast.walk(ast.parse(script.read_text())):
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
