@@ -35,11 +35,12 @@ BREAKDOWN = Path("metrics/breakdown.csv")        # per class, or per target rang
 TRAIN_HEAD_LIVE = Path("dvclive/train_head")
 FINE_TUNE_LIVE = Path("dvclive/fine_tune")
 EVALUATE_PLOTS = Path("plots/evaluate")
+REVIEW = Path("reports/review.md")              # the review of the run (evaluate), for a pull request
 
 SPLITS = ("train", "val", "test")
 # Folders the pipeline writes: data.source may not overlap them.
 OUTPUT_FOLDERS = (INGESTED, SPLIT.parent, NORMALIZED, AUGMENTED, FEATURES, ACTIVATIONS, HEAD_MODEL.parent, DATA_REPORT.parent,
-                  EVALUATE_PLOTS.parent, TRAIN_HEAD_LIVE.parent)
+                  EVALUATE_PLOTS.parent, TRAIN_HEAD_LIVE.parent, REVIEW.parent)
 
 
 def split_array(folder: Path, split: str, kind: str) -> Path:
