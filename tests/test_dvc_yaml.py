@@ -100,6 +100,12 @@ def test_stage_scripts_leave_tensorflow_to_lib():
             assert not any(name.split(".")[0] in ("tensorflow", "keras") for name in names), f"{script.name} imports {names}"
 
 
+def test_the_model_is_registered_as_an_artifact_of_the_stage_that_writes_it():
+    artifact = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]["fine-tuned-model"]
+    assert artifact["type"] == "model" and artifact["path"] == "models/model.keras" and artifact["path"] in STAGES["fine-tune"]["outs"]
+    assert "keras" in artifact["labels"] and "models/encoding.json" in artifact["desc"]
+
+
 def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     titled = [next(iter(plot.values())) for plot in dvc_yaml["plots"] if isinstance(plot, dict)]
