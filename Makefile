@@ -5,14 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 KERAS_CACHE := $(or $(KERAS_HOME),$(HOME)/.keras)/models
 OFFLINE_WEIGHTS := ../shared/keras/models
+# The review-page test (tests/test_review_page.py) renders `dvc plots diff` in headless Chromium. DVC's page loads these
+# scripts from a CDN, out of reach here: the same versions come from npm. vega-lite 5.2.0 asks for vega ^5.21 as a peer,
+# but DVC's page pairs it with 5.20.2, so npm is told to keep that pairing (--legacy-peer-deps).
+NPM_PREFIX := .cache/npm
+VEGA := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: run test install keras-cache
+.PHONY: run test install keras-cache vega
 
 # Stage commands call `python`: put the venv first on PATH so they run with its packages.
 run: install keras-cache
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: install keras-cache
+test: install keras-cache vega
 	$(BIN)/python -m pytest
 
 install: $(BIN)/.installed
@@ -26,3 +31,12 @@ $(BIN)/.installed: requirements.txt
 # Machines without internet: copy the ImageNet weights Keras would download into its cache.
 keras-cache:
 	@if [ -d $(OFFLINE_WEIGHTS) ]; then mkdir -p $(KERAS_CACHE) && cp -n $(OFFLINE_WEIGHTS)/*.h5 $(KERAS_CACHE)/; fi
+
+# Without npm the review-page test is skipped (it fails under CI=true, which must run it).
+vega: $(NPM_PREFIX)/.installed
+
+$(NPM_PREFIX)/.installed: Makefile
+	@if command -v npm >/dev/null; then \
+		npm install --prefix $(NPM_PREFIX) --no-save --no-package-lock --legacy-peer-deps --ignore-scripts --no-audit --no-fund \
+			--loglevel=error $(VEGA) && touch $@; \
+	else echo "npm not found: tests/test_review_page.py will be skipped (install Node.js and npm, then make vega)"; fi

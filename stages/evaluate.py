@@ -1,36 +1,56 @@
-"""Stage evaluate: test-split metrics of the head-only model and the fine-tuned model, side by side.
+"""Stage evaluate: test-split metrics of the head-only model, the fine-tuned model and a constant baseline, and the
+review of the run (reports/review.md, and a grid of the fine-tuned model's worst test images).
 
 Head-only: the trained head on the stored test features (the base as ImageNet left it).
 Fine-tuned: models/model.keras on the raw test images, exactly as a user would load it.
+Baseline: always the most frequent training class, or the training mean (regression).
 """
 import pandas as pd
 
-from lib import files, inference, models, params, paths, reports, targets, training
+from lib import files, inference, models, params, paths, reports, review, targets, training
 from lib.errors import run
 
 
 def main():
     params.load()  # validates params.yaml; this stage reads no key of its own
     encoding = files.read_json(paths.MODEL_ENCODING)
+    task = encoding["task"]
     actual = targets.decode(files.load_npy(paths.split_array(paths.NORMALIZED, "test", "targets")), encoding)
+    baseline = targets.constant(files.load_npy(paths.split_array(paths.NORMALIZED, "train", "targets")), encoding)
     test_features = training.batches(paths.split_array(paths.FEATURES, "test", "features"), None, inference.BATCH_SIZE)
     test_images = training.batches(paths.split_array(paths.NORMALIZED, "test", "images"), None, inference.BATCH_SIZE)
     head_out = models.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
     fine_out = models.load(paths.MODEL).predict(test_images, verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 
-    summary = reports.summary(actual, predictions, encoding)
+    summary = reports.summary(actual, predictions, encoding, baseline)
+    breakdown = reports.breakdown(actual, predictions, encoding)
     files.write_json(paths.EVALUATE_METRICS, summary)
-    files.write_csv(paths.BREAKDOWN, reports.breakdown(actual, predictions, encoding), escape_formulas=True)  # class names: no formulas
+    files.write_csv(paths.BREAKDOWN, breakdown, escape_formulas=True)  # class names: never spreadsheet formulas
     for name, predicted in predictions.items():
         files.write_csv(paths.EVALUATE_PLOTS / "predictions" / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}),
                         escape_formulas=True)
-    if encoding["task"] == "classification":
+    if task == "classification":
         reports.confusion_figure(actual, predictions, encoding["classes"], paths.EVALUATE_PLOTS / "figures" / "confusion.png")
     else:
         reports.regression_figures(actual, predictions, paths.EVALUATE_PLOTS / "figures")
+
+    # The review: the fine-tuned model's worst test images (with their files), and the report around them
+    manifest = files.read_manifest(paths.MANIFEST, task)
+    test_paths = manifest.loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()  # the order of the test arrays
+    worst = review.worst_cases(actual, fine_out, encoding, test_paths)
+    shown = worst.head(review.WORST_CASES)
+    grid = paths.EVALUATE_PLOTS / "figures" / review.figure_name(task)
+    reports.image_grid(test_images.inputs[shown["index"].to_numpy()], [review.caption(row, task) for row in shown.itertuples()],
+                       review.figure_title(worst, task), grid, columns=review.GRID_COLUMNS)
+    training_runs = {"head": files.read_json(paths.TRAIN_HEAD_METRICS), "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS)}
+    report = review.markdown(summary, breakdown, worst, baseline, training_runs, files.read_json(paths.DATA_REPORT), encoding,
+                             figure=grid, report=paths.REVIEW)
+    with files.atomic_path(paths.REVIEW) as tmp:
+        tmp.write_text(report, encoding="utf-8")
     for name, figures in summary.items():
         print(f"evaluate: {name}: {figures}")
+    print(f"evaluate: review -> {paths.REVIEW}, {grid}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ every image through the frozen bottom each epoch. false trains the full model on
 Writes models/model.keras either way: raw RGB pixels in, class probabilities (or the target, in its
 unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model.
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); fine_tune.batch_size is global.
+Each epoch's figures go to dvclive/fine_tune as it trains (lib/live.py); the restored best epoch to metrics/fine_tune.json.
 """
-import shutil
-
-from lib import distribute, files, models, params, paths, training
+from lib import distribute, files, live, models, params, paths, training
 from lib.errors import PipelineError, run
 
 
@@ -37,12 +36,14 @@ def main():
               f"(BatchNormalization frozen), trained on {inputs['train']}")
         opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
         training.compile_for(trained, encoding, cfg.loss, opt)
-    history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding)
+    history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
+                           live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
         models.save(models.export(model, encoding), out / paths.MODEL)
-        with files.atomic_path(out / paths.MODEL_ENCODING) as tmp:
-            shutil.copyfile(paths.ENCODING, tmp)
-        training.write_curves(history, out / paths.FINE_TUNE_PLOTS, encoding)
+        # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)
+        preparation = {"max_short_side": p.ingest.max_short_side, "max_megapixels": p.ingest.max_megapixels,
+                       "image_size": p.normalize.image_size, "resize": p.normalize.resize}
+        files.write_json(out / paths.MODEL_ENCODING, encoding | {"input": preparation})
         files.write_json(out / paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
 
 

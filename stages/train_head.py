@@ -1,9 +1,10 @@
 """Stage train-head: stored features -> a trained dense head (no images, no base forward pass).
 
 The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
+Each epoch's figures go to dvclive/train_head as it trains (lib/live.py); the restored best epoch to metrics/train_head.json.
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); train_head.batch_size is global.
 """
-from lib import distribute, files, models, params, paths, targets, training
+from lib import distribute, files, live, models, params, paths, targets, training
 from lib.errors import run
 
 
@@ -22,10 +23,10 @@ def main():
         head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
         training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
                                                                          total_steps=cfg.epochs * len(train)))
-    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding)
+    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,
+                           live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
         models.save(head, out / paths.HEAD_MODEL)
-        training.write_curves(history, out / paths.TRAIN_HEAD_PLOTS, encoding)
         files.write_json(out / paths.TRAIN_HEAD_METRICS, training.best_epoch(history, encoding))
 
 

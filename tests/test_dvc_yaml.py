@@ -91,9 +91,31 @@ def test_the_data_source_is_a_dependency_of_ingest():
 
 def test_stage_scripts_leave_tensorflow_to_lib():
     """stages/lib/__init__.py configures TensorFlow (oneDNN on, AVX2 kernels) through environment variables that
-    TensorFlow reads when it is imported: a stage script importing keras or tensorflow before `lib` would skip it."""
-    for script in (ROOT / "stages").glob("*.py"):
+    TensorFlow reads when it is imported: a stage script (or predict.py) importing keras or tensorflow before `lib`
+    would skip it."""
+    for script in [*(ROOT / "stages").glob("*.py"), ROOT / "predict.py"]:
         for node in ast.walk(ast.parse(script.read_text())):
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             assert not any(name.split(".")[0] in ("tensorflow", "keras") for name in names), f"{script.name} imports {names}"
+
+
+def test_the_model_is_registered_as_an_artifact_of_the_stage_that_writes_it():
+    artifact = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]["fine-tuned-model"]
+    assert artifact["type"] == "model" and artifact["path"] == "models/model.keras" and artifact["path"] in STAGES["fine-tune"]["outs"]
+    assert "keras" in artifact["labels"] and "models/encoding.json" in artifact["desc"]
+
+
+def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    titled = [next(iter(plot.values())) for plot in dvc_yaml["plots"] if isinstance(plot, dict)]
+    titles = [plot["title"] for plot in titled]
+    assert len(titles) == 4 and len(set(titles)) == 4, titles
+    images = [plot for plot in dvc_yaml["plots"] if isinstance(plot, str)]
+    assert images == ["plots/evaluate/figures"], "PNG figures carry their titles inside the image"
+    live = {stage: next(out for out in STAGES[stage]["outs"] if isinstance(out, dict) and "dvclive" in next(iter(out)))
+            for stage in ("train-head", "fine-tune")}
+    assert {stage: next(iter(out)) for stage, out in live.items()} == {"train-head": "dvclive/train_head", "fine-tune": "dvclive/fine_tune"}
+    assert dvc_yaml["metrics"] == [f"{folder}/metrics.json" for folder in ("dvclive/train_head", "dvclive/fine_tune")]
+    curves = [file for plot in titled if isinstance(plot.get("y"), dict) for file in plot["y"]]
+    assert all(file.startswith(("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/")) for file in curves) and len(curves) == 4

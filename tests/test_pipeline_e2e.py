@@ -21,9 +21,10 @@ def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
     project = fast_run.project
     assert stages_run(fast_run.outputs["first"]) == ALL_STAGES
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"head", "fine_tuned", "test_images"}
+    assert set(metrics) == {"head", "fine_tuned", "baseline", "test_images"}
     assert metrics["test_images"] == 359  # 20 % of the 1797 digits, stratified
     assert metrics["head"]["accuracy"] > 0.5  # ten classes: far above chance even after 2 epochs
+    assert metrics["baseline"]["accuracy"] == pytest.approx(36 / 359, abs=1e-6), "always the most frequent training class"
     data_report = json.loads((project / "metrics/data.json").read_text())
     assert data_report["images"] == 1797 and data_report["skipped"] == 0 and len(data_report["classes"]) == 10
 
@@ -47,15 +48,28 @@ def test_an_experiment_reruns_only_the_stages_its_params_reach(fast_run):
 
 
 def test_plots_diff_compares_two_experiments(fast_run, tmp_path):
+    """Every plot of two experiments, each under its own title (the page as a browser shows it: test_review_page.py)."""
     project = fast_run.project
     run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", str(tmp_path / "review")], project)
     assert "lower-lr_plots_evaluate_figures_confusion.png" in (tmp_path / "review/index.html").read_text()
-    plots = json.loads(run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "--json"], project).stdout)["data"]
-    for curve in ["plots/train_head/loss.csv", "plots/train_head/accuracy.csv", "plots/fine_tune/loss.csv", "plots/fine_tune/accuracy.csv"]:
-        assert plots[curve][0]["revisions"] == ["more-head-epochs", "lower-lr"]
-    confusion = plots["plots/evaluate/predictions/fine_tuned.csv"][0]
-    assert confusion["revisions"] == ["more-head-epochs", "lower-lr"] and "xy_count" in json.dumps(confusion["content"])
-    assert [image["revisions"] for image in plots["plots/evaluate/figures/confusion.png"]] == [["more-head-epochs"], ["lower-lr"]]
+    shown = json.loads(run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "--json"], project).stdout)
+    assert "errors" not in shown, shown["errors"]
+    plots = shown["data"]
+    for curves in ["head-loss", "fine-tune-loss"]:  # dvclive's files: one row per epoch, training and validation
+        assert plots[curves][0]["revisions"] == ["more-head-epochs", "lower-lr"]
+        rows = plots[curves][0]["content"]["data"]["values"]
+        assert {(row["rev"], row["filename"]) for row in rows} == {(rev, split) for rev in ["more-head-epochs", "lower-lr"]
+                                                                    for split in ["train/loss.tsv", "eval/loss.tsv"]}
+    epochs = {row["step"] for row in plots["head-loss"][0]["content"]["data"]["values"] if row["rev"] == "more-head-epochs"}
+    assert epochs == {"0", "1", "2"}, "train_head.epochs=3: a point per epoch"
+    titles = {}
+    for name in ["head", "fine_tuned"]:  # one confusion matrix per model, each with its own title
+        confusion = plots[f"plots/evaluate/predictions/{name}.csv"][0]
+        assert confusion["revisions"] == ["more-head-epochs", "lower-lr"] and "xy_count" in json.dumps(confusion["content"])
+        titles[name] = confusion["content"]["title"]["text"]
+    assert titles["head"].startswith("Head only") and titles["fine_tuned"].startswith("Fine-tuned")
+    for image in ["confusion.png", "most_confident_mistakes.png"]:
+        assert [shot["revisions"] for shot in plots[f"plots/evaluate/figures/{image}"]] == [["more-head-epochs"], ["lower-lr"]]
 
 
 def test_the_same_inputs_and_params_give_byte_identical_outputs(fast_run, tmp_path):
@@ -96,6 +110,15 @@ def test_regression_from_csv_end_to_end(tmp_path):
     direct = model.predict(pixels, verbose=0).reshape(-1)
     assert np.allclose(direct, predictions["predicted"], rtol=1e-4, atol=1e-3), "the saved model outputs the target's unit"
     assert (project / "plots/evaluate/figures/predicted_vs_actual.png").stat().st_size > 0
+
+    review = (project / "reports/review.md").read_text()  # the review of a regression run: per target range, largest errors
+    assert f"| mae | {metrics['head']['mae']:.4g} | {metrics['fine_tuned']['mae']:.4g} | {metrics['baseline']['mae']:.4g} |" in review
+    assert "## Per target range" in review and "| images/missing.png | row 62: file not found |" in review
+    largest = review.split("## Largest errors of the fine-tuned model")[1].split("## Training")[0]
+    errors = [float(line.split(" | ")[3].rstrip(" |")) for line in largest.splitlines() if line.startswith("| images/")]
+    worst = (predictions["predicted"] - predictions["actual"]).abs().sort_values(ascending=False)
+    assert [abs(e) for e in errors] == pytest.approx(list(worst[:len(errors)]), abs=1e-3 * worst.max()) and len(errors) == min(16, len(worst))
+    assert "../plots/evaluate/figures/largest_errors.png" in largest and (project / "plots/evaluate/figures/largest_errors.png").stat().st_size > 0
 
 
 # ---------------------------------------------------------------- the data is a tracked input

@@ -37,7 +37,7 @@ sys.path.insert(0, "stages")
 runpy.run_path(sys.argv[1], run_name="__main__")
 """
 
-HEAD_OUTPUTS = ["models/head.keras", "metrics/train_head.json", "plots/train_head/loss.csv"]
+HEAD_OUTPUTS = ["models/head.keras", "metrics/train_head.json", "dvclive/train_head/metrics.json", "dvclive/train_head/plots/metrics/eval/loss.tsv"]
 
 
 def env() -> dict:

@@ -37,11 +37,12 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], again: str = "run `dvc repro` again to finish") -> None:
     """Run a stage's main(); a PipelineError becomes `error: <message>` and exit status 1.
 
-    Also one line, not a traceback, for an interruption (SIGINT/SIGTERM, exit 130) and for a disk
-    that is full or read-only wherever the write happened (even inside a library).
+    Also one line, not a traceback, for an interruption (SIGINT/SIGTERM, exit 130; the line ends with
+    `again`, what to do next) and for a disk that is full or read-only wherever the write happened
+    (even inside a library).
     """
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -49,7 +50,7 @@ def run(main: Callable[[], None]) -> None:
     except PipelineError as exc:
         fail(str(exc))
     except KeyboardInterrupt:  # the `finally` blocks have run: temporary files are gone
-        print("error: interrupted; no output was half-written: run `dvc repro` again to finish", file=sys.stderr, flush=True)
+        print(f"error: interrupted; no output was half-written: {again}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)  # skip finalizers of half-built objects (tqdm, TensorFlow) that print tracebacks
     except OSError as exc:

@@ -31,14 +31,16 @@ FINE_TUNE_METRICS = Path("metrics/fine_tune.json")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
 BREAKDOWN = Path("metrics/breakdown.csv")        # per class, or per target range
 
-TRAIN_HEAD_PLOTS = Path("plots/train_head")
-FINE_TUNE_PLOTS = Path("plots/fine_tune")
+# dvclive's folders (live.py): metrics.json (the last epoch) and plots/metrics/{train,eval}/<metric>.tsv, epoch by epoch
+TRAIN_HEAD_LIVE = Path("dvclive/train_head")
+FINE_TUNE_LIVE = Path("dvclive/fine_tune")
 EVALUATE_PLOTS = Path("plots/evaluate")
+REVIEW = Path("reports/review.md")              # the review of the run (evaluate), for a pull request
 
 SPLITS = ("train", "val", "test")
 # Folders the pipeline writes: data.source may not overlap them.
 OUTPUT_FOLDERS = (INGESTED, SPLIT.parent, NORMALIZED, AUGMENTED, FEATURES, ACTIVATIONS, HEAD_MODEL.parent, DATA_REPORT.parent,
-                  TRAIN_HEAD_PLOTS.parent)
+                  EVALUATE_PLOTS.parent, TRAIN_HEAD_LIVE.parent, REVIEW.parent)
 
 
 def split_array(folder: Path, split: str, kind: str) -> Path:

@@ -29,12 +29,12 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
             "r2": skm.r2_score(actual, predicted)}
 
 
-def summary(actual: np.ndarray, predictions: dict, encoding: dict) -> dict:
-    """{'head': {...}, 'fine_tuned': {...}} (+ 'baseline': constant training-mean predictor, regression)."""
+def summary(actual: np.ndarray, predictions: dict, encoding: dict, baseline) -> dict:
+    """{'head': {...}, 'fine_tuned': {...}, 'baseline': {...}, 'test_images': n}. The baseline always predicts `baseline`
+    (targets.constant: the most frequent training class, or the training mean)."""
     score = classification_metrics if encoding["task"] == "classification" else regression_metrics
     result = {name: score(actual, predicted) for name, predicted in predictions.items()}
-    if encoding["task"] == "regression":
-        result["baseline"] = score(actual, np.full(len(actual), encoding["mean"]))
+    result["baseline"] = score(actual, np.full(len(actual), baseline))
     result["test_images"] = len(actual)
     return rounded(result)
 
@@ -107,10 +107,27 @@ def regression_figures(actual, predictions: dict, folder: Path) -> None:
     save_figure(fig, folder / "residuals_by_range.png")
 
 
-def save_figure(fig, path: Path) -> None:
+def image_grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = 4) -> None:
+    """(n, H, W, 3) uint8 images in a grid, each with its caption (drawn literally: a `$` is a dollar), under `title`.
+    No image: the title alone (e.g. no mistake to show)."""
+    rows = max(1, -(-len(images) // columns))
+    height = 3.7 * rows + 0.6  # inches: the title takes the top 0.6
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text in zip(axes.flat, images, captions):
+        ax.imshow(image)
+        ax.set_title(text, fontsize=9, parse_math=False)
+    fig.suptitle(title, fontsize=13, parse_math=False)
+    save_figure(fig, path, top=1 - 0.6 / height)
+
+
+def save_figure(fig, path: Path, top: float = 1.0) -> None:
+    """The figure as a PNG without metadata (same bytes every run); `top`: the fraction of the height left to the
+    subplots (a suptitle takes the rest)."""
     from lib import files
 
     with files.atomic_path(path) as tmp:
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, top))
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -92,6 +92,23 @@ def class_folders(root: Path) -> tuple[list[Item], list[Skipped]]:
     return sorted(items, key=lambda item: Path(item.path).parts), skipped
 
 
+def new_images(source: Path, path_column: str) -> tuple[list[Item], list[Skipped]]:
+    """Images to predict (predict.py), without labels: every image file under a folder (nested folders included), or
+    those a CSV file lists in `path_column` (relative to the CSV's folder). Unusable entries are skipped with the reason,
+    exactly as in data.source."""
+    root = Path(source)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        items, skipped = csv_manifest(root, "classification", path_column, path_column)  # no target: the path stands in
+        return [Item(item.path, None, item.file) for item in items], skipped
+    if not root.is_dir():
+        raise PipelineError(f"{source} is neither a folder of images nor a .csv file listing them" if root.exists() else
+                            f"{source} does not exist")
+    skipped = []
+    files = walk(root, root, root.resolve(), skipped)
+    items = [Item(path=file.relative_to(root).as_posix(), label=None, file=file) for file in files]
+    return sorted(items, key=lambda item: Path(item.path).parts), skipped
+
+
 def walk(class_dir: Path, root: Path, real_root: Path, skipped: list) -> list[Path]:
     """Image files under `class_dir`; everything else goes to `skipped`.
 

@@ -67,3 +67,11 @@ def from_model(outputs: np.ndarray, encoding: dict) -> np.ndarray:
 
 def n_outputs(encoding: dict) -> int:
     return len(encoding["classes"]) if encoding["task"] == "classification" else 1
+
+
+def constant(train_targets: np.ndarray, encoding: dict):
+    """The best constant prediction the training split gives (the baseline of the test metrics): its most frequent class
+    (the first in class order on a tie), or its mean target."""
+    if encoding["task"] == "classification":
+        return encoding["classes"][int(np.bincount(train_targets, minlength=len(encoding["classes"])).argmax())]
+    return encoding["mean"]

@@ -68,14 +68,18 @@ def monitor(encoding: dict) -> str:
     return "val_loss" if encoding["task"] == "classification" else "val_mae"
 
 
-def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: dict) -> pd.DataFrame:
-    """Fit with early stopping (best epoch restored); one log line per epoch. -> history per epoch.
+def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: dict,
+        callbacks: list[keras.callbacks.Callback] = ()) -> pd.DataFrame:
+    """Fit with early stopping (best epoch restored); one log line per epoch; `callbacks` too (live.callbacks).
+    -> history per epoch.
 
     `train` reshuffles itself every epoch from (seed, epoch), so Keras must not reorder its batches
     on top (shuffle=False): the order then depends on the params alone, not on the distribution
     strategy (Keras peeks at a batch before training under one) or on the number of workers.
     """
     if epochs == 0:
+        for callback in callbacks:  # no epoch to log, but the callbacks still finish (dvclive writes its empty summary)
+            callback.on_train_end()
         return pd.DataFrame(columns=["epoch"])
     replicas = model.distribute_strategy.num_replicas_in_sync
     for name, data in (("training", train), ("validation", val)):
@@ -83,9 +87,9 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
             raise PipelineError(f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share evenly; "
                                 f"use a batch size that is a multiple of {replicas} and at most half the {len(data.inputs)} {name} rows")
     print(f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch (global batches)", flush=True)
-    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
-                                               mode="min")] if patience > 0 else []
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
+    stopping = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
+                                              mode="min")] if patience > 0 else []
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=stopping + list(callbacks), shuffle=False, verbose=2)
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
@@ -100,13 +104,6 @@ def best_epoch(history: pd.DataFrame, encoding: dict) -> dict:
     return {"best_epoch": int(best["epoch"]), "epochs_run": len(history),
             f"train_{m}": round(float(best[m]), 6), f"val_{m}": round(float(best[f"val_{m}"]), 6),
             "train_loss": round(float(best["loss"]), 6), "val_loss": round(float(best["val_loss"]), 6)}
-
-
-def write_curves(history: pd.DataFrame, folder, encoding: dict) -> None:
-    """Learning curves for `dvc plots`: <folder>/loss.csv and <folder>/<accuracy|mae>.csv, columns epoch, train, val."""
-    for name in ("loss", metric_name(encoding)):
-        curve = pd.DataFrame({"epoch": history["epoch"], "train": history.get(name, []), "val": history.get(f"val_{name}", [])})
-        files.write_csv(folder / f"{name}.csv", curve)
 
 
 class Batches(keras.utils.PyDataset):

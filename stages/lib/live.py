@@ -1,0 +1,26 @@
+"""Live metrics while a model trains: dvclive's Keras callback, for `dvc exp show`, VS Code's DVC extension and Studio.
+
+At the end of every epoch the callback appends a row to <folder>/plots/metrics/{train,eval}/<metric>.tsv
+(step 0 is the first epoch; `eval` is the validation set) and rewrites <folder>/metrics.json with that
+epoch's figures, so a running `dvc exp run`, or a queued experiment, shows them before the stage ends.
+dvc.yaml declares the folder (an output), its metrics.json (top-level `metrics`) and the loss curves
+(top-level `plots`) itself: dvclive writes no dvc.yaml (dvcyaml=False) and saves no experiment of its own
+(DVC records the stage). No timestamps are logged, so a rerun writes the same bytes.
+
+dvclive's metrics.json holds the last epoch; the restored best epoch is metrics/<stage>.json (training.best_epoch).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+
+def callbacks(folder: Path, chief: bool = True) -> list[keras.callbacks.Callback]:
+    """The callback logging into `folder`; none on a multi_worker worker other than the chief (only the chief writes)."""
+    if not chief:
+        return []
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    return [DVCLiveCallback(live=Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False))]

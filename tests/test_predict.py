@@ -1,0 +1,156 @@
+"""predict.py: new images (a folder or a CSV) -> one CSV row each, prepared as ingest and normalize prepare the
+training images, with unusable files reported and exit codes a script can use.
+
+A small real Keras model (saved as fine-tune saves one) stands in for a trained one here; test_day_to_day.py
+runs predict.py on the model of a real pipeline run.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_image
+from lib import errors, images, models, prediction, sources
+
+spec = importlib.util.spec_from_file_location("predict", ROOT / "predict.py")
+predict = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(predict)
+
+PREPARATION = {"max_short_side": 256, "max_megapixels": 180.0, "image_size": 24, "resize": "pad"}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """models/model.keras and models/encoding.json of a 3-class model taking 24 px images."""
+    folder = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    models.save(keras.Model(inputs, outputs), folder / "model.keras")
+    (folder / "encoding.json").write_text(json.dumps({"task": "classification", "classes": ["cat", "dog", "owl"], "input": PREPARATION}))
+    return folder
+
+
+def new_images(root):
+    """Two good images (one in a nested folder, one wide: padded), and files predict.py must skip."""
+    make_image(root / "a.png", (200, 40, 40), size=(40, 30))
+    make_image(root / "more" / "b.jpg", (40, 40, 200), size=(90, 20))
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image")
+    (root / "notes.txt").write_text("a note")
+    make_image(root / ".hidden.png", (0, 0, 0))
+    return root
+
+
+def cli(*argv) -> int:
+    """predict.py's exit status, run in this process (errors.run turns errors into `error: ...` and status 1)."""
+    try:
+        errors.run(lambda: predict.main([str(a) for a in argv]))
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def expected_probabilities(model_folder, files):
+    """What the model gives for these files prepared as ingest (decode) and normalize (fit) would prepare them."""
+    model = models.load(model_folder / "model.keras")
+    pixels = np.stack([images.fit(images.decode(f, 256, 180_000_000)[0], 24, "pad") for f in files]).astype("float32")
+    return model.predict(pixels, verbose=0)
+
+
+def test_a_folder_gives_a_row_per_image_and_lists_what_it_skipped(tmp_path, model_folder, capsys):
+    root = new_images(tmp_path / "new")
+    out = tmp_path / "predictions.csv"
+    assert cli(root, "-o", out, "--model", model_folder / "model.keras", "--top-k", "2") == predict.SOME_SKIPPED
+    rows = read(out)
+    assert rows[0] == ["path", "predicted", "probability", "top_2", "top_2_probability"]
+    assert [row[0] for row in rows[1:]] == ["a.png", "more/b.jpg"]
+    expected = expected_probabilities(model_folder, [root / "a.png", root / "more" / "b.jpg"])
+    for row, probabilities in zip(rows[1:], expected):
+        first, second = np.argsort(-probabilities)[:2]
+        assert row[1] == ["cat", "dog", "owl"][first] and row[3] == ["cat", "dog", "owl"][second]
+        assert float(row[2]) == pytest.approx(probabilities[first], abs=1e-5) and float(row[4]) == pytest.approx(probabilities[second], abs=1e-5)
+    err = capsys.readouterr().err
+    for line in ["skipped .hidden.png: hidden file", "skipped empty.png: empty file", "skipped notes.txt: not an image file extension",
+                 "skipped text.jpg: not a readable image"]:
+        assert line in err
+
+
+def test_a_csv_lists_images_relative_to_its_folder(tmp_path, model_folder, capsys):
+    root = new_images(tmp_path / "new")
+    (root / "list.csv").write_text("file,note\nmore/b.jpg,x\na.png,y\n")
+    out = tmp_path / "out" / "predictions.csv"
+    assert cli(root / "list.csv", "--path-column", "file", "-o", out, "--model", model_folder / "model.keras") == 0
+    rows = read(out)
+    assert rows[0] == ["path", "predicted", "probability", "top_2", "top_2_probability", "top_3", "top_3_probability"]
+    assert [row[0] for row in rows[1:]] == ["more/b.jpg", "a.png"], "in the CSV's order"
+    assert all(abs(sum(float(p) for p in row[2::2]) - 1) < 1e-4 for row in rows[1:]), "the three classes' probabilities"
+    assert "predict: 2 images" in capsys.readouterr().out
+
+    (root / "list.csv").write_text("file\na.png\nmissing.png\n../outside.png\na.png\n")
+    assert cli(root / "list.csv", "--path-column", "file", "-o", out, "--model", model_folder / "model.keras") == predict.SOME_SKIPPED
+    err = capsys.readouterr().err
+    assert "skipped missing.png: row 3: file not found" in err and "skipped ../outside.png: row 4: path escapes the CSV's folder" in err
+    assert "row 5: the same path as row 2" in err and len(read(out)) == 2
+
+
+def test_nothing_usable_or_a_mismatched_model_is_one_line_and_writes_nothing(tmp_path, model_folder, capsys):
+    broken = tmp_path / "broken"
+    (broken / "x").mkdir(parents=True)
+    (broken / "x" / "a.png").write_text("<html>")
+    out = tmp_path / "predictions.csv"
+    model = model_folder / "model.keras"
+    assert cli(broken, "-o", out, "--model", model) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("error: " + f"{broken}: no usable image (1 skipped, e.g. x/a.png: not a readable image: "
+                                               "the content is not JPEG, PNG, BMP, GIF, TIFF or WebP)")
+    assert not out.exists() and os.listdir(tmp_path) == ["broken"], "no output, not even a temporary file"
+
+    good = new_images(tmp_path / "new")
+    encoding = json.loads((model_folder / "encoding.json").read_text())
+    cases = {"old": {k: v for k, v in encoding.items() if k != "input"}, "other run": encoding | {"input": PREPARATION | {"image_size": 96}},
+             "four classes": encoding | {"classes": ["a", "b", "c", "d"]}}
+    messages = {}
+    for case, content in cases.items():
+        (tmp_path / "encoding.json").write_text(json.dumps(content))
+        assert cli(good, "-o", out, "--model", model, "--encoding", tmp_path / "encoding.json") == 1
+        messages[case] = capsys.readouterr().err
+    assert "does not say how images are prepared for the model" in messages["old"] and "run `dvc repro`" in messages["old"]
+    assert "is for 96 px images, the model takes 24 px" in messages["other run"]
+    assert "names 4 classes, the model has 3 outputs" in messages["four classes"]
+    assert cli(tmp_path / "nowhere", "--model", model) == 1 and f"error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert cli(good, "--model", tmp_path / "none.keras") == 1 and "cannot load the model" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli(good, "--top-k", "0") == 2, "a usage error is argparse's status 2"
+
+
+def test_regression_rows_hold_the_value_in_the_target_unit():
+    rows = prediction.rows(["a.png", "b.png"], np.array([[31.25], [1e-7]], dtype=np.float32), {"task": "regression"}, 0)
+    assert prediction.header({"task": "regression"}, 0) == ["path", "predicted"]
+    assert rows == [["a.png", "31.25"], ["b.png", "1e-07"]]
+    tie = prediction.rows(["c.png"], np.array([[0.25, 0.5, 0.25]]), {"task": "classification", "classes": ["x", "y", "z"]}, 3)
+    assert tie == [["c.png", "y", "0.500000", "x", "0.250000", "z", "0.250000"]], "ties in class order"
+
+
+def test_new_images_are_listed_like_data_source_without_labels(tmp_path):
+    root = new_images(tmp_path / "new")
+    (root / "more" / "loop").symlink_to(root)
+    items, skipped = sources.new_images(root, "image")
+    assert [(item.path, item.label) for item in items] == [("a.png", None), ("empty.png", None), ("more/b.jpg", None), ("text.jpg", None)]
+    reasons = {s.path: s.reason for s in skipped}
+    assert reasons[".hidden.png"] == "hidden file" and reasons["more/loop"] == "link to a folder that contains it (a loop)"
+    assert reasons["notes.txt"].startswith("not an image file extension")
+    with pytest.raises(errors.PipelineError, match="is neither a folder of images nor a .csv file"):
+        sources.new_images(root / "notes.txt", "image")

@@ -1,0 +1,81 @@
+"""The review of a run (evaluate): the worst test cases, their grid and the Markdown report, on small made-up results.
+The report and grid of real runs, both tasks, are checked in test_day_to_day.py and test_pipeline_e2e.py."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lib import reports, review, targets
+
+CLASSES = ["cat", "dog|wolf", "<b>owl</b>"]
+ENCODING = {"task": "classification", "classes": CLASSES}
+
+
+def test_the_worst_cases_are_the_most_confident_mistakes_or_the_largest_errors():
+    actual = np.array(["cat", "cat", "dog|wolf", "<b>owl</b>", "cat"])
+    outputs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    worst = review.worst_cases(actual, outputs, ENCODING, np.array([f"{i}.png" for i in range(5)]))
+    assert list(worst["path"]) == ["2.png", "3.png", "4.png", "1.png"], "mistakes only, most confident first, ties in test order"
+    assert list(worst["predicted"]) == ["<b>owl</b>", "dog|wolf", "<b>owl</b>", "dog|wolf"]
+    assert worst["probability"].tolist() == [0.8, 0.8, 0.8, 0.7]
+    assert review.figure_title(worst, "classification") == "Fine-tuned model: its 4 most confident mistakes (of 4) on the test set"
+    assert review.figure_title(worst.iloc[:0], "classification") == "Fine-tuned model: no mistake on the test set"
+
+    errors = review.worst_cases(np.array([10.0, 20.0, 30.0]), np.array([[12.0], [5.0], [45.0]]), {"task": "regression"},
+                                np.array(["a", "b", "c"]))
+    assert list(errors["path"]) == ["b", "c", "a"] and errors["error"].tolist() == [-15.0, 15.0, 2.0], "ties in test order"
+    assert review.caption(next(errors.itertuples()), "regression") == "b\ntrue: 20\npredicted: 5 (-15)"
+
+
+def test_the_baseline_is_the_most_frequent_training_class_or_the_training_mean():
+    assert targets.constant(np.array([2, 1, 2, 1, 0]), ENCODING) == "dog|wolf", "a tie goes to the first class"
+    assert targets.constant(np.array([0.5, -0.5]), {"task": "regression", "mean": 31.5, "std": 2.0}) == 31.5
+
+
+def report(skipped: int = 0, worst_cases: int = 2) -> str:
+    summary = {name: {"accuracy": acc, "f1_macro": acc - 0.01} for name, acc in (("head", 0.5), ("fine_tuned", 0.75), ("baseline", 0.25))}
+    summary["test_images"] = 4
+    breakdown = pd.DataFrame([{"model": model, "class": name, "precision": p, "recall": p, "f1": p, "support": 2 - (name == "cat")}
+                              for model, p in (("head", 0.5), ("fine_tuned", 1.0)) for name in CLASSES])
+    worst = pd.DataFrame({"index": [1, 3], "path": ["x/[link](http://a).png", "y_1.png"], "actual": ["cat", "<b>owl</b>"],
+                          "predicted": ["dog|wolf", "cat"], "probability": [0.9, 0.6]}).head(worst_cases)
+    training = {"head": {"best_epoch": 3, "epochs_run": 5, "train_accuracy": 0.8, "val_accuracy": 0.7, "train_loss": 0.5, "val_loss": 0.6},
+                "fine_tuned": {"best_epoch": 0, "epochs_run": 0}}
+    data = {"images": 12, "skipped": skipped, "duplicates": 1, "classes": {name: 4 for name in CLASSES},
+            "skipped_files": [{"path": f"cat/{i:03d}|.png", "reason": "empty file"} for i in range(skipped)]}
+    return review.markdown(summary, breakdown, worst, "cat", training, data, ENCODING, figure=reports.Path("plots/evaluate/figures/m.png"),
+                           report=reports.Path("reports/review.md"))
+
+
+def test_the_report_compares_the_three_models_and_writes_the_data_literally():
+    text = report()
+    assert "| metric | head only | fine-tuned | constant baseline |" in text
+    assert "| accuracy | 0.500 | 0.750 | 0.250 |" in text and "| f1 macro | 0.490 | 0.740 | 0.240 |" in text
+    assert "Constant baseline: always 'cat' (the most frequent training class)." in text
+    assert r"| dog\|wolf | 2 | 0.500 → 1.000 | 0.500 → 1.000 | 0.500 → 1.000 |" in text, "per class, head only → fine-tuned"
+    assert "![Fine-tuned model: its 2 most confident mistakes (of 2) on the test set](../plots/evaluate/figures/m.png)" in text
+    assert r"| x/\[link\](http://a).png | cat | dog\|wolf | 0.900 |" in text, "no link, no extra table column"
+    assert r"| y\_1.png | \<b\>owl\</b\> | cat | 0.600 |" in text, "no HTML"
+    assert "| head only | 3 of 5 | 0.800 | 0.700 | 0.6 |" in text and "| fine-tuned | not trained (0 epochs) |" in text
+    assert "12 images, 1 duplicates (same file content), 0 skipped." in text and "### Skipped files\n\nNone." in text
+    assert "<b>" not in text and "| dog|wolf" not in text
+
+
+def test_the_report_lists_skipped_files_up_to_a_limit_and_says_where_the_rest_are():
+    text = report(skipped=review.SKIPPED_SHOWN + 3, worst_cases=0)
+    assert text.count("| empty file |") == review.SKIPPED_SHOWN and r"| cat/000\|.png | empty file |" in text
+    assert "... and 3 more: every one is in metrics/data.json." in text
+    assert "It classifies every test image correctly." in text and "no mistake on the test set" in text
+
+
+def test_the_grid_draws_captions_literally_and_the_same_bytes_every_time(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    captions = [f"{i}.png\ntrue: $x^$ {i}\npredicted: a_b" for i in range(5)]  # math text would fail to parse
+    for name in ("a.png", "b.png"):
+        reports.image_grid(pixels, captions, "Fine-tuned model: a $ title", tmp_path / name)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    with Image.open(tmp_path / "a.png") as grid:
+        assert grid.size == (1200, round((3.7 * 2 + 0.6) * 100)), "two rows of four"
+    reports.image_grid(pixels[:0], [], "Fine-tuned model: no mistake on the test set", tmp_path / "none.png")
+    assert (tmp_path / "none.png").stat().st_size > 0
