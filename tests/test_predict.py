@@ -104,7 +104,7 @@ def test_a_csv_lists_images_relative_to_its_folder(tmp_path, model_folder, capsy
     assert cli(root / "list.csv", "--path-column", "file", "-o", out, "--model", model_folder / "model.keras") == predict.SOME_SKIPPED
     err = capsys.readouterr().err
     assert "skipped missing.png: row 3: file not found" in err and "skipped ../outside.png: row 4: path escapes the CSV's folder" in err
-    assert "row 5: the same path as row 2" in err and len(read(out)) == 2
+    assert "row 5: the same file as row 2" in err and len(read(out)) == 2
 
 
 def test_nothing_usable_or_a_mismatched_model_is_one_line_and_writes_nothing(tmp_path, model_folder, capsys):
@@ -154,3 +154,10 @@ def test_new_images_are_listed_like_data_source_without_labels(tmp_path):
     assert reasons["notes.txt"].startswith("not an image file extension")
     with pytest.raises(errors.PipelineError, match="is neither a folder of images nor a .csv file"):
         sources.new_images(root / "notes.txt", "image")
+
+
+def test_file_and_class_names_never_run_as_spreadsheet_formulas():
+    encoding = {"task": "classification", "classes": ["=evil", "dog", "@x"]}
+    rows = prediction.rows(["=cmd|' /C calc'!A0.png", "-1.png"], np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]]), encoding, 2)
+    assert rows == [["'=cmd|' /C calc'!A0.png", "dog", "0.700000", "'@x", "0.200000"],
+                    ["-1.png".replace("-", "'-", 1), "'=evil", "0.600000", "dog", "0.300000"]]

@@ -58,9 +58,10 @@ def header(encoding: dict, top_k: int) -> list[str]:
 
 def rows(paths: list[str], outputs: np.ndarray, encoding: dict, top_k: int) -> list[list[str]]:
     """CSV rows of one batch: the classes by probability (the first is the prediction; ties in class order), or the value."""
+    paths = [files.spreadsheet_safe(path) for path in paths]  # file and class names: never spreadsheet formulas
     if encoding["task"] != "classification":
         return [[path, f"{value:.6g}"] for path, value in zip(paths, np.asarray(outputs, dtype=np.float64).reshape(-1))]
-    classes = encoding["classes"]
+    classes = [files.spreadsheet_safe(name) for name in encoding["classes"]]
     ranked = np.argsort(-outputs, axis=-1, kind="stable")[:, :top_k]
     return [[path] + [cell for i in order for cell in (classes[i], f"{probabilities[i]:.6f}")]
             for path, probabilities, order in zip(paths, outputs, ranked)]
