@@ -1,6 +1,7 @@
 """Shared fixtures: real small images written by Pillow, the offline Keras cache, a project copy."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -166,8 +167,9 @@ class Run:
 
 
 # Experiments queued on the shared fast run from its committed baseline and run two at a time (dvc queue start -j 2).
-FAST_EXPERIMENTS = {"more-head-epochs": {"train_head.epochs": 3}, "lower-lr": {"fine_tune.lr": 0.0001},
-                    "deeper-cut": {"fine_tune.unfreeze_from": "block_15_expand"}}
+# lower-lr trains 3 epochs so that its live metrics can be seen changing while it runs.
+FAST_EXPERIMENTS = {"more-head-epochs": {"train_head.epochs": 3},
+                    "lower-lr": {"fine_tune.lr": 0.0001, "fine_tune.epochs": 3, "fine_tune.patience": 0}}
 
 
 def copy_project(project: Path, where: Path) -> Path:
@@ -176,17 +178,31 @@ def copy_project(project: Path, where: Path) -> Path:
     return where
 
 
-def run_queue(project: Path, timeout: float = 900) -> str:
-    """`dvc queue start -j 2` and wait until nothing is queued or running; -> the final `dvc queue status`."""
-    run(["dvc", "queue", "start", "-j", "2"], project)
+def run_queue(project: Path, timeout: float = 900) -> tuple[str, set]:
+    """`dvc queue start -j 2` and wait until nothing is queued or running. -> the final `dvc queue status`, and what was
+    seen of fine-tune's live metrics while it ran: (step in dvclive's metrics.json, rows in its eval/loss.tsv)."""
+    # Not through pipes: the queue's workers would inherit them, and reading them to the end would wait for the queue
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    seen, asked = set(), 0.0
     try:
         deadline = time.monotonic() + timeout
-        while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], project).stdout):
-            assert time.monotonic() < deadline, f"the queue did not finish in time:\n{status}"
-            time.sleep(1)
+        while True:
+            for live in project.glob(".dvc/tmp/exps/*/dvclive/fine_tune"):  # the queued experiments' copies
+                try:
+                    seen.add((json.loads((live / "metrics.json").read_text())["step"],
+                              len((live / "plots/metrics/eval/loss.tsv").read_text().splitlines()) - 1))
+                except (OSError, ValueError, KeyError):  # between two writes, or not there yet
+                    pass
+            if time.monotonic() - asked > 1:
+                asked = time.monotonic()
+                status = run(["dvc", "queue", "status"], project).stdout
+                if not re.search(r"\b(Queued|Running)\b", status):
+                    return status, seen
+                assert time.monotonic() < deadline, f"the queue did not finish in time:\n{status}"
+            time.sleep(0.02)
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, check=False)
-    return status
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +210,7 @@ def fast_run(tmp_path_factory) -> Run:
     """The project on its digits with FAST params: `dvc repro`, committed, `dvc repro` again, then experiments through
     DVC's queue, two at a time: FAST_EXPERIMENTS, and ingest + split on another folder of images, given by its absolute
     path (other-data) and by a relative path leaving the project (relative-data, which fails). outputs has what each
-    printed ("queue" for `dvc queue status`). Shared by the end-to-end tests that only read it or add experiments of
+    printed ("queue" for `dvc queue status`, "live" for what run_queue saw of live metrics). Shared by the end-to-end tests that only read it or add experiments of
     their own (`dvc exp run --temp`): none may change its workspace; copy_project it to change it."""
     root = tmp_path_factory.mktemp("fast_run")
     project = make_project(root, FAST)
@@ -208,6 +224,6 @@ def fast_run(tmp_path_factory) -> Run:
     queued |= {"other-data": ["split", "-S", f"data.source={root / 'other_images'}"], "relative-data": ["split", "-S", "data.source=../other_images"]}
     for name, args in queued.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, *args], project)
-    outputs["queue"] = run_queue(project)
+    outputs["queue"], outputs["live"] = run_queue(project)
     outputs |= {name: run(["dvc", "queue", "logs", name], project, check=False).stdout for name in queued}
     return Run(project, outputs)
