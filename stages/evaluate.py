@@ -7,7 +7,7 @@ Baseline: always the most frequent training class, or the training mean (regress
 """
 import pandas as pd
 
-from lib import files, inference, models, params, paths, reports, review, targets, training
+from lib import batches, files, inference, models, params, paths, reports, review, targets
 from lib.errors import run
 
 
@@ -15,10 +15,10 @@ def main():
     params.load()  # validates params.yaml; this stage reads no key of its own
     encoding = files.read_json(paths.MODEL_ENCODING)
     task = encoding["task"]
-    actual = targets.decode(files.load_npy(paths.split_array(paths.NORMALIZED, "test", "targets")), encoding)
+    actual = targets.decode(files.load_npy(paths.targets("test")), encoding)
     baseline = targets.constant(files.load_npy(paths.split_array(paths.NORMALIZED, "train", "targets")), encoding)
-    test_features = training.batches(paths.split_array(paths.FEATURES, "test", "features"), None, inference.BATCH_SIZE)
-    test_images = training.batches(paths.split_array(paths.NORMALIZED, "test", "images"), None, inference.BATCH_SIZE)
+    test_features = batches.from_files(paths.features("test"), None, inference.BATCH_SIZE)
+    test_images = batches.from_files(paths.images("test"), None, inference.BATCH_SIZE)
     head_out = models.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
     fine_out = models.load(paths.MODEL).predict(test_images, verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}

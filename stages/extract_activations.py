@@ -21,19 +21,20 @@ def main():
     strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(0)
     info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": cut, "dtype": "float32"}
-    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
-        if p.fine_tune.cache_activations:
-            with strategy.scope():
-                base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-                extractor = models.activation_extractor(base, p.base.name, p.normalize.image_size, cut)
-            for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED}.items():
-                images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
-                shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.ACTIVATIONS, split, "activations"),
-                                                 np.float32, desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
-                info[f"{split}_shape"] = list(shape)
-            print(f"extract-activations: {p.base.name} below {cut} on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
-                  f"-> {shape[1:]} per image -> {paths.ACTIVATIONS}")
-        files.write_json(out / paths.ACTIVATIONS_INFO, info)
+    if p.fine_tune.cache_activations:
+        with strategy.scope():
+            base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
+            extractor = models.activation_extractor(base, p.base.name, p.normalize.image_size, cut)
+        for split in ("train", "val"):
+            images = files.load_npy(paths.images(split), mmap=True)
+            with distribute.only_chief_writes(strategy):
+                shape = inference.predict_to_npy(extractor, images, paths.activations(split), np.float32,
+                                                 desc=f"extract-activations: {split}", replicas=strategy.num_replicas_in_sync)
+            info[f"{split}_shape"] = list(shape)
+        print(f"extract-activations: {p.base.name} below {cut} on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
+              f"-> {shape[1:]} per image -> {paths.ACTIVATIONS}")
+    with distribute.only_chief_writes(strategy):
+        files.write_json(paths.ACTIVATIONS_INFO, info)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ def main():
     models.set_precision(p.base.precision)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling)
-    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
-        for split, folder in {"train": paths.AUGMENTED, "val": paths.NORMALIZED, "test": paths.NORMALIZED}.items():
-            images = files.load_npy(paths.split_array(folder, split, "images"), mmap=True)
-            shape = inference.predict_to_npy(extractor, images, out / paths.split_array(paths.FEATURES, split, "features"), np.float32,
+        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
+    for split in paths.SPLITS:
+        images, targets = files.load_npy(paths.images(split), mmap=True), files.load_npy(paths.targets(split))
+        with distribute.only_chief_writes(strategy):
+            shape = inference.predict_to_npy(extractor, images, paths.features(split), np.float32,
                                              desc=f"extract-features: {split}", replicas=strategy.num_replicas_in_sync)
-            files.save_npy(out / paths.split_array(paths.FEATURES, split, "targets"), files.load_npy(paths.split_array(folder, split, "targets")))
+            files.save_npy(paths.feature_targets(split), targets)
     print(f"extract-features: {p.base.name} ({p.base.precision}) on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
           f"-> {shape[1]} features per image -> {paths.FEATURES}")
 

@@ -9,7 +9,7 @@ unit) out. fine_tune.epochs: 0 skips training but still writes the assembled mod
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); fine_tune.batch_size is global.
 Each epoch's figures go to dvclive/fine_tune as it trains (lib/live.py); the restored best epoch to metrics/fine_tune.json.
 """
-from lib import distribute, files, live, models, params, paths, training
+from lib import batches, distribute, files, live, models, params, paths, training
 from lib.errors import PipelineError, run
 
 
@@ -19,32 +19,32 @@ def main():
     training.make_deterministic(cfg.seed, threads=cfg.threads)
     strategy = distribute.strategy(p.train.strategy)
     encoding = files.read_json(paths.ENCODING)
-    inputs = paths.fine_tune_inputs(cfg.cache_activations)
+    inputs = paths.activations if cfg.cache_activations else paths.images
     replicas = strategy.num_replicas_in_sync
-    train = training.batches(inputs["train"], paths.split_array(paths.AUGMENTED, "train", "targets"), cfg.batch_size, cfg.seed, replicas)
-    val = training.batches(inputs["val"], paths.split_array(paths.NORMALIZED, "val", "targets"), cfg.batch_size, None, replicas)
+    train = batches.from_files(inputs("train"), paths.targets("train"), cfg.batch_size, cfg.seed, replicas)
+    val = batches.from_files(inputs("val"), paths.targets("val"), cfg.batch_size, None, replicas)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
         head = models.load(paths.HEAD_MODEL)
-        model = models.assemble(models.feature_extractor(base, p.base.name, p.normalize.image_size, p.head.pooling), head)
+        model = models.assemble(models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling), head)
         n_trainable = models.unfreeze_from(base, cfg.unfreeze_from)
         if cfg.cache_activations:  # shares its layers with `model`: training it trains the model
-            trained = models.top_model(base, cfg.unfreeze_from, activation_shape(), p.head.pooling, head)
+            trained = models.top_model(base, cfg.unfreeze_from, activation_shape(), p.base.pooling, head)
         else:
             trained = model
         print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
-              f"(BatchNormalization frozen), trained on {inputs['train']}")
+              f"(BatchNormalization frozen), trained on {inputs('train')}")
         opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
         training.compile_for(trained, encoding, cfg.loss, opt)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
-    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
-        models.save(models.export(model, encoding), out / paths.MODEL)
-        # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)
-        preparation = {"max_short_side": p.ingest.max_short_side, "max_megapixels": p.ingest.max_megapixels,
-                       "image_size": p.normalize.image_size, "resize": p.normalize.resize}
-        files.write_json(out / paths.MODEL_ENCODING, encoding | {"input": preparation})
-        files.write_json(out / paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
+    # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)
+    preparation = {"max_short_side": p.ingest.max_short_side, "max_megapixels": p.ingest.max_megapixels,
+                   "image_size": p.normalize.image_size, "resize": p.normalize.resize}
+    with distribute.only_chief_writes(strategy):
+        models.save(models.export(model, encoding), paths.MODEL)
+        files.write_json(paths.MODEL_ENCODING, encoding | {"input": preparation})
+        files.write_json(paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
 
 
 def activation_shape() -> tuple:

@@ -25,12 +25,12 @@ def main():
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     split = pd.read_csv(paths.SPLIT)["split"]
     pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
-    enc = targets.fit(manifest.loc[split == "train", "label"], p.data.task)
+    enc = targets.encoding_of(manifest.loc[split == "train", "label"], p.data.task)
     targets.check_classes(manifest["label"], split, enc)
 
     def resized(row) -> np.ndarray:
         h, w = row.stored_height, row.stored_width
-        return images.fit(np.asarray(pixels[row.offset:row.offset + h * w * 3]).reshape(h, w, 3), size, p.normalize.resize)
+        return images.square(np.asarray(pixels[row.offset:row.offset + h * w * 3]).reshape(h, w, 3), size, p.normalize.resize)
 
     with ThreadPoolExecutor(settings.workers()) as pool:
         for name in paths.SPLITS:

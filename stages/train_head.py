@@ -4,7 +4,7 @@ The features are read memory-mapped, a batch at a time, reshuffled every epoch f
 Each epoch's figures go to dvclive/train_head as it trains (lib/live.py); the restored best epoch to metrics/train_head.json.
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); train_head.batch_size is global.
 """
-from lib import distribute, files, live, models, params, paths, targets, training
+from lib import batches, distribute, files, live, models, params, paths, targets, training
 from lib.errors import run
 
 
@@ -15,19 +15,17 @@ def main():
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
     replicas = strategy.num_replicas_in_sync
-    train = training.batches(paths.split_array(paths.FEATURES, "train", "features"), paths.split_array(paths.FEATURES, "train", "targets"),
-                             cfg.batch_size, cfg.seed, replicas)
-    val = training.batches(paths.split_array(paths.FEATURES, "val", "features"), paths.split_array(paths.FEATURES, "val", "targets"),
-                           cfg.batch_size, None, replicas)
+    train = batches.from_files(paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas)
+    val = batches.from_files(paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas)
     with strategy.scope():
         head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
         training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
                                                                          total_steps=cfg.epochs * len(train)))
     history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
-    with distribute.outputs(strategy) as out:  # multi_worker: only the chief writes into the project
-        models.save(head, out / paths.HEAD_MODEL)
-        files.write_json(out / paths.TRAIN_HEAD_METRICS, training.best_epoch(history, encoding))
+    with distribute.only_chief_writes(strategy):
+        models.save(head, paths.HEAD_MODEL)
+        files.write_json(paths.TRAIN_HEAD_METRICS, training.best_epoch(history, encoding))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_tiny_and_very_thin_images_fit_both_ways(tmp_path):
     for shape in [(1, 1, 3), (1, 3000, 3), (3000, 1, 3), (2, 5, 3)]:
         strip = np.full(shape, 200, np.uint8)
         for mode in ("crop", "pad"):
-            out = images.fit(strip, 32, mode)
+            out = images.square(strip, 32, mode)
             assert out.shape == (32, 32, 3) and out.dtype == np.uint8, (shape, mode)
             assert out.max() == 200, f"{shape} {mode}: the image must not vanish"
 

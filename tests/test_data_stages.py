@@ -196,8 +196,8 @@ def test_truncated_jpeg_is_unusable(tmp_path):
 def test_fit_crop_and_pad_keep_the_aspect():
     wide = np.zeros((20, 40, 3), np.uint8)
     wide[:, :10] = 255  # white stripe on the left quarter
-    cropped = images.fit(wide, 16, "crop")
-    padded = images.fit(wide, 16, "pad")
+    cropped = images.square(wide, 16, "crop")
+    padded = images.square(wide, 16, "pad")
     assert cropped.shape == padded.shape == (16, 16, 3)
     assert cropped[:, 0].mean() < 10, "center crop cuts the left stripe off"
     assert padded[0].max() == 0 and padded[8, 0].min() > 200, "pad keeps the stripe and adds black bars"
@@ -383,11 +383,11 @@ def test_regression_split_covers_the_target_range():
 
 
 def test_targets_encoding_round_trips_with_training_statistics():
-    enc = targets.fit(pd.Series([10.0, 20.0, 30.0]), "regression")
+    enc = targets.encoding_of(pd.Series([10.0, 20.0, 30.0]), "regression")
     assert enc["mean"] == 20.0 and np.isclose(enc["std"], np.std([10, 20, 30]))
     encoded = targets.encode(pd.Series([20.0, 40.0]), enc)
     assert np.allclose(targets.decode(encoded, enc), [20.0, 40.0])
-    classes = targets.fit(pd.Series(["cat", "ant", "cat"]), "classification")
+    classes = targets.encoding_of(pd.Series(["cat", "ant", "cat"]), "classification")
     assert classes["classes"] == ["ant", "cat"]
     assert list(targets.from_head(np.array([[0.9, 0.1], [0.2, 0.8]]), classes)) == ["ant", "cat"]
 

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from lib import models, training
+from lib import batches, models, training
 from lib.errors import PipelineError
 
 
@@ -91,13 +91,15 @@ def train_twice(images, lr):
         else:
             inputs, trained = images, model
         training.compile_for(trained, {"task": "classification"}, "auto", training.optimizer("sgd", lr, 0.9))
-        trained.fit(training.Batches(inputs, np.arange(len(inputs)) % 3, 8, seed=0), epochs=2, verbose=0)
+        trained.fit(batches.Batches(inputs, np.arange(len(inputs)) % 3, 8, seed=0), epochs=2, verbose=0)
         trained_models.append(model)
     return trained_models[0], trained_models[1], trained, inputs
 
 
 def conv_weights(model, name="block_15_expand"):
-    return models.find_base(model).get_layer(name).get_weights()[0]
+    """A convolution's kernel in the base nested inside an assembled model."""
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+    return base.get_layer(name).get_weights()[0]
 
 
 def test_fine_tuning_on_cached_activations_trains_the_same_network():

@@ -67,7 +67,7 @@ def read(path):
 def expected_probabilities(model_folder, files):
     """What the model gives for these files prepared as ingest (decode) and normalize (fit) would prepare them."""
     model = models.load(model_folder / "model.keras")
-    pixels = np.stack([images.fit(images.decode(f, 256, 180_000_000)[0], 24, "pad") for f in files]).astype("float32")
+    pixels = np.stack([images.square(images.decode(f, 256, 180_000_000)[0], 24, "pad") for f in files]).astype("float32")
     return model.predict(pixels, verbose=0)
 
 

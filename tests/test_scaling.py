@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import FAST_EXPERIMENTS, copy_project, run, stages_run, write_params
-from lib import distribute, inference, training
+from lib import batches, distribute, inference
 from lib.errors import PipelineError
 
 pytestmark = pytest.mark.e2e
@@ -155,16 +155,16 @@ def test_batches_never_leave_a_replica_without_rows():
     shares = json.loads(subprocess.run([sys.executable, "-c", SHARES], capture_output=True, text=True, check=True).stdout)
     for key, parts in shares.items():
         rows, replicas = map(int, key.split("/"))
-        assert sum(parts) == rows and training.whole_shares(rows, replicas) == (min(parts) > 0), (key, parts)
+        assert sum(parts) == rows and batches.whole_shares(rows, replicas) == (min(parts) > 0), (key, parts)
 
-    assert [training.batch_count(rows, 8) for rows in (0, 1, 8, 9, 17)] == [0, 1, 1, 2, 3], "one replica: never joined"
-    assert training.batch_count(17, 8, replicas=2) == 2, "8 + 9 rows: the lone 17th row joins the batch before it"
-    assert training.batch_count(18, 8, replicas=2) == 3
-    data = training.Batches(np.arange(17), np.arange(17), 8, seed=3, replicas=2)
+    assert [batches.batch_count(rows, 8) for rows in (0, 1, 8, 9, 17)] == [0, 1, 1, 2, 3], "one replica: never joined"
+    assert batches.batch_count(17, 8, replicas=2) == 2, "8 + 9 rows: the lone 17th row joins the batch before it"
+    assert batches.batch_count(18, 8, replicas=2) == 3
+    data = batches.Batches(np.arange(17), np.arange(17), 8, seed=3, replicas=2)
     assert [len(data[i][0]) for i in range(len(data))] == [8, 9] and data.first_batch_rows() == 8
     assert sorted(np.concatenate([data[i][1] for i in range(len(data))])) == list(range(17)), "every row once"
     with pytest.raises(PipelineError, match="1 rows in batches of 8 cannot give each of 2 replicas a row"):
-        training.batch_count(1, 8, replicas=2)
+        batches.batch_count(1, 8, replicas=2)
     assert [(c.start, c.stop) for c in inference.chunks(1100)] == [(0, 512), (512, 1024), (1024, 1100)]
     assert [(c.start, c.stop) for c in inference.chunks(1030)] == [(0, 512), (512, 1030)], "6 rows cannot make a batch"
 

@@ -1,7 +1,8 @@
 """Shared logic of the pipeline stages: one module per concern.
 
-Only models.py, training.py, inference.py and distribute.py import TensorFlow; stages that do not
-need it never import them.
+TensorFlow/Keras is imported by models, training, batches, inference, distribute and live (and by
+nothing else), so ingest, split, normalize and augment never load it; stage scripts import it only
+through these modules.
 
 TensorFlow is configured here, before any module imports it, so that the same inputs and params
 give the same bits on any x86-64 CPU with AVX2 (README, "Reproducibility"): TensorFlow turns its

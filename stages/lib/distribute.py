@@ -10,7 +10,7 @@ Batch sizes in params.yaml are global: each step's batch is split over the repli
 gradients are summed (all-reduce), so `mirrored` on N devices trains like `default` with the same
 batch size, up to float rounding, dropout masks and batch order.
 Stages build, compile and run their models inside `strategy.scope()`; with multi_worker only the
-chief (worker 0) writes the stage's outputs, the others a temporary copy (`outputs`).
+chief (worker 0) writes the stage's outputs, the others a temporary copy (`only_chief_writes`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import tempfile
-from pathlib import Path
 from typing import Iterator
 
 import tensorflow as tf
@@ -68,15 +67,16 @@ def is_chief(chosen: tf.distribute.Strategy) -> bool:
 
 
 @contextlib.contextmanager
-def outputs(chosen: tf.distribute.Strategy) -> Iterator[Path]:
-    """The folder the stage writes its outputs under: `.` (the project) on the chief; on other
-    multi_worker workers a temporary folder, deleted afterwards. Every worker still runs the same
-    saving code, as Keras' multi-worker guide asks (saving may read synchronized variables)."""
+def only_chief_writes(chosen: tf.distribute.Strategy) -> Iterator[None]:
+    """Where the stage writes its outputs inside this block: the project on the chief (or under any other strategy);
+    on the other multi_worker workers a temporary folder, entered for the block and then deleted. Every worker still
+    runs the same saving code, as Keras' multi-worker guide asks (saving may read synchronized variables). Outputs
+    are written by their project paths (paths.*), which are relative; read any input before the block."""
     if is_chief(chosen):
-        yield Path(".")
+        yield
         return
-    with tempfile.TemporaryDirectory(prefix="non-chief-outputs-") as tmp:
-        yield Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="non-chief-outputs-") as tmp, contextlib.chdir(tmp):
+        yield
 
 
 class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):

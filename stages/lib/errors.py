@@ -33,6 +33,11 @@ def os_error(exc: OSError, path=None) -> PipelineError:
                          else f"{where or 'file system'}: {OS_HINTS.get(exc.errno, exc.strerror or exc)}")
 
 
+def one_line(exc: Exception) -> str:
+    """An exception's message on one line (its class name if it has none): for reasons in reports and error lines."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
 def _terminated(signum, frame):
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
 

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from lib.errors import PipelineError, os_error
+from lib.errors import OS_HINTS, PipelineError, os_error
 
 
 @contextlib.contextmanager
@@ -33,8 +33,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
         to_disk(path.parent)  # then the rename itself
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST) and about(exc, path, tmp):
+        if exc.errno in OS_HINTS and concerns(exc, path, tmp):
             raise os_error(exc, path) from None
         raise
     finally:
@@ -54,7 +53,7 @@ def to_disk(path: Path) -> None:
         os.close(fd)
 
 
-def about(exc: OSError, path: Path, tmp: Path) -> bool:
+def concerns(exc: OSError, path: Path, tmp: Path) -> bool:
     """Whether an OSError is about writing `path` (not, say, about reading an input inside the block)."""
     if exc.filename is None:  # a failed write() or flush() on the temporary file
         return True

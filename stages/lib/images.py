@@ -30,6 +30,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lib.errors import one_line
+
 # Pillow's plugins for the extensions sources.IMAGE_EXTENSIONS accepts (JPEG also opens multi-picture MPO files).
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 # Bytes all decoding threads may hold at once; an image that needs more decodes alone.
@@ -155,10 +157,6 @@ def exif_orientation(im: Image.Image) -> int | None:
     return orientation if isinstance(orientation, int) and orientation in UPRIGHT else None
 
 
-def one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or exc.__class__.__name__
-
-
 def to_rgb(im: Image.Image, top: float | None = None) -> Image.Image:
     """Any Pillow mode -> RGB: alpha composited on white, 16-bit and float scaled down, CMYK and palettes converted.
 
@@ -206,7 +204,7 @@ def shrink(im: Image.Image, max_short_side: int) -> Image.Image:
     return im.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def fit(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
+def square(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
     """(H, W, 3) uint8 -> (size, size, 3) uint8 keeping the aspect: `crop` fills and center-crops, `pad` fits and pads black."""
     im = Image.fromarray(pixels, "RGB")
     if mode == "crop":

@@ -180,11 +180,6 @@ def top_model(base: keras.Model, layer_name: str, activation_shape: tuple, pooli
     return keras.Model(inputs, head(pooling(pooling_kind)(top(inputs))), name="top_model")
 
 
-def find_base(model: keras.Model) -> keras.Model:
-    """The nested base inside an assembled model."""
-    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
-
-
 def save(model: keras.Model, path: Path) -> None:
     """model.save, made byte-reproducible: no save date in the metadata, fixed zip timestamps."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -108,6 +108,7 @@ class Base(Section):
     alpha: float = Field(gt=0)
     weights: str
     precision: Literal["float32", "bfloat16"]
+    pooling: Literal["avg", "flatten"]
 
     @model_validator(mode="after")
     def weights_exist(self):
@@ -125,7 +126,6 @@ class Base(Section):
 
 
 class Head(Section):
-    pooling: Literal["avg", "flatten"]
     units: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
 

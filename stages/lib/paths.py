@@ -44,12 +44,31 @@ OUTPUT_FOLDERS = (INGESTED, SPLIT.parent, NORMALIZED, AUGMENTED, FEATURES, ACTIV
 
 
 def split_array(folder: Path, split: str, kind: str) -> Path:
-    """`kind` is images, targets or features: e.g. data/normalized/train_images.npy."""
+    """<folder>/<split>_<kind>.npy, e.g. data/normalized/train_images.npy."""
     return folder / f"{split}_{kind}.npy"
 
 
-def fine_tune_inputs(cached: bool) -> dict[str, Path]:
-    """What fine-tune trains on: cached activations, or (end to end) the augmented train and val images."""
-    if cached:
-        return {split: split_array(ACTIVATIONS, split, "activations") for split in ("train", "val")}
-    return {"train": split_array(AUGMENTED, "train", "images"), "val": split_array(NORMALIZED, "val", "images")}
+# What the models see of each split: the training set augmented (each image followed by its variants),
+# validation and test as normalize wrote them. The one place that says which folder holds which split.
+
+def images(split: str) -> Path:
+    return split_array(AUGMENTED if split == "train" else NORMALIZED, split, "images")
+
+
+def targets(split: str) -> Path:
+    """The encoded targets, row for row with images(split)."""
+    return split_array(AUGMENTED if split == "train" else NORMALIZED, split, "targets")
+
+
+def features(split: str) -> Path:
+    """The frozen base's pooled output, row for row with images(split); beside it a copy of targets(split)."""
+    return split_array(FEATURES, split, "features")
+
+
+def feature_targets(split: str) -> Path:
+    return split_array(FEATURES, split, "targets")
+
+
+def activations(split: str) -> Path:
+    """The frozen base's output below fine_tune.unfreeze_from, row for row with images(split) (train and val only)."""
+    return split_array(ACTIVATIONS, split, "activations")

@@ -1,6 +1,6 @@
 """Predictions of the saved model on new image files (predict.py), prepared exactly as the training images were.
 
-Each file is decoded and resized by the functions ingest and normalize use (images.decode, images.fit), with
+Each file is decoded and resized by the functions ingest and normalize use (images.decode, images.square), with
 the settings of the run that trained the model, which fine-tune stores beside it (models/encoding.json,
 `input`). One CSV row per image: its path and the predicted class with its probability, then the next most
 likely classes (top_2, top_2_probability, ...), or the predicted value in the target's unit (regression).
@@ -47,7 +47,7 @@ def prepare(item: sources.Item, preparation: dict) -> tuple[np.ndarray | None, s
         return None, f"cannot read file ({exc.strerror or exc})"
     except images.Unusable as exc:
         return None, str(exc)
-    return images.fit(pixels, preparation["image_size"], preparation["resize"]), None
+    return images.square(pixels, preparation["image_size"], preparation["resize"]), None
 
 
 def header(encoding: dict, top_k: int) -> list[str]:

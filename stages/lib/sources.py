@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib.errors import PipelineError
+from lib.errors import PipelineError, one_line
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # A regression target as people write numbers in a CSV: ASCII digits, a sign, a point, an exponent. Python's float()
@@ -311,10 +311,6 @@ def check_numeric(targets: dict[int, str], task: str, csv_path: Path, target_col
         row, raw = filled[0]
         raise PipelineError(f"{csv_path}: column {target_column!r} (data.target_column) has no numbers (row {row}: {raw!r}); "
                             "data.task=regression needs a numeric target, or set data.task=classification")
-
-
-def one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 def parse_target(raw: str, task: str) -> str | float:

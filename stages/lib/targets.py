@@ -13,7 +13,7 @@ import pandas as pd
 from lib.errors import PipelineError
 
 
-def fit(train_labels: pd.Series, task: str) -> dict:
+def encoding_of(train_labels: pd.Series, task: str) -> dict:
     if task == "classification":
         return {"task": task, "classes": sorted(train_labels.astype(str).unique())}
     # math.fsum is exact: NumPy's SIMD sums (AVX-512 or AVX2, picked by CPU) would differ in the last bits

@@ -6,15 +6,12 @@ unit, early stopping on val_mae.
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lib import files
+from lib.batches import Batches
 from lib.errors import PipelineError
 
 
@@ -104,70 +101,3 @@ def best_epoch(history: pd.DataFrame, encoding: dict) -> dict:
     return {"best_epoch": int(best["epoch"]), "epochs_run": len(history),
             f"train_{m}": round(float(best[m]), 6), f"val_{m}": round(float(best[f"val_{m}"]), 6),
             "train_loss": round(float(best["loss"]), 6), "val_loss": round(float(best["val_loss"]), 6)}
-
-
-class Batches(keras.utils.PyDataset):
-    """Batches of a memory-mapped array (uint8 images, float32 activations or features) as
-    float32, with their targets: memory holds a batch, not the dataset.
-
-    With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
-    `batch_size` is global: under a tf.distribute strategy Keras splits each batch over the
-    `replicas` (with multi_worker, every worker reads the same batches and keeps its share).
-    """
-
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None,
-                 replicas: int = 1):
-        super().__init__(workers=1, use_multiprocessing=False)
-        self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
-        self.n_batches = batch_count(len(inputs), batch_size, replicas)
-        self.epoch = 0
-        self.order = self._order()
-
-    def _order(self) -> np.ndarray:
-        if self.seed is None:
-            return np.arange(len(self.inputs))
-        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.inputs))
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def first_batch_rows(self) -> int:
-        return self.batch_size if self.n_batches > 1 else len(self.inputs)
-
-    def __getitem__(self, index: int):
-        start = index * self.batch_size
-        stop = len(self.inputs) if index == self.n_batches - 1 else start + self.batch_size  # the last one takes the rest
-        rows = np.sort(self.order[start:stop])
-        x = np.asarray(self.inputs[rows], dtype=np.float32)
-        return x if self.targets is None else (x, self.targets[rows])
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self.order = self._order()
-
-
-def batch_count(rows: int, batch_size: int, replicas: int = 1) -> int:
-    """Batches of `batch_size` rows, the last one taking the rest. Under tf.distribute, a smaller last
-    batch that would leave a replica without rows (1 row over 2 replicas) joins the one before it:
-    TF 2.20's oneDNN convolutions (CPU) return a wrong shape for an empty batch. One replica
-    (train.strategy=default) never joins batches."""
-    full, rest = divmod(rows, batch_size)
-    count = full + (rest > 0)
-    if full and rest and not whole_shares(rest, replicas):
-        count -= 1
-    last = rows - (count - 1) * batch_size
-    if count and not (whole_shares(last, replicas) and (count == 1 or whole_shares(batch_size, replicas))):
-        raise PipelineError(f"{rows} rows in batches of {batch_size} cannot give each of {replicas} replicas a row of every batch; "
-                            f"try another batch size (a multiple of {replicas}) or fewer replicas")
-    return count
-
-
-def whole_shares(rows: int, replicas: int) -> bool:
-    """Whether tf.distribute splits a batch of `rows` with a row for every replica (it hands them
-    ceil(rows / replicas) rows each, in order: 5 rows over 4 replicas are 2, 2, 1 and 0)."""
-    return (replicas - 1) * math.ceil(rows / replicas) < rows
-
-
-def batches(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None, replicas: int = 1) -> Batches:
-    """Batches over the .npy `inputs` (memory-mapped) and `targets` (None: inputs only)."""
-    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed, replicas)
