@@ -7,7 +7,7 @@ Baseline: always the most frequent training class, or the training mean (regress
 """
 import pandas as pd
 
-from lib import batches, files, inference, models, params, paths, reports, review, targets
+from lib import batches, evaluation, files, inference, models, params, paths, review, targets
 from lib.errors import run
 
 
@@ -23,31 +23,22 @@ def main():
     fine_out = models.load(paths.MODEL).predict(test_images, verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 
-    summary = reports.summary(actual, predictions, encoding, baseline)
-    breakdown = reports.breakdown(actual, predictions, encoding)
+    summary = evaluation.summary(actual, predictions, encoding, baseline)
+    breakdown = evaluation.breakdown(actual, predictions, encoding)
     files.write_json(paths.EVALUATE_METRICS, summary)
     files.write_csv(paths.BREAKDOWN, breakdown, escape_formulas=True)  # class names: never spreadsheet formulas
     for name, predicted in predictions.items():
-        files.write_csv(paths.EVALUATE_PLOTS / "predictions" / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}),
-                        escape_formulas=True)
+        files.write_csv(paths.PREDICTIONS / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
     if task == "classification":
-        reports.confusion_figure(actual, predictions, encoding["classes"], paths.EVALUATE_PLOTS / "figures" / "confusion.png")
+        evaluation.confusion_figure(actual, predictions, encoding["classes"], paths.FIGURES / "confusion.png")
     else:
-        reports.regression_figures(actual, predictions, paths.EVALUATE_PLOTS / "figures")
+        evaluation.regression_figures(actual, predictions, paths.FIGURES)
 
     # The review: the fine-tuned model's worst test images (with their files), and the report around them
-    manifest = files.read_manifest(paths.MANIFEST, task)
-    test_paths = manifest.loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()  # the order of the test arrays
-    worst = review.worst_cases(actual, fine_out, encoding, test_paths)
-    shown = worst.head(review.WORST_CASES)
-    grid = paths.EVALUATE_PLOTS / "figures" / review.figure_name(task)
-    reports.image_grid(test_images.inputs[shown["index"].to_numpy()], [review.caption(row, task) for row in shown.itertuples()],
-                       review.figure_title(worst, task), grid, columns=review.GRID_COLUMNS)
+    test_paths = files.read_manifest(paths.MANIFEST, task).loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()
     training_runs = {"head": files.read_json(paths.TRAIN_HEAD_METRICS), "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS)}
-    report = review.markdown(summary, breakdown, worst, baseline, training_runs, files.read_json(paths.DATA_REPORT), encoding,
-                             figure=grid, report=paths.REVIEW)
-    with files.atomic_path(paths.REVIEW) as tmp:
-        tmp.write_text(report, encoding="utf-8")
+    grid = review.write(review.worst_cases(actual, fine_out, encoding, test_paths), test_images.inputs, summary, breakdown, baseline,
+                        training_runs, files.read_json(paths.DATA_REPORT), encoding)
     for name, figures in summary.items():
         print(f"evaluate: {name}: {figures}")
     print(f"evaluate: review -> {paths.REVIEW}, {grid}")

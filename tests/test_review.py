@@ -2,11 +2,13 @@
 The report and grid of real runs, both tasks, are checked in test_day_to_day.py and test_pipeline_e2e.py."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import files, reports, review, targets
+from lib import evaluation, files, review, targets
 
 CLASSES = ["cat", "dog|wolf", "<b>owl</b>"]
 ENCODING = {"task": "classification", "classes": CLASSES}
@@ -44,8 +46,8 @@ def report(skipped: int = 0, worst_cases: int = 2) -> str:
                 "fine_tuned": {"best_epoch": 0, "epochs_run": 0}}
     data = {"images": 12, "skipped": skipped, "duplicates": 1, "classes": {name: 4 for name in CLASSES},
             "skipped_files": [{"path": f"cat/{i:03d}|.png", "reason": "empty file"} for i in range(skipped)]}
-    return review.markdown(summary, breakdown, worst, "cat", training, data, ENCODING, figure=reports.Path("plots/evaluate/figures/m.png"),
-                           report=reports.Path("reports/review.md"))
+    return review.markdown(summary, breakdown, worst, "cat", training, data, ENCODING, figure=Path("plots/evaluate/figures/m.png"),
+                           report=Path("reports/review.md"))
 
 
 def test_the_report_compares_the_three_models_and_writes_the_data_literally():
@@ -73,11 +75,11 @@ def test_the_grid_draws_captions_literally_and_the_same_bytes_every_time(tmp_pat
     pixels = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
     captions = [f"{i}.png\ntrue: $x^$ {i}\npredicted: a_b" for i in range(5)]  # math text would fail to parse
     for name in ("a.png", "b.png"):
-        reports.image_grid(pixels, captions, "Fine-tuned model: a $ title", tmp_path / name)
+        evaluation.image_grid(pixels, captions, "Fine-tuned model: a $ title", tmp_path / name)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     with Image.open(tmp_path / "a.png") as grid:
         assert grid.size == (1200, round((3.7 * 2 + 0.6) * 100)), "two rows of four"
-    reports.image_grid(pixels[:0], [], "Fine-tuned model: no mistake on the test set", tmp_path / "none.png")
+    evaluation.image_grid(pixels[:0], [], "Fine-tuned model: no mistake on the test set", tmp_path / "none.png")
     assert (tmp_path / "none.png").stat().st_size > 0
 
 
@@ -91,12 +93,12 @@ def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
 
     import pandas as pd
 
-    from lib import reports
+    from lib import evaluation
 
     actual = np.array(HOSTILE_CLASSES * 2)
     predicted = np.roll(actual, 1)
     encoding = {"task": "classification", "classes": sorted(HOSTILE_CLASSES)}
-    files.write_csv(tmp_path / "breakdown.csv", reports.breakdown(actual, {"head": predicted}, encoding), escape_formulas=True)
+    files.write_csv(tmp_path / "breakdown.csv", evaluation.breakdown(actual, {"head": predicted}, encoding), escape_formulas=True)
     files.write_csv(tmp_path / "head.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
     shown = {"=HYPERLINK(\"http://x.example\",\"y\")": "'=HYPERLINK(\"http://x.example\",\"y\")",
              "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0", "-2+3": "'-2+3", "@SUM(A1:A9)": "'@SUM(A1:A9)",
@@ -110,8 +112,8 @@ def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
 
 def test_class_names_with_dollar_signs_are_drawn_literally(tmp_path):
     """matplotlib reads $...$ as math text: 'a$^$b' made evaluate's confusion matrix crash after the whole pipeline ran."""
-    from lib import reports
+    from lib import evaluation
 
     actual = np.array(HOSTILE_CLASSES * 2)
-    reports.confusion_figure(actual, {"head": actual, "fine_tuned": np.roll(actual, 1)}, sorted(HOSTILE_CLASSES), tmp_path / "confusion.png")
+    evaluation.confusion_figure(actual, {"head": actual, "fine_tuned": np.roll(actual, 1)}, sorted(HOSTILE_CLASSES), tmp_path / "confusion.png")
     assert (tmp_path / "confusion.png").stat().st_size > 1000

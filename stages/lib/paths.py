@@ -35,6 +35,8 @@ BREAKDOWN = Path("metrics/breakdown.csv")        # per class, or per target rang
 TRAIN_HEAD_LIVE = Path("dvclive/train_head")
 FINE_TUNE_LIVE = Path("dvclive/fine_tune")
 EVALUATE_PLOTS = Path("plots/evaluate")
+PREDICTIONS = EVALUATE_PLOTS / "predictions"      # <model>.csv: actual, predicted per test image
+FIGURES = EVALUATE_PLOTS / "figures"              # confusion matrices or scatter plots, the worst test images
 REVIEW = Path("reports/review.md")              # the review of the run (evaluate), for a pull request
 
 SPLITS = ("train", "val", "test")

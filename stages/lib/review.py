@@ -5,9 +5,10 @@
 - worst_cases_figure(): those images in a grid, each with its file, true and predicted label.
 - markdown(): head-only vs fine-tuned vs a constant baseline, per class (or target range), the worst cases,
   the training runs, and the data report with every skipped file.
+- write(): both, into plots/evaluate/figures and reports/review.md.
 
 Text from the data (class names, file names) is drawn and written literally: no math text in figures, no
-Markdown or HTML in the report. No matplotlib, no TensorFlow: reports.py draws.
+Markdown or HTML in the report. No TensorFlow; evaluation.py draws the grid.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from lib import evaluation, files, paths
 
 GRID_COLUMNS = 4
 WORST_CASES = 16      # images in the grid and rows in the report's table
@@ -163,3 +166,17 @@ def data_section(report: dict, task: str) -> list[str]:
     if len(skipped) > SKIPPED_SHOWN:
         lines += ["", f"... and {len(skipped) - SKIPPED_SHOWN} more: every one is in metrics/data.json."]
     return lines
+
+
+def write(worst: pd.DataFrame, images: np.ndarray, summary: dict, breakdown: pd.DataFrame, baseline, training: dict, data_report: dict,
+          encoding: dict) -> Path:
+    """The grid of the WORST_CASES first of `worst` (rows of `images`, the test images) and the report around it. -> the grid."""
+    task = encoding["task"]
+    shown = worst.head(WORST_CASES)
+    grid = paths.FIGURES / figure_name(task)
+    evaluation.image_grid(images[shown["index"].to_numpy()], [caption(row, task) for row in shown.itertuples()],
+                          figure_title(worst, task), grid, columns=GRID_COLUMNS)
+    report = markdown(summary, breakdown, worst, baseline, training, data_report, encoding, figure=grid, report=paths.REVIEW)
+    with files.atomic_path(paths.REVIEW) as tmp:
+        tmp.write_text(report, encoding="utf-8")
+    return grid
