@@ -106,8 +106,10 @@ def figures(metrics: dict, task: str) -> dict:
     evaluate, head, fine = metrics["metrics/evaluate.json"], metrics["metrics/train_head.json"], metrics["metrics/fine_tune.json"]
     row = {"head test": evaluate["head"][m], "fine-tuned test": evaluate["fine_tuned"][m],
            "head val": head[f"val_{m}"], "fine-tuned val": fine[f"val_{m}"]}
-    if "cv_mean" in head:  # train_head.folds > 0: k-fold estimate of the head on the stored features
-        row["head k-fold"] = head["cv_mean"]
+    if "kfold" in head:  # train_head.folds > 0: k-fold estimate of the head on train + val (stored features)
+        row["head k-fold"] = head["kfold"][f"{m}_mean"]
+    if f"model_val_{m}" in fine:  # the saved model (with its test-time augmentation) on val
+        row["saved val"] = fine[f"model_val_{m}"]
     return row
 
 
@@ -121,7 +123,7 @@ def report(dataset: str, seeds: list[int], rows: dict, seconds: dict, overrides:
         minutes = seconds.get(seed)
         print(f"{seed:>12}" + "".join(f"{rows[seed][c]:>17.4f}" for c in columns) + (f"{minutes / 60:>10.1f}" if minutes else f"{'-':>10}"))
     if len(seeds) > 1:
-        cells = "".join(f"{statistics.mean(rows[s][c] for s in seeds):>9.4f} ±{statistics.stdev(rows[s][c] for s in seeds):<6.4f}"
+        cells = "".join(f"{statistics.mean(rows[s][c] for s in seeds):.4f} ±{statistics.stdev(rows[s][c] for s in seeds):.4f}".rjust(17)
                         for c in columns)
         print(f"{'mean ± std':>12}" + cells)
 
