@@ -1,6 +1,6 @@
 # Two commands for a fresh machine:
 #   make run    install into .venv, then `dvc repro` the pipeline on the embedded default (digits)
-#   make test   install into .venv, then run the test suite
+#   make test   install into .venv, then lint (ruff) and run the test suite
 VENV := .venv
 BIN := $(VENV)/bin
 KERAS_CACHE := $(or $(KERAS_HOME),$(HOME)/.keras)/models
@@ -18,6 +18,7 @@ run: install keras-cache
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: install keras-cache vega
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 install: $(BIN)/.installed

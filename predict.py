@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "stages"))
-from lib import files, inference, models, prediction, settings, sources  # noqa: E402  lib configures TensorFlow first
-from lib.errors import PipelineError, run  # noqa: E402
-
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+from lib import files, inference, models, prediction, settings, sources  # noqa: E402  lib configures TensorFlow first
+from lib.errors import PipelineError, run  # noqa: E402
 
 SOME_SKIPPED = 3  # exit status: the CSV is written, but some files were skipped
 

@@ -42,7 +42,8 @@ def main():
             tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]
-            for item, (row, result) in zip(batch, pool.map(lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch)):
+            loaded = pool.map(lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch)
+            for item, (row, result) in zip(batch, loaded):
                 if row is None:
                     skipped.append(sources.Skipped(item.path, result))
                     continue

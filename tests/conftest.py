@@ -210,7 +210,8 @@ def fast_run(tmp_path_factory) -> Run:
     """The project on its digits with FAST params: `dvc repro`, committed, `dvc repro` again, then experiments through
     DVC's queue, two at a time: FAST_EXPERIMENTS, and ingest + split on another folder of images, given by its absolute
     path (other-data) and by a relative path leaving the project (relative-data, which fails). outputs has what each
-    printed ("queue" for `dvc queue status`, "live" for what run_queue saw of live metrics). Shared by the end-to-end tests that only read it or add experiments of
+    printed ("queue" for `dvc queue status`, "live" for what run_queue saw of live metrics). Shared by the end-to-end
+    tests that only read it or add experiments of
     their own (`dvc exp run --temp`): none may change its workspace; copy_project it to change it."""
     root = tmp_path_factory.mktemp("fast_run")
     project = make_project(root, FAST)

@@ -46,7 +46,8 @@ window.addEventListener("load", async () => {
     const depth = (node) => { let n = 0; for (let g = node.parentElement; g; g = g.parentElement) n += g.matches("g.mark-group") ? 1 : 0; return n; };
     const titles = Array.from(div.querySelectorAll("g.role-title-text text")).sort((a, b) => depth(a) - depth(b));
     const title = titles.length ? titles[0].textContent : null;
-    return {id: id, error: error, svg: div.querySelectorAll("svg.marks").length, marks: div.querySelectorAll("svg.marks path, svg.marks rect, svg.marks line").length,
+    return {id: id, error: error, svg: div.querySelectorAll("svg.marks").length,
+            marks: div.querySelectorAll("svg.marks path, svg.marks rect, svg.marks line").length,
             title: title};
   });
   const images = Array.from(document.querySelectorAll("div[id] > p:first-child")).filter((p) => p.parentElement.querySelector("img"))

@@ -1,6 +1,8 @@
 """The networks: base variants, preprocessing, head, unfreezing with frozen BatchNormalization, saving."""
 from __future__ import annotations
 
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -123,3 +125,38 @@ def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(
     bottom, top = models.split_base(mobilenet, "block_11_expand")
     x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     assert np.allclose(top.predict(bottom.predict(x, verbose=0), verbose=0), mobilenet.predict(x, verbose=0), atol=1e-5)
+
+
+
+
+def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
+    from lib import models
+
+    marker = tmp_path / "code-ran"
+    # a lambda is saved as Python bytecode, which would run on loading without safe_mode
+    side_effect = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x * 2)[1]")
+    inputs = keras.Input((2,))
+    keras.Model(inputs, keras.layers.Lambda(side_effect)(inputs)).save(tmp_path / "evil.keras")
+    marker.unlink()
+    keras.models.load_model(tmp_path / "evil.keras", safe_mode=False).predict(np.ones((1, 2)), verbose=0)
+    assert marker.exists(), "the payload is real"
+    marker.unlink()
+    with pytest.raises(PipelineError, match=r"cannot load the model .*evil.keras: .*safe_mode"):
+        models.load(tmp_path / "evil.keras")
+    assert not marker.exists()
+
+
+def test_the_pipeline_models_have_no_lambda_and_load_in_safe_mode(tmp_path):
+    from lib import models
+
+    base = models.build_base("vgg16", 1.0, "none")
+    extractor = models.feature_extractor(base, "vgg16", 32, "avg")
+    head = models.build_head(extractor.output.shape[-1], 8, 0.1, 1, "regression")
+    model = models.export(models.assemble(extractor, head), {"task": "regression", "mean": 30.0, "std": 4.0})
+    models.save(model, tmp_path / "model.keras")
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        config = archive.read("config.json").decode()
+    assert '"class_name": "Lambda"' not in config and "lambda" not in config.lower()
+    pixels = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")
+    loaded = models.load(tmp_path / "model.keras")
+    assert np.allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
+import yaml
 
 from conftest import DELETE, ROOT, run_stage, stage_project, write_params
 from lib import params
 from lib.errors import PipelineError
-
 
 weights = ROOT / "tests" / "does-not-exist.weights.h5"
 
@@ -68,7 +69,8 @@ CASES = [
                             "your images, e.g. data/raw/<name>"),
     ({"data.source": "data"}, "data.source data overlaps the pipeline's own outputs (data/ingested)"),
     ({"data.source": "metrics/x"}, "data.source metrics/x overlaps the pipeline's own outputs (metrics)"),
-    ({"data.csv": "../labels.csv"}, "data.csv '../labels.csv' must name a .csv file inside data.source (e.g. labels.csv), or be empty for class folders"),
+    ({"data.csv": "../labels.csv"}, "data.csv '../labels.csv' must name a .csv file inside data.source (e.g. labels.csv), "
+                                    "or be empty for class folders"),
     ({"data.csv": "labels.txt"}, "data.csv 'labels.txt' must name a .csv file inside data.source"),
     ({"data.target_column": "image"}, "data.path_column and data.target_column are both 'image'; they must be two columns"),
 ]
@@ -113,13 +115,13 @@ def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
         result = run_stage(project, stage)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip() == ("error: params.yaml: unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: "
-                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, unfreeze_from, momentum, cache_activations, threads")
+                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, unfreeze_from, momentum, "
+                                         "cache_activations, threads")
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages"], "nothing was written"
 
 
 def test_seeds_at_the_limit_work_where_they_are_used():
     """The largest seed the schema accepts is one NumPy (and so Keras) accepts: the bound is the real one."""
-    import numpy as np
 
     np.random.seed(params.SEED_LIMIT - 1)
     with pytest.raises(ValueError):
@@ -169,3 +171,15 @@ def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activat
     assert "block_16_expand" in valid and not [name for name in valid if name.endswith("_add") or name.startswith("input_layer")]
     with pytest.raises(PipelineError, match=f"^fine_tune.unfreeze_from {layer!r} {re.escape(why)}"):
         models.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_params_yaml_with_python_tags_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = f"data: !!python/object/apply:builtins.open [{str(marker)!r}, w]\n"
+    yaml.unsafe_load(evil)
+    assert marker.exists(), "the payload is real"
+    marker.unlink()
+    (tmp_path / "params.yaml").write_text(evil)
+    with pytest.raises(PipelineError, match="params.yaml: cannot read params .*could not determine a constructor for the tag"):
+        params.load(tmp_path / "params.yaml")
+    assert not marker.exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import reports, review, targets
+from lib import files, reports, review, targets
 
 CLASSES = ["cat", "dog|wolf", "<b>owl</b>"]
 ENCODING = {"task": "classification", "classes": CLASSES}
@@ -79,3 +79,39 @@ def test_the_grid_draws_captions_literally_and_the_same_bytes_every_time(tmp_pat
         assert grid.size == (1200, round((3.7 * 2 + 0.6) * 100)), "two rows of four"
     reports.image_grid(pixels[:0], [], "Fine-tuned model: no mistake on the test set", tmp_path / "none.png")
     assert (tmp_path / "none.png").stat().st_size > 0
+
+
+HOSTILE_CLASSES = ["=HYPERLINK(\"http://x.example\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "a$^$b", "-1", "plain"]
+
+
+def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
+    """metrics/breakdown.csv and plots/evaluate/predictions/*.csv go to spreadsheets: a class name starting with = + - @
+    gets a leading ' (shown, not run); plain numbers stay, and actual and predicted stay paired for `dvc plots`."""
+    import csv
+
+    import pandas as pd
+
+    from lib import reports
+
+    actual = np.array(HOSTILE_CLASSES * 2)
+    predicted = np.roll(actual, 1)
+    encoding = {"task": "classification", "classes": sorted(HOSTILE_CLASSES)}
+    files.write_csv(tmp_path / "breakdown.csv", reports.breakdown(actual, {"head": predicted}, encoding), escape_formulas=True)
+    files.write_csv(tmp_path / "head.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
+    shown = {"=HYPERLINK(\"http://x.example\",\"y\")": "'=HYPERLINK(\"http://x.example\",\"y\")",
+             "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0", "-2+3": "'-2+3", "@SUM(A1:A9)": "'@SUM(A1:A9)",
+             "a$^$b": "a$^$b", "-1": "-1", "plain": "plain"}
+    with open(tmp_path / "breakdown.csv", newline="") as f:
+        assert [row["class"] for row in csv.DictReader(f)] == [shown[c] for c in sorted(HOSTILE_CLASSES)]
+    with open(tmp_path / "head.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["actual"], r["predicted"]) for r in rows] == [(shown[a], shown[p]) for a, p in zip(actual, predicted)]
+
+
+def test_class_names_with_dollar_signs_are_drawn_literally(tmp_path):
+    """matplotlib reads $...$ as math text: 'a$^$b' made evaluate's confusion matrix crash after the whole pipeline ran."""
+    from lib import reports
+
+    actual = np.array(HOSTILE_CLASSES * 2)
+    reports.confusion_figure(actual, {"head": actual, "fine_tuned": np.roll(actual, 1)}, sorted(HOSTILE_CLASSES), tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").stat().st_size > 1000

@@ -39,7 +39,8 @@ def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, 
         if not fills_every_split(len(groups), val, test):
             fix = "lower split.bins or add images" if name.startswith("target bin") else "add images to it or remove it"
             joined = (stratum == name) & manifest["group"].map(group_stratum).ne(name)
-            near = f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see metrics/data.json)" if joined.any() else ""
+            near = (f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see metrics/data.json)"
+                    if joined.any() else "")
             raise PipelineError(f"{name!r} has {len(groups)} distinct images{near}; split.val={val:g} and split.test={test:g} "
                                 f"need at least {minimum_size(val, test)} (one in each split): {fix}")
         n_val, n_test = round(len(groups) * val), round(len(groups) * test)

@@ -1,31 +1,21 @@
-"""Disk full, read-only or blocked output folders: one clear line naming the file, never a traceback, and no
-partial output. Disk full is real: the temporary file is a link to /dev/full, where every write fails (ENOSPC)."""
+"""lib/files.py and lib/errors.py: outputs written atomically and durably, arrays read without pickle, and a
+stage that fails (full or read-only disk, a signal) says so in one line and leaves no half-written output."""
 from __future__ import annotations
 
 import errno
 import os
-import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import ROOT, make_image
+from bad_files import DISK_FULL, full_disk_at, needs_dev_full
+from conftest import ROOT
 from lib import errors, files
 from lib.errors import PipelineError
-
-needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-DISK_FULL = "no space left on the device: free disk space"
-
-
-def full_disk_at(path: Path) -> Path:
-    """Make the next write of `path` (through its temporary file) hit a full disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(path.name + ".tmp").symlink_to("/dev/full")
-    return path
 
 
 @needs_dev_full
@@ -158,22 +148,70 @@ def test_other_errors_still_show_their_traceback():
         errors.run(main)
 
 
-@needs_dev_full
-def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for c, name in enumerate(["a", "b"]):
-        for i in range(3):
-            make_image(tmp_path / "src" / name / f"{i}.png", (100 * c, 50, 50), noise_seed=i)
-    params["data"]["source"] = str(tmp_path / "src")
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    full_disk_at(project / "data/ingested/pixels.u8")
-    result = subprocess.run([sys.executable, "stages/ingest.py"], cwd=project, capture_output=True, text=True)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/pixels.u8: {DISK_FULL}"
-    assert os.listdir(project / "data/ingested") == [] and not (project / "metrics").exists()
-    (project / "metrics").write_text("")  # now the report's folder is blocked by a file
-    result = subprocess.run([sys.executable, "stages/ingest.py"], cwd=project, capture_output=True, text=True)
-    assert result.stderr.strip().splitlines()[-1] == "error: cannot write metrics/data.json: a file is in the way where a folder is needed: move it"
-    assert sorted(os.listdir(project / "data/ingested")) == ["manifest.csv", "pixels.u8"], "complete files; DVC records nothing"
+def test_a_failed_write_keeps_the_old_output_and_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "out" / "a.npy"
+    files.save_npy(out, np.arange(5))
+    for failure in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(failure)):
+            with files.npy_writer(out, (1000,), np.int64) as array:
+                array[:10] = 7  # half-written...
+                raise failure
+        assert np.array_equal(files.load_npy(out), np.arange(5)) and os.listdir(out.parent) == ["a.npy"]
+    files.save_npy(out, np.ones(3))
+    assert np.array_equal(files.load_npy(out), np.ones(3)) and os.listdir(out.parent) == ["a.npy"]
+
+
+SLOW_STAGE = """
+import sys, time
+sys.path.insert(0, {stages!r})
+from lib import files
+from lib.errors import run
+
+def main():
+    with files.atomic_path(files.Path("out.txt")) as tmp, open(tmp, "w") as f:
+        f.write("partial")
+        f.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+
+run(main)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signalled_stage_says_so_in_one_line_and_removes_its_temporary_file(tmp_path, signum):
+    (tmp_path / "out.txt").write_text("previous run")
+    stage = subprocess.Popen([sys.executable, "-c", SLOW_STAGE.format(stages=str(ROOT / "stages"))], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert stage.stdout.readline() == "writing\n" and (tmp_path / "out.txt.tmp").exists()
+    stage.send_signal(signum)
+    _, stderr = stage.communicate(timeout=30)
+    assert stage.returncode == 130
+    assert stderr == "error: interrupted; no output was half-written: run `dvc repro` again to finish\n"
+    assert sorted(os.listdir(tmp_path)) == ["out.txt"] and (tmp_path / "out.txt").read_text() == "previous run"
+
+
+class Payload:
+    """Unpickling this creates `marker`: what a malicious array file would do, with a harmless effect."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_an_array_file_with_pickled_objects_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "train_images.npy"
+    np.save(evil, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    np.load(evil, allow_pickle=True)
+    assert marker.exists(), "the payload is real"
+    marker.unlink()
+    for mmap in (False, True):
+        with pytest.raises(PipelineError, match="train_images.npy holds Python objects, which are never unpickled; rerun the stage"):
+            files.load_npy(evil, mmap=mmap)
+    assert not marker.exists()
+    (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    with pytest.raises(PipelineError, match="garbage.npy is not a valid .npy array"):
+        files.load_npy(tmp_path / "garbage.npy")

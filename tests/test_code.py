@@ -1,8 +1,5 @@
-"""dvc.yaml tells the truth: each stage lists exactly the code it runs and the params keys it reads.
-
-A missing dependency means stale cached results with no warning; an extra one, needless reruns.
-Both are computed here from the stage scripts themselves (ast), not kept by hand.
-"""
+"""The code itself: dvc.yaml lists exactly the code each stage runs and the params keys it reads (computed from
+the scripts with ast), TensorFlow is left to lib, and nothing loads untrusted data with a code-running loader."""
 from __future__ import annotations
 
 import ast
@@ -72,7 +69,7 @@ def params_read(script: Path) -> set[str]:
             for arg in node.args:
                 if isinstance(arg, ast.Name) and arg.id in sections:
                     section = sections[arg.id]
-                    keys |= {f"{section}.{key}" for key in getattr(params.Params, "model_fields")[section].annotation.model_fields}
+                    keys |= {f"{section}.{key}" for key in params.Params.model_fields[section].annotation.model_fields}
     return keys
 
 
@@ -119,3 +116,46 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     assert dvc_yaml["metrics"] == [f"{folder}/metrics.json" for folder in ("dvclive/train_head", "dvclive/fine_tune")]
     curves = [file for plot in titled if isinstance(plot.get("y"), dict) for file in plot["y"]]
     assert all(file.startswith(("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/")) for file in curves) and len(curves) == 4
+
+
+STAGE_SOURCES = sorted((ROOT / "stages").rglob("*.py"))
+
+
+def calls(name: str):
+    """(file, call node) for every call of `<something>.name(...)` or `name(...)` in the stage code."""
+    for path in STAGE_SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                if (isinstance(func, ast.Attribute) and func.attr == name) or (isinstance(func, ast.Name) and func.id == name):
+                    yield path.relative_to(ROOT), node
+
+
+def keyword(node: ast.Call, name: str):
+    return next((ast.literal_eval(k.value) for k in node.keywords if k.arg == name), "missing")
+
+
+def test_the_code_has_no_unsafe_loader():
+    for path in STAGE_SOURCES:
+        text = path.read_text()
+        tree = ast.parse(text)
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert not imported & {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal", "torch"}, path
+        for banned in ("allow_pickle=True", "read_pickle", "unsafe_load", "full_load", "safe_mode=False",
+                       "enable_unsafe_deserialization", "Lambda(", "eval(", "exec("):
+            assert banned not in text, f"{path}: {banned}"
+    np_loads = [(path, node) for path, node in calls("load") if isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "np"]
+    assert np_loads and all(keyword(node, "allow_pickle") is False for _, node in np_loads), np_loads
+    yaml_loads = [path for path, node in calls("load") if isinstance(node.func, ast.Attribute)
+                  and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml"]
+    assert yaml_loads == [] and any(True for _ in calls("safe_load"))
+    load_models = list(calls("load_model"))
+    assert load_models and all(keyword(node, "safe_mode") is True for _, node in load_models)
+
+
+def test_evaluate_escapes_every_csv_it_writes():
+    """Every CSV evaluate writes holds class names from the data."""
+    writes = [node for path, node in calls("write_csv") if path.name == "evaluate.py"]
+    assert len(writes) == 2 and all(keyword(node, "escape_formulas") is True for node in writes)
