@@ -58,8 +58,8 @@ def prepare(project_arg: str | None) -> Path:
     else:
         project = Path(project_arg).resolve()
         subprocess.run(["git", "pull", "-q", "--ff-only"], cwd=project, check=True)
-    print(f"project: {project} at {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=project, capture_output=True, text=True).stdout.strip()}",
-          flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    print(f"project: {project} at {commit}", flush=True)
     return project
 
 
