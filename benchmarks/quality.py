@@ -75,16 +75,21 @@ def experiments(project: Path) -> dict:
     return found
 
 
-def run_queue(project: Path, names: list[str], jobs: int, timings: Path) -> None:
-    """Start the queue and wait for it, noting when each experiment starts and stops running (wall time)."""
+def queue_tasks(project: Path) -> list[tuple[str, str, str]]:
+    """`dvc queue status`: (task, name, state) of every task, old ones included."""
+    status = harness.run(["dvc", "queue", "status"], project).output
+    return re.findall(r"^([0-9a-f]+)\s+(\S+)\s.*?\b(Queued|Running|Success|Failed)\b", status, re.M)
+
+
+def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tasks: set[str]) -> None:
+    """Start the queue and wait for it, noting when each experiment starts and stops running (wall time). Tasks from
+    before (old_tasks: a failed run of the same name) are not looked at."""
     seconds = json.loads(timings.read_text()) if timings.exists() else {}
     harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)
     started = {}
     while True:
-        status = harness.run(["dvc", "queue", "status"], project).output
         now = time.monotonic()
-        states = {name: state for name in names
-                  for state in re.findall(rf"^\S+\s+{re.escape(name)}\s.*?\b(Queued|Running|Success|Failed)\b", status, re.M)}
+        states = {name: state for task, name, state in queue_tasks(project) if task not in old_tasks and name in names}
         for name, state in states.items():
             if state == "Running" and name not in started:
                 started[name] = now
@@ -145,13 +150,14 @@ def main():
     names = {(d, s): f"{d}-s{s}-{tag}" for d in datasets for s in args.seeds}
     done = experiments(project)
     queued = [name for name in names.values() if name not in done]
+    old_tasks = {task for task, _, _ in queue_tasks(project)}
     for (dataset, seed), name in names.items():
         if name in queued:
             params = CONFIGS[dataset] | overrides | {"split.seed": seed}
             harness.run(["dvc", "exp", "run", "--queue", "-n", name, *[a for k, v in params.items() for a in ("-S", f"{k}={v}")]], project)
     if queued:
         print(f"running {len(queued)} experiment(s), {args.jobs} at a time: {', '.join(queued)}", flush=True)
-        run_queue(project, queued, args.jobs, timings)
+        run_queue(project, queued, args.jobs, timings, old_tasks)
         done = experiments(project)
     seconds = json.loads(timings.read_text()) if timings.exists() else {}
     for dataset in datasets:
