@@ -5,7 +5,8 @@
     python benchmarks/quality.py -S fine_tune.epochs=16           # the README configurations plus an override
     python benchmarks/quality.py --project /tmp/q/project -S ...  # reuse a clone: its DVC cache skips unchanged stages
 
-In one clone (fresh, or --project, brought up to this repository's commit with `git pull`), queues one
+In one clone (fresh, after a `dvc repro` of the committed params that fills its DVC cache; or --project, brought up to
+this repository's commit with `git pull`), queues one
 `dvc exp run --queue -n <dataset>-s<seed>-<tag> -S ...` per dataset and seed with the README's params (FLOWERS,
 UTKFACE below) plus the -S overrides, runs them with `dvc queue start -j N`, and reads their metrics from
 `dvc exp show --json`. Prints per seed and mean +/- std (over seeds, n-1) the test figures of the head only and the
@@ -55,6 +56,11 @@ def tag_of(overrides: dict) -> str:
 def prepare(project_arg: str | None) -> Path:
     if project_arg is None:
         project = harness.clone("quality")
+        # the committed run (digits) into the clone's DVC cache: an experiment whose data stages come from the run cache
+        # still loads the committed dvc.lock's output folders, and fails where the cache lacks them
+        print(f"dvc repro of the committed params (digits) in {project} ...", flush=True)
+        harness.run(["dvc", "repro"], project)
+        subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)  # the workspace as committed (the cache keeps the run)
     else:
         project = Path(project_arg).resolve()
         subprocess.run(["git", "pull", "-q", "--ff-only"], cwd=project, check=True)
