@@ -76,7 +76,7 @@ def experiments(project: Path) -> dict:
     for commit in shown:
         for exp in commit.get("experiments") or []:
             rev = exp["revs"][0]
-            if exp.get("name") and rev.get("data"):
+            if exp.get("name") and rev.get("data") and not rev.get("error"):  # not a failed run
                 found[exp["name"]] = {path: metric["data"] for path, metric in (rev["data"].get("metrics") or {}).items()}
     return found
 
@@ -154,6 +154,7 @@ def main():
 
     tag = tag_of(overrides)
     names = {(d, s): f"{d}-s{s}-{tag}" for d in datasets for s in args.seeds}
+    harness.run(["dvc", "queue", "remove", "--failed"], project)  # failed runs of these names, if any: queued again
     done = experiments(project)
     queued = [name for name in names.values() if name not in done]
     old_tasks = {task for task, _, _ in queue_tasks(project)}
