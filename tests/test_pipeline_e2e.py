@@ -47,6 +47,14 @@ def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
     assert metrics["baseline"]["accuracy"] == pytest.approx(36 / 359, abs=1e-6), "always the most frequent training class"
     data_report = json.loads((project / "metrics/data.json").read_text())
     assert data_report["images"] == 1797 and data_report["skipped"] == 0 and len(data_report["classes"]) == 10
+    # k-fold estimate of the head (train_head.folds: 5) beside its single-split figures; the saved model scored on val
+    head = json.loads((project / "metrics/train_head.json").read_text())
+    kfold = head["kfold"]
+    assert kfold["folds"] == 5 and len(kfold["per_fold"]) == 5 and kfold["epochs"] == head["best_epoch"]
+    assert kfold["accuracy_min"] <= kfold["accuracy_mean"] <= kfold["accuracy_max"] and kfold["accuracy_mean"] > 0.5
+    assert kfold["accuracy_mean"] == pytest.approx(np.mean(kfold["per_fold"]), abs=1e-6) and kfold["accuracy_std"] > 0
+    fine = json.loads((project / "metrics/fine_tune.json").read_text())
+    assert fine["model_val_accuracy"] == pytest.approx(fine["val_accuracy"], abs=1e-6), "fine_tune.tta none: the trained weights, as saved"
 
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
     pixels = np.load(project / "data/normalized/test_images.npy")[:8].astype("float32")
