@@ -461,8 +461,16 @@ def assert_same_model(a: Path, b: Path) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+def flat(metrics, prefix: str = "") -> dict:
+    """{'kfold': {'per_fold': [a, b]}} -> {'kfold.per_fold.0': a, 'kfold.per_fold.1': b}"""
+    items = metrics.items() if isinstance(metrics, dict) else enumerate(metrics) if isinstance(metrics, list) else None
+    if items is None:
+        return {prefix: metrics}
+    return {key: value for k, v in items for key, value in flat(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+
+
 def assert_same_metrics(a: Path, b: Path) -> None:
-    ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
+    ma, mb = flat(json.loads(a.read_text())), flat(json.loads(b.read_text()))
     assert ma.keys() == mb.keys() and ma["epochs_run"] == mb["epochs_run"] > 0
     for key in ma:
         assert mb[key] == pytest.approx(ma[key], abs=1e-4), key
