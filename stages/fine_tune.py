@@ -5,7 +5,9 @@ fine_tune.cache_activations: true (default) trains the unfrozen top + head on th
 extract-activations cached below the cut: the same network and data as end to end, without pushing
 every image through the frozen bottom each epoch. false trains the full model on the images.
 Writes models/model.keras either way: raw RGB pixels in, class probabilities (or the target, in its
-unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model.
+unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model. fine_tune.tta: flip bakes test-time
+augmentation into it (the mean over the image and its mirror image); metrics/fine_tune.json gives the saved model's
+validation figure (model_val_<metric>) beside the training run's.
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); fine_tune.batch_size is global.
 Each epoch's figures go to dvclive/fine_tune as it trains (lib/live.py); the restored best epoch to metrics/fine_tune.json.
 """
@@ -35,16 +37,20 @@ def main():
         print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
               f"(BatchNormalization frozen), trained on {inputs('train')}")
         opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
-        training.compile_for(trained, encoding, cfg.loss, opt)
+        training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)
     preparation = {"max_short_side": p.ingest.max_short_side, "max_megapixels": p.ingest.max_megapixels,
                    "image_size": p.normalize.image_size, "resize": p.normalize.resize}
+    exported = models.export(model, encoding, cfg.tta)
+    val_images = batches.from_files(paths.images("val"), paths.targets("val"), cfg.batch_size, None, replicas)
+    metrics = training.best_epoch(history, encoding)
+    metrics[f"model_val_{training.metric_name(encoding)}"] = round(training.score(exported, val_images, encoding), 6)
     with distribute.only_chief_writes(strategy):
-        models.save(models.export(model, encoding), paths.MODEL)
+        models.save(exported, paths.MODEL)
         files.write_json(paths.MODEL_ENCODING, encoding | {"input": preparation})
-        files.write_json(paths.FINE_TUNE_METRICS, training.best_epoch(history, encoding))
+        files.write_json(paths.FINE_TUNE_METRICS, metrics)
 
 
 def activation_shape() -> tuple:

@@ -3,8 +3,9 @@
 The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
 Each epoch's figures go to dvclive/train_head as it trains (lib/live.py); the restored best epoch to metrics/train_head.json.
 Built, compiled and trained under train.strategy (stages/lib/distribute.py); train_head.batch_size is global.
+train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val (lib/crossval.py) to the metrics.
 """
-from lib import batches, distribute, files, live, models, params, paths, targets, training
+from lib import batches, crossval, distribute, files, live, models, params, paths, targets, training
 from lib.errors import run
 
 
@@ -20,12 +21,16 @@ def main():
     with strategy.scope():
         head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
         training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
-                                                                         total_steps=cfg.epochs * len(train)))
+                                                                         total_steps=cfg.epochs * len(train)), cfg.label_smoothing)
     history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     with distribute.only_chief_writes(strategy):
         models.save(head, paths.HEAD_MODEL)
-        files.write_json(paths.TRAIN_HEAD_METRICS, training.best_epoch(history, encoding))
+    metrics = training.best_epoch(history, encoding)
+    if cfg.folds:  # after the head is saved: its own heads, seeded per fold
+        metrics["kfold"] = crossval.estimate(cfg, p.head, p.augment.copies + 1, encoding, strategy, epochs=metrics["best_epoch"])
+    with distribute.only_chief_writes(strategy):
+        files.write_json(paths.TRAIN_HEAD_METRICS, metrics)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,30 @@ def test_the_pipeline_models_have_no_lambda_and_load_in_safe_mode(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")
     loaded = models.load(tmp_path / "model.keras")
     assert np.allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
+
+
+def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_mirror(tmp_path, mobilenet):
+    """fine_tune.tta: flip, baked into the saved model: plain layers (no Lambda), so it loads in safe mode."""
+    x = np.random.default_rng(4).uniform(0, 255, (3, 32, 40, 3)).astype("float32")  # not square: columns, not rows
+    flipped = x
+    for layer in models.mirror(40):
+        flipped = layer(flipped)
+    assert np.array_equal(np.asarray(flipped), x[:, :, ::-1]), "a left-right mirror, bit for bit"
+
+    model = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), models.build_head(1280, 8, 0.0, 3, "classification"))
+    square = x[:, :, :32]
+    exported = models.export(model, {"task": "classification"}, "flip")
+    plain, mirrored = model.predict(square, verbose=0), model.predict(square[:, :, ::-1], verbose=0)
+    assert not np.allclose(plain, mirrored, atol=1e-3), "the network itself is not mirror-symmetric"
+    np.testing.assert_allclose(exported.predict(square, verbose=0), (plain + mirrored) / 2, rtol=0, atol=1e-6)
+    assert models.export(model, {"task": "classification"}, "none") is model, "tta none: the model as before"
+
+    regression = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), models.build_head(1280, 4, 0.0, 1, "regression"))
+    exported = models.export(regression, {"task": "regression", "mean": 40.0, "std": 10.0}, "flip")
+    want = (regression.predict(square, verbose=0) + regression.predict(square[:, :, ::-1], verbose=0)) / 2 * 10 + 40
+    np.testing.assert_allclose(exported.predict(square, verbose=0), want, rtol=0, atol=1e-4)
+    models.save(exported, tmp_path / "a.keras")
+    models.save(exported, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(square, verbose=0), want, rtol=0, atol=1e-4)

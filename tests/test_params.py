@@ -54,6 +54,12 @@ CASES = [
     ({"data.task": "ranking"}, "data.task: Input should be 'classification' or 'regression' (got 'ranking')"),
     ({"normalize.resize": "stretch"}, "normalize.resize: Input should be 'crop' or 'pad' (got 'stretch')"),
     ({"fine_tune.optimizer": "adamw"}, "fine_tune.optimizer: Input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')"),
+    ({"train_head.folds": 1}, "train_head.folds=1 holds nothing out; use 0 (off) or 2 or more"),
+    ({"train_head.folds": 50}, "train_head.folds: Input should be less than or equal to 20 (got 50)"),
+    ({"fine_tune.label_smoothing": 1.0}, "fine_tune.label_smoothing: Input should be less than 1 (got 1.0)"),
+    ({"train_head.label_smoothing": -0.1}, "train_head.label_smoothing: Input should be greater than or equal to 0 (got -0.1)"),
+    ({"fine_tune.tta": "five-crop"}, "fine_tune.tta: Input should be 'none' or 'flip' (got 'five-crop')"),
+    ({"train_head.loss": "l1"}, "train_head.loss: Input should be 'auto', 'mse', 'huber' or 'mae' (got 'l1')"),
     ({"train.strategy": "horovod"}, "train.strategy: Input should be 'default', 'mirrored' or 'multi_worker' (got 'horovod')"),
     ({"base.alpha": 0.6}, "base.alpha=0.6 has no ImageNet weights for mobilenet_v2; use one of 0.35, 0.5, 0.75, 1, 1.3, 1.4"),
     ({"base.weights": "weights/missing.weights.h5"}, "base.weights file weights/missing.weights.h5 does not exist"),
@@ -115,8 +121,8 @@ def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
         result = run_stage(project, stage)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip() == ("error: params.yaml: unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: "
-                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, unfreeze_from, momentum, "
-                                         "cache_activations, threads")
+                                         "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, label_smoothing, unfreeze_from, "
+                                         "momentum, cache_activations, threads, tta")
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages"], "nothing was written"
 
 

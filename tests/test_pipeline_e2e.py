@@ -47,6 +47,14 @@ def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
     assert metrics["baseline"]["accuracy"] == pytest.approx(36 / 359, abs=1e-6), "always the most frequent training class"
     data_report = json.loads((project / "metrics/data.json").read_text())
     assert data_report["images"] == 1797 and data_report["skipped"] == 0 and len(data_report["classes"]) == 10
+    # k-fold estimate of the head (train_head.folds: 5) beside its single-split figures; the saved model scored on val
+    head = json.loads((project / "metrics/train_head.json").read_text())
+    kfold = head["kfold"]
+    assert kfold["folds"] == 5 and len(kfold["per_fold"]) == 5 and kfold["epochs"] == head["best_epoch"]
+    assert kfold["accuracy_min"] <= kfold["accuracy_mean"] <= kfold["accuracy_max"] and kfold["accuracy_mean"] > 0.5
+    assert kfold["accuracy_mean"] == pytest.approx(np.mean(kfold["per_fold"]), abs=1e-6) and kfold["accuracy_std"] > 0
+    fine = json.loads((project / "metrics/fine_tune.json").read_text())
+    assert fine["model_val_accuracy"] == pytest.approx(fine["val_accuracy"], abs=1e-6), "fine_tune.tta none: the trained weights, as saved"
 
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
     pixels = np.load(project / "data/normalized/test_images.npy")[:8].astype("float32")
@@ -453,8 +461,16 @@ def assert_same_model(a: Path, b: Path) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+def flat(metrics, prefix: str = "") -> dict:
+    """{'kfold': {'per_fold': [a, b]}} -> {'kfold.per_fold.0': a, 'kfold.per_fold.1': b}"""
+    items = metrics.items() if isinstance(metrics, dict) else enumerate(metrics) if isinstance(metrics, list) else None
+    if items is None:
+        return {prefix: metrics}
+    return {key: value for k, v in items for key, value in flat(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+
+
 def assert_same_metrics(a: Path, b: Path) -> None:
-    ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
+    ma, mb = flat(json.loads(a.read_text())), flat(json.loads(b.read_text()))
     assert ma.keys() == mb.keys() and ma["epochs_run"] == mb["epochs_run"] > 0
     for key in ma:
         assert mb[key] == pytest.approx(ma[key], abs=1e-4), key

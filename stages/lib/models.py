@@ -4,6 +4,8 @@ The assembled model takes raw RGB pixels (0-255) of shape (image_size, image_siz
     preprocessing -> base (top cut off) -> pooling -> head
 and, for regression, ends with a fixed Rescaling that turns the standardized output back into the
 target's unit. No Lambda layers, so it loads with keras.models.load_model(..., safe_mode=True).
+With test-time augmentation (fine_tune.tta: flip) the saved model runs that network on the image and on its mirror
+image and averages the two outputs, so predict.py and every user of the file get it.
 """
 from __future__ import annotations
 
@@ -94,12 +96,31 @@ def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
     return keras.Model(extractor.input, head(extractor.output), name="transfer_model")
 
 
-def export(model: keras.Model, encoding: dict) -> keras.Model:
-    """The model users load: regression outputs go back to the target's unit (x * std + mean)."""
+def export(model: keras.Model, encoding: dict, tta: str = "none") -> keras.Model:
+    """The model users load: regression outputs go back to the target's unit (x * std + mean).
+
+    tta: flip averages the outputs (class probabilities, or standardized targets) of the image and its mirror image."""
+    if tta == "flip":
+        pixels = keras.Input(model.input.shape[1:], name="image")
+        mirrored = pixels
+        for layer in mirror(model.input.shape[2]):
+            mirrored = layer(mirrored)
+        outputs = layers.Average(name="mean_over_flips")([model(pixels), model(mirrored)])
+        model = keras.Model(pixels, outputs, name=f"{model.name}_flip_averaged")
     if encoding["task"] == "classification":
         return model
     outputs = layers.Rescaling(encoding["std"], offset=encoding["mean"], name="to_target_unit")(model.output)
     return keras.Model(model.input, outputs, name=model.name)
+
+
+def mirror(width: int) -> list[layers.Layer]:
+    """Layers that flip an (height, width, channels) image left to right: the columns go last, a fixed Dense layer
+    reverses them (its kernel is the anti-diagonal identity: every output is one input times 1, exactly), and back.
+    Plain serializable layers, unlike a Lambda of tf.reverse, which safe_mode refuses to load."""
+    reverse = layers.Dense(width, use_bias=False, trainable=False, name="reverse_columns")
+    reverse.build((None, None, None, width))
+    reverse.set_weights([np.eye(width, dtype=np.float32)[::-1]])
+    return [layers.Permute((1, 3, 2), name="columns_last"), reverse, layers.Permute((1, 3, 2), name="columns_back")]
 
 
 def check_layer(base: keras.Model, layer_name: str) -> None:

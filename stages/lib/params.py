@@ -21,6 +21,7 @@ SEED_LIMIT = 2**32         # NumPy and TensorFlow seeds are 32-bit: a larger one
 MIN_FRACTION = 0.001       # least split.val, split.test and training share: each split needs one image per class, so
                            # smaller fractions would need thousands of images per class (and a long loop to say so)
 MAX_AUGMENT_COPIES = 100   # the augmented training set is copies + 1 times the normalized one, on disk and in every epoch
+MAX_FOLDS = 20            # train_head.folds: each fold trains a head
 MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
 
 
@@ -137,12 +138,21 @@ class Fit(Section):
     batch_size: int = Field(ge=1)
     patience: int = Field(ge=0)
     seed: int = Field(ge=0, lt=SEED_LIMIT)
-    loss: Literal["auto", "mse", "huber"]
+    loss: Literal["auto", "mse", "huber", "mae"]
     schedule: Literal["constant", "cosine"]
+    # classification: the one-hot targets become (1 - s) + s / classes and s / classes (0: off); ignored for regression
+    label_smoothing: float = Field(ge=0, lt=1)
 
 
 class TrainHead(Fit):
-    pass
+    # k-fold cross-validation of the head on the stored features of train + val (lib/crossval.py): 0 = off
+    folds: int = Field(ge=0, le=MAX_FOLDS)
+
+    @model_validator(mode="after")
+    def folds_are_several(self):
+        if self.folds == 1:
+            raise ValueError("train_head.folds=1 holds nothing out; use 0 (off) or 2 or more")
+        return self
 
 
 class FineTune(Fit):
@@ -152,6 +162,8 @@ class FineTune(Fit):
     # TensorFlow threads per op: the convolutions' weight gradients are summed over them, so the
     # last bits of the model depend on it (a param, not a setting); the same value on any CPU gives the same model.
     threads: int = Field(ge=1, le=256)
+    # test-time augmentation baked into the saved model: flip averages its outputs over the image and its mirror image
+    tta: Literal["none", "flip"]
 
 
 class Train(Section):

@@ -1,7 +1,7 @@
 """Compiling and fitting (TensorFlow/Keras): seeds, optimizer, task-specific loss and metrics, history.
 
-Classification: softmax + sparse cross-entropy, accuracy, early stopping on val_loss.
-Regression: linear unit on the standardized target, MSE or Huber, MAE reported in the target's own
+Classification: softmax + sparse cross-entropy (optionally label-smoothed), accuracy, early stopping on val_loss.
+Regression: linear unit on the standardized target, MSE, Huber or MAE, MAE reported in the target's own
 unit, early stopping on val_mae.
 """
 from __future__ import annotations
@@ -50,11 +50,33 @@ def target_unit_mae(std: float) -> keras.metrics.Metric:
     return keras.metrics.MeanMetricWrapper(mae, name="mae")
 
 
-def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer) -> None:
+@keras.saving.register_keras_serializable(package="transfer_learning")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of class indices against softmax outputs, with the one-hot targets smoothed: the true class
+    gets 1 - s + s / classes, every other s / classes. Keras' sparse cross-entropy has no label smoothing."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), keras.ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"label_smoothing": self.label_smoothing}
+
+
+REGRESSION_LOSSES = {"auto": "mse", "mse": "mse", "huber": "huber", "mae": "mae"}  # on the standardized target
+
+
+def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0) -> None:
+    """label_smoothing: classification only (0: Keras' own sparse cross-entropy)."""
     if encoding["task"] == "classification":
-        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        classification_loss = SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy"
+        model.compile(optimizer=opt, loss=classification_loss, metrics=["accuracy"])
     else:
-        model.compile(optimizer=opt, loss="huber" if loss == "huber" else "mse", metrics=[target_unit_mae(encoding["std"])])
+        model.compile(optimizer=opt, loss=REGRESSION_LOSSES[loss], metrics=[target_unit_mae(encoding["std"])])
 
 
 def metric_name(encoding: dict) -> str:
@@ -101,3 +123,13 @@ def best_epoch(history: pd.DataFrame, encoding: dict) -> dict:
     return {"best_epoch": int(best["epoch"]), "epochs_run": len(history),
             f"train_{m}": round(float(best[m]), 6), f"val_{m}": round(float(best[f"val_{m}"]), 6),
             "train_loss": round(float(best["loss"]), 6), "val_loss": round(float(best["val_loss"]), 6)}
+
+
+def score(model: keras.Model, data: Batches, encoding: dict) -> float:
+    """A saved model's figure on `data`: accuracy, or MAE in the target's unit (the exported model's outputs are in that
+    unit; `data`'s targets are standardized)."""
+    outputs = model.predict(data, verbose=0)
+    actual = np.asarray(data.targets)
+    if encoding["task"] == "classification":
+        return float(np.mean(np.argmax(outputs, axis=-1) == actual))
+    return float(np.mean(np.abs(np.asarray(outputs, dtype=np.float64).reshape(-1) - (actual * encoding["std"] + encoding["mean"]))))

@@ -1,0 +1,88 @@
+"""K-fold cross-validation of the head on the stored features (train_head.folds): a mean and a spread of its quality
+instead of one split's figure, cheap because no image goes through the base again.
+
+The folds divide the images of train + val, stratified (by class, or by target quantile for regression). The training
+split's features hold each image followed by its augment.copies variants: an image and its variants always fall in the
+same fold. Each fold's head is built, compiled and trained like the single-split head (same params) on the other folds'
+rows, variants included, for a fixed number of epochs (the single-split head's best epoch: early stopping on the
+held-out fold would peek at it), then scored on the fold's original images. The test split is never read.
+"""
+from __future__ import annotations
+
+import statistics
+
+import keras
+import numpy as np
+
+from lib import batches, files, models, paths, targets, training
+from lib.errors import PipelineError
+
+
+def assign(values: np.ndarray, k: int, seed: int, task: str) -> np.ndarray:
+    """The fold (0 .. k-1) of each image, stratified: classification deals each class's images, in an order shuffled by
+    `seed`, to the folds in turn; regression sorts the images by target and deals each run of k neighbours to the k
+    folds in a shuffled order. Fold sizes differ by at most one per class (or overall, for regression)."""
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(values), dtype=np.int64)
+    if task == "classification":
+        order = np.lexsort((rng.permutation(len(values)), values))  # by class, shuffled within each class
+        folds[order] = np.arange(len(values)) % k
+    else:
+        order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
+        for start in range(0, len(values), k):
+            run = order[start:start + k]
+            folds[run] = rng.permutation(k)[:len(run)]
+    return folds
+
+
+class Rows:
+    """Rows `index` (ascending) of arrays stacked one after the other, read on demand: memory-mapped features stay on
+    disk. What batches.Batches reads (len, shape, rows by an ascending index array)."""
+
+    def __init__(self, arrays: list[np.ndarray], index: np.ndarray):
+        self.arrays, self.index = arrays, index
+        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
+        self.shape = (len(index), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows):
+        wanted = self.index[rows]
+        which = np.searchsorted(self.offsets, wanted, side="right") - 1
+        return np.concatenate([self.arrays[a][wanted[which == a] - self.offsets[a]] for a in range(len(self.arrays))])
+
+
+def estimate(cfg, head_cfg, per_image: int, encoding: dict, strategy, epochs: int) -> dict:
+    """cfg: train_head's params; head_cfg: head's; per_image: rows per training image (augment.copies + 1).
+    -> {'folds', 'epochs', '<metric>_mean', '<metric>_std' (over folds, n-1), '<metric>_min', '<metric>_max', 'per_fold'}."""
+    train_x, val_x = files.load_npy(paths.features("train"), mmap=True), files.load_npy(paths.features("val"), mmap=True)
+    train_y, val_y = files.load_npy(paths.feature_targets("train")), files.load_npy(paths.feature_targets("val"))
+    n_train = len(train_y) // per_image
+    image_of_row = np.concatenate([np.arange(len(train_y)) // per_image, n_train + np.arange(len(val_y))])
+    original = np.concatenate([np.arange(len(train_y)) % per_image == 0, np.ones(len(val_y), bool)])
+    all_y = np.concatenate([train_y, val_y])
+    if original.sum() < 2 * cfg.folds:
+        raise PipelineError(f"train_head.folds={cfg.folds} needs at least {2 * cfg.folds} images in train + val, "
+                            f"there are {original.sum()}; use fewer folds or 0 (off)")
+    fold_of_image = assign(all_y[original], cfg.folds, cfg.seed, encoding["task"])
+    fold_of_row = fold_of_image[image_of_row]
+    replicas = strategy.num_replicas_in_sync
+    scores = []
+    for fold in range(cfg.folds):
+        train_rows, held_rows = np.flatnonzero(fold_of_row != fold), np.flatnonzero((fold_of_row == fold) & original)
+        keras.utils.set_random_seed((cfg.seed + fold) % 2**32)
+        train = batches.Batches(Rows([train_x, val_x], train_rows), all_y[train_rows], cfg.batch_size, cfg.seed, replicas)
+        held = batches.Batches(Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, None, replicas)
+        with strategy.scope():
+            head = models.build_head(train.inputs.shape[1], head_cfg.units, head_cfg.dropout, targets.n_outputs(encoding), encoding["task"])
+            opt = training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule, total_steps=cfg.epochs * len(train))
+            training.compile_for(head, encoding, cfg.loss, opt, cfg.label_smoothing)
+        if epochs:
+            head.fit(train, epochs=epochs, shuffle=False, verbose=0)
+        scores.append(training.score(models.export(head, encoding), held, encoding))
+        print(f"train-head: fold {fold + 1}/{cfg.folds}: {training.metric_name(encoding)} {scores[-1]:.4f} on {len(held_rows)} held-out images")
+    m = training.metric_name(encoding)
+    return {"folds": cfg.folds, "epochs": epochs, f"{m}_mean": round(statistics.mean(scores), 6),
+            f"{m}_std": round(statistics.stdev(scores), 6), f"{m}_min": round(min(scores), 6), f"{m}_max": round(max(scores), 6),
+            "per_fold": [round(s, 6) for s in scores]}

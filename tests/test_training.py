@@ -1,0 +1,54 @@
+"""Compiling options (lib/training.py): label smoothing, the regression losses, and the saved model's score."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from lib import batches, models, training
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_one_hot_targets():
+    y_true = np.array([0, 2, 1], dtype=np.int32)
+    y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]], dtype=np.float32)
+    smoothed = np.eye(3)[y_true] * 0.8 + 0.2 / 3  # s = 0.2: 1 - s + s/3 for the class, s/3 elsewhere
+    want = -(smoothed * np.log(y_pred)).sum(axis=1).mean()
+    got = float(training.SmoothedSparseCrossentropy(0.2)(y_true, y_pred))
+    assert got == pytest.approx(want, rel=1e-5)
+    plain = float(keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred))
+    assert float(training.SmoothedSparseCrossentropy(0.0)(y_true, y_pred)) == pytest.approx(plain, rel=1e-5)
+    assert got != pytest.approx(plain, rel=1e-2)
+
+
+def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loads(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype(np.int32)
+    confidence = {}
+    for smoothing in (0.0, 0.3):
+        keras.utils.set_random_seed(0)
+        head = models.build_head(8, 16, 0.0, 2, "classification")
+        training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.05), smoothing)
+        head.fit(x, y, epochs=60, batch_size=64, verbose=0)
+        confidence[smoothing] = float(head.predict(x, verbose=0).max(axis=1).mean())
+        models.save(head, tmp_path / f"head{smoothing}.keras")
+        np.testing.assert_allclose(models.load(tmp_path / f"head{smoothing}.keras").predict(x, verbose=0), head.predict(x, verbose=0), atol=1e-6)
+    assert confidence[0.0] > 0.98 and confidence[0.3] < 0.9, confidence  # smoothed targets cap it near 1 - 0.3 + 0.15
+
+
+@pytest.mark.parametrize("loss, name", [("auto", "mse"), ("mse", "mse"), ("huber", "huber"), ("mae", "mae")])
+def test_regression_losses(loss, name):
+    head = models.build_head(4, 4, 0.0, 1, "regression")
+    training.compile_for(head, {"task": "regression", "mean": 0.0, "std": 2.0}, loss, training.optimizer("adam", 0.01))
+    assert head.loss == name
+
+
+def test_score_is_accuracy_or_the_mae_in_the_target_unit():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])  # x0 + x1
+    # regression: targets standardized (mean 10, std 2); the model's outputs are in the unit: 1, 5, 9, 13, 17, 21
+    standardized = (np.array([1, 5, 9, 13, 17, 25], dtype=np.float32) - 10) / 2
+    data = batches.Batches(x, standardized, batch_size=4)
+    assert training.score(model, data, {"task": "regression", "mean": 10.0, "std": 2.0}) == pytest.approx(4 / 6)
+    probabilities = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="identity", use_bias=False)])
+    labels = np.array([1, 1, 0, 1, 0, 1], dtype=np.int32)  # argmax of (x0, x1) is 1 everywhere
+    assert training.score(probabilities, batches.Batches(x, labels, batch_size=4), {"task": "classification"}) == pytest.approx(4 / 6)
