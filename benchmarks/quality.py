@@ -31,7 +31,9 @@ UTKFACE = harness.ROOT.parent / "shared" / "datasets" / "utkface-age"
 CONFIGS = {
     "flowers": harness.FLOWERS_PARAMS,
     "utkface": {"data.task": "regression", "data.source": str(UTKFACE), "data.csv": "labels.csv", "data.target_column": "age",
-                "normalize.image_size": 128, "augment.horizontal_flip": True},
+                "normalize.image_size": 128, "augment.horizontal_flip": True, "fine_tune.unfreeze_from": "block_6_expand",
+                "fine_tune.optimizer": "adam", "fine_tune.lr": 0.0003, "fine_tune.loss": "mae", "fine_tune.epochs": 30,
+                "fine_tune.patience": 10, "fine_tune.tta": "flip"},  # the README's UTKFace line
 }
 POLL = 10  # seconds between two `dvc queue status`
 
