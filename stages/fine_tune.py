@@ -36,7 +36,8 @@ def main():
             trained = model
         print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
               f"(BatchNormalization frozen), trained on {inputs('train')}")
-        opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train))
+        opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train),
+                                  ema=cfg.ema)
         training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains

@@ -52,3 +52,42 @@ def test_score_is_accuracy_or_the_mae_in_the_target_unit():
     probabilities = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="identity", use_bias=False)])
     labels = np.array([1, 1, 0, 1, 0, 1], dtype=np.int32)  # argmax of (x0, x1) is 1 everywhere
     assert training.score(probabilities, batches.Batches(x, labels, batch_size=4), {"task": "classification"}) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patience):
+    """fine_tune.ema: the weights kept are Keras' moving average of every step's weights, at the best epoch
+    by the validation figure, which is measured on that average too."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.5, size=64)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    encoding = {"task": "regression", "mean": 0.0, "std": 1.0}
+    training.compile_for(model, encoding, "mse", training.optimizer("sgd", 0.05, ema=0.8))
+    steps, averages = [], []
+
+    class Record(keras.callbacks.Callback):  # after SwapEMAWeights: the model holds each step's own weights here
+        def on_train_batch_end(self, batch, logs=None):
+            weights = [w.copy() for w in model.get_weights()]
+            steps.append(weights)
+            previous = averages[-1] if averages else weights
+            averages.append([0.8 * a + 0.2 * w for a, w in zip(previous, weights)] if len(steps) > 1 else weights)
+
+    ends = []
+
+    class AtEpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            ends.append(averages[-1])
+
+    train = batches.Batches(x[:48], y[:48], batch_size=8, seed=0)
+    val = batches.Batches(x[48:], y[48:], batch_size=16)
+    history = training.fit(model, train, val, 6, patience, encoding, [Record(), AtEpochEnd()])
+    kept = ends[int(history["val_mae"].idxmin())] if patience else ends[-1]
+    assert len(steps) == len(history) * 6
+    for got, want in zip(model.get_weights(), kept):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.get_weights()[0], steps[-1][0])  # not the last step's weights
+    # the validation figure of the kept epoch is that of the average
+    mae = float(np.mean(np.abs(model.predict(x[48:], verbose=0).reshape(-1) - y[48:])))
+    assert mae == pytest.approx(float(history["val_mae"].min() if patience else history["val_mae"].iloc[-1]), rel=1e-5)

@@ -164,6 +164,8 @@ class FineTune(Fit):
     threads: int = Field(ge=1, le=256)
     # test-time augmentation baked into the saved model: flip averages its outputs over the image and its mirror image
     tta: Literal["none", "flip"]
+    # weight averaging: the model kept is an exponential moving average of the weights over the steps (0: off)
+    ema: float = Field(ge=0, lt=1)
 
 
 class Train(Section):

@@ -28,18 +28,22 @@ def make_deterministic(seed: int, threads: int | None = None) -> None:
 
 
 def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0,
-              warmup_steps: int = 0) -> keras.optimizers.Optimizer:
+              warmup_steps: int = 0, ema: float = 0.0) -> keras.optimizers.Optimizer:
     """`schedule: cosine` warms the learning rate up from 0 to `lr` over `warmup_steps`, then decays it
     to 0 by `total_steps`. The warm-up keeps the first fine-tuning steps, where the new head sends
-    large gradients into the pretrained layers, from wrecking the ImageNet weights."""
+    large gradients into the pretrained layers, from wrecking the ImageNet weights.
+
+    `ema` > 0 keeps an exponential moving average of the weights (Keras' use_ema: after each step
+    average = ema * average + (1 - ema) * weights); `fit` validates and keeps that average, not the last step's weights."""
     if schedule == "cosine" and total_steps > warmup_steps:
         lr = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total_steps - warmup_steps,
                                                     warmup_target=lr, warmup_steps=warmup_steps)
+    averaging = {"use_ema": True, "ema_momentum": ema} if ema > 0 else {}
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, **averaging)
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=lr)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.RMSprop(learning_rate=lr, **averaging)
+    return keras.optimizers.Adam(learning_rate=lr, **averaging)
 
 
 def target_unit_mae(std: float) -> keras.metrics.Metric:
@@ -95,6 +99,9 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     `train` reshuffles itself every epoch from (seed, epoch), so Keras must not reorder its batches
     on top (shuffle=False): the order then depends on the params alone, not on the distribution
     strategy (Keras peeks at a batch before training under one) or on the number of workers.
+
+    With an optimizer that averages the weights (optimizer(..., ema=...)), Keras' SwapEMAWeights puts the
+    average in the model for validation and at each epoch's end, so early stopping watches, keeps and restores it.
     """
     if epochs == 0:
         for callback in callbacks:  # no epoch to log, but the callbacks still finish (dvclive writes its empty summary)
@@ -108,7 +115,9 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     print(f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch (global batches)", flush=True)
     stopping = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
                                               mode="min")] if patience > 0 else []
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=stopping + list(callbacks), shuffle=False, verbose=2)
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if model.optimizer.use_ema else []  # before the others
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=averaging + stopping + list(callbacks),
+                        shuffle=False, verbose=2)
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
