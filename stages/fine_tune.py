@@ -23,8 +23,9 @@ def main():
     encoding = files.read_json(paths.ENCODING)
     inputs = paths.activations if cfg.cache_activations else paths.images
     replicas = strategy.num_replicas_in_sync
-    train = batches.from_files(inputs("train"), paths.targets("train"), cfg.batch_size, cfg.seed, replicas)
-    val = batches.from_files(inputs("val"), paths.targets("val"), cfg.batch_size, None, replicas)
+    classes = training.one_hot_classes(encoding, cfg.mixup)
+    train = batches.from_files(inputs("train"), paths.targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup)
+    val = batches.from_files(inputs("val"), paths.targets("val"), cfg.batch_size, None, replicas, classes)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
         head = models.load(paths.HEAD_MODEL)
@@ -38,7 +39,7 @@ def main():
               f"(BatchNormalization frozen), trained on {inputs('train')}")
         opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train),
                                   ema=cfg.ema)
-        training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing)
+        training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)

@@ -16,12 +16,13 @@ def main():
     training.make_deterministic(cfg.seed)
     encoding = files.read_json(paths.ENCODING)
     replicas = strategy.num_replicas_in_sync
-    train = batches.from_files(paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas)
-    val = batches.from_files(paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas)
+    classes = training.one_hot_classes(encoding, cfg.mixup)
+    train = batches.from_files(paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup)
+    val = batches.from_files(paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas, classes)
     with strategy.scope():
         head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
         training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
-                                                                         total_steps=cfg.epochs * len(train)), cfg.label_smoothing)
+                                                                         total_steps=cfg.epochs * len(train)), cfg.label_smoothing, cfg.mixup)
     history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     with distribute.only_chief_writes(strategy):

@@ -44,3 +44,27 @@ def test_batches_never_leave_a_replica_without_rows():
         batches.batch_count(1, 8, replicas=2)
     assert [(c.start, c.stop) for c in inference.chunks(1100)] == [(0, 512), (512, 1024), (1024, 1100)]
     assert [(c.start, c.stop) for c in inference.chunks(1030)] == [(0, 512), (512, 1030)], "6 rows cannot make a batch"
+
+
+def test_mixup_blends_rows_and_their_one_hot_targets_in_pairs_anew_each_epoch():
+    inputs = np.eye(20, dtype=np.float32)  # row i is e_i: a blend w * e_a + (1 - w) * e_b shows a, b and w
+    labels = np.arange(20) % 3
+    data = batches.Batches(inputs, labels, 8, seed=1, classes=3, mixup=0.4)
+    x, y = data[0]
+    rows = np.sort(data.order[:8])
+    assert y.shape == (8, 3) and np.allclose(y.sum(axis=1), 1) and np.allclose(x.sum(axis=1), 1)
+    partners = []
+    for xi, yi, own in zip(x, y, rows):
+        used = np.flatnonzero(xi)
+        assert set(used) <= set(rows) and xi[own] > 0, "a blend of the row with a row of the same batch"
+        other = next((r for r in used if r != own), own)
+        partners.append(other)
+        np.testing.assert_allclose(yi, xi[own] * np.eye(3)[labels[own]] + (1 - xi[own]) * np.eye(3)[labels[other]], atol=1e-6)
+    assert sorted(partners) == list(rows), "the partners are a permutation of the batch"
+    assert any(partner != own for partner, own in zip(partners, rows)), "rows were blended"
+    np.testing.assert_array_equal(batches.Batches(inputs, labels, 8, seed=1, classes=3, mixup=0.4)[0][0], x)  # reproducible
+    data.on_epoch_end()
+    assert not np.array_equal(data[0][0], x), "a new blend each epoch"
+    np.testing.assert_array_equal(batches.Batches(inputs, labels, 8, classes=3)[0][1], np.eye(3)[labels[:8]])  # one-hot, unblended
+    with pytest.raises(ValueError, match="seed"):
+        batches.Batches(inputs, labels, 8, classes=3, mixup=0.4)

@@ -18,6 +18,13 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_one_hot_targets():
     plain = float(keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred))
     assert float(training.SmoothedSparseCrossentropy(0.0)(y_true, y_pred)) == pytest.approx(plain, rel=1e-5)
     assert got != pytest.approx(plain, rel=1e-2)
+    # targets as rows of class weights (mixup): one-hot rows give the same loss; a blend, the blend of the losses
+    one_hot = np.eye(3, dtype=np.float32)[y_true]
+    assert float(training.SmoothedSparseCrossentropy(0.2)(one_hot, y_pred)) == pytest.approx(want, rel=1e-5)
+    blend = 0.3 * one_hot + 0.7 * one_hot[[1, 2, 0]]
+    per_row = [float(training.SmoothedSparseCrossentropy(0.0)(blend[i:i + 1], y_pred[i:i + 1])) for i in range(3)]
+    want_rows = [-(blend[i] * np.log(y_pred[i])).sum() for i in range(3)]
+    assert per_row == pytest.approx(want_rows, rel=1e-5)
 
 
 def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loads(tmp_path):
@@ -91,3 +98,19 @@ def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patien
     # the validation figure of the kept epoch is that of the average
     mae = float(np.mean(np.abs(model.predict(x[48:], verbose=0).reshape(-1) - y[48:])))
     assert mae == pytest.approx(float(history["val_mae"].min() if patience else history["val_mae"].iloc[-1]), rel=1e-5)
+
+
+def test_a_head_trains_on_mixup_batches_and_reports_accuracy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(320, 8)).astype("float32")
+    y = np.argmax(x[:, :3], axis=1).astype(np.int32)
+    encoding = {"task": "classification", "classes": ["a", "b", "c"]}
+    classes = training.one_hot_classes(encoding, 0.4)
+    assert classes == 3 and training.one_hot_classes(encoding, 0.0) == 0
+    keras.utils.set_random_seed(0)
+    head = models.build_head(8, 16, 0.0, 3, "classification")
+    training.compile_for(head, encoding, "auto", training.optimizer("adam", 0.02), 0.1, mixup=0.4)
+    train = batches.Batches(x[:256], y[:256], 32, seed=0, classes=classes, mixup=0.4)
+    history = training.fit(head, train, batches.Batches(x[256:], y[256:], 32, classes=classes), 15, 0, encoding)
+    assert history["val_accuracy"].iloc[-1] > 0.8 and training.best_epoch(history, encoding)["val_accuracy"] > 0.8
+    assert training.score(head, batches.Batches(x[256:], y[256:], 32), encoding) == pytest.approx(history["val_accuracy"].iloc[-1])

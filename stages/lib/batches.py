@@ -22,12 +22,17 @@ class Batches(keras.utils.PyDataset):
     With `seed`, the order is reshuffled every epoch from (seed, epoch), so runs are reproducible.
     `batch_size` is global: under a tf.distribute strategy Keras splits each batch over the
     `replicas` (with multi_worker, every worker reads the same batches and keeps its share).
+    `classes` > 0 gives class targets as one-hot rows (what mixup blends); `mixup` > 0 (with a seed) blends the rows
+    of every batch (blend), a new blend each epoch.
     """
 
     def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None,
-                 replicas: int = 1):
+                 replicas: int = 1, classes: int = 0, mixup: float = 0.0):
         super().__init__(workers=1, use_multiprocessing=False)
+        if mixup and seed is None:
+            raise ValueError("mixup needs a seed")
         self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
+        self.classes, self.mixup = classes, mixup
         self.n_batches = batch_count(len(inputs), batch_size, replicas)
         self.epoch = 0
         self.order = self._order()
@@ -48,11 +53,28 @@ class Batches(keras.utils.PyDataset):
         stop = len(self.inputs) if index == self.n_batches - 1 else start + self.batch_size  # the last one takes the rest
         rows = np.sort(self.order[start:stop])
         x = np.asarray(self.inputs[rows], dtype=np.float32)
-        return x if self.targets is None else (x, self.targets[rows])
+        if self.targets is None:
+            return x
+        y = np.eye(self.classes, dtype=np.float32)[self.targets[rows]] if self.classes else self.targets[rows]
+        if self.mixup:
+            x, y = blend(x, y, self.mixup, np.random.default_rng((self.seed, self.epoch, index)))
+        return x, y
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+def blend(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """mixup (Zhang et al., 2018): row i becomes w_i * row i + (1 - w_i) * row j of the same batch (j: a random
+    permutation), its target alike (one-hot rows, or a number), with w_i ~ Beta(alpha, alpha)."""
+    weight = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    partner = rng.permutation(len(x))
+
+    def mix(a: np.ndarray) -> np.ndarray:
+        w = weight.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
+        return w * a + (1 - w) * a[partner]
+    return mix(x), mix(y)
 
 
 def batch_count(rows: int, batch_size: int, replicas: int = 1) -> int:
@@ -77,6 +99,8 @@ def whole_shares(rows: int, replicas: int) -> bool:
     return (replicas - 1) * math.ceil(rows / replicas) < rows
 
 
-def from_files(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None, replicas: int = 1) -> Batches:
+def from_files(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None, replicas: int = 1,
+               classes: int = 0, mixup: float = 0.0) -> Batches:
     """Batches over the .npy `inputs` (memory-mapped) and `targets` (None: inputs only)."""
-    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed, replicas)
+    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed, replicas,
+                   classes, mixup)

@@ -72,12 +72,13 @@ def estimate(cfg, head_cfg, per_image: int, encoding: dict, strategy, epochs: in
     for fold in range(cfg.folds):
         train_rows, held_rows = np.flatnonzero(fold_of_row != fold), np.flatnonzero((fold_of_row == fold) & original)
         keras.utils.set_random_seed((cfg.seed + fold) % 2**32)
-        train = batches.Batches(Rows([train_x, val_x], train_rows), all_y[train_rows], cfg.batch_size, cfg.seed, replicas)
+        train = batches.Batches(Rows([train_x, val_x], train_rows), all_y[train_rows], cfg.batch_size, cfg.seed, replicas,
+                                training.one_hot_classes(encoding, cfg.mixup), cfg.mixup)
         held = batches.Batches(Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, None, replicas)
         with strategy.scope():
             head = models.build_head(train.inputs.shape[1], head_cfg.units, head_cfg.dropout, targets.n_outputs(encoding), encoding["task"])
             opt = training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule, total_steps=cfg.epochs * len(train))
-            training.compile_for(head, encoding, cfg.loss, opt, cfg.label_smoothing)
+            training.compile_for(head, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
         if epochs:
             head.fit(train, epochs=epochs, shuffle=False, verbose=0)
         scores.append(training.score(models.export(head, encoding), held, encoding))

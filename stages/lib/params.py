@@ -21,6 +21,7 @@ SEED_LIMIT = 2**32         # NumPy and TensorFlow seeds are 32-bit: a larger one
 MIN_FRACTION = 0.001       # least split.val, split.test and training share: each split needs one image per class, so
                            # smaller fractions would need thousands of images per class (and a long loop to say so)
 MAX_AUGMENT_COPIES = 100   # the augmented training set is copies + 1 times the normalized one, on disk and in every epoch
+MAX_MIXUP = 10            # mixup's Beta(alpha, alpha): larger alphas all blend about half and half
 MAX_FOLDS = 20            # train_head.folds: each fold trains a head
 MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
 
@@ -142,6 +143,8 @@ class Fit(Section):
     schedule: Literal["constant", "cosine"]
     # classification: the one-hot targets become (1 - s) + s / classes and s / classes (0: off); ignored for regression
     label_smoothing: float = Field(ge=0, lt=1)
+    # mixup: every training batch's rows are blended in pairs, targets alike, with weights ~ Beta(mixup, mixup) (0: off)
+    mixup: float = Field(ge=0, le=MAX_MIXUP)
 
 
 class TrainHead(Fit):

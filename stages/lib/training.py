@@ -57,15 +57,19 @@ def target_unit_mae(std: float) -> keras.metrics.Metric:
 @keras.saving.register_keras_serializable(package="transfer_learning")
 class SmoothedSparseCrossentropy(keras.losses.Loss):
     """Cross-entropy of class indices against softmax outputs, with the one-hot targets smoothed: the true class
-    gets 1 - s + s / classes, every other s / classes. Keras' sparse cross-entropy has no label smoothing."""
+    gets 1 - s + s / classes, every other s / classes. Keras' sparse cross-entropy has no label smoothing.
+    Targets given as rows of class weights (mixup's blends, batches.Batches with `classes`) are smoothed alike."""
 
     def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
-        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), keras.ops.shape(y_pred)[-1])
-        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
+        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] and y_true.shape[-1] != 1:
+            weights = keras.ops.cast(y_true, y_pred.dtype)
+        else:
+            weights = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), keras.ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(weights, y_pred, label_smoothing=self.label_smoothing)
 
     def get_config(self) -> dict:
         return super().get_config() | {"label_smoothing": self.label_smoothing}
@@ -74,13 +78,25 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 REGRESSION_LOSSES = {"auto": "mse", "mse": "mse", "huber": "huber", "mae": "mae"}  # on the standardized target
 
 
-def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0) -> None:
-    """label_smoothing: classification only (0: Keras' own sparse cross-entropy)."""
+def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0,
+                mixup: float = 0.0) -> None:
+    """label_smoothing: classification only (0: Keras' own sparse cross-entropy). mixup > 0: the model is fed
+    one-hot class targets (batches with classes=one_hot_classes(encoding, mixup)), blended while training."""
     if encoding["task"] == "classification":
+        if mixup:
+            model.compile(optimizer=opt, loss=SmoothedSparseCrossentropy(label_smoothing),
+                          metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+            return
         classification_loss = SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy"
         model.compile(optimizer=opt, loss=classification_loss, metrics=["accuracy"])
     else:
         model.compile(optimizer=opt, loss=REGRESSION_LOSSES[loss], metrics=[target_unit_mae(encoding["std"])])
+
+
+def one_hot_classes(encoding: dict, mixup: float) -> int:
+    """The `classes` of batches.Batches for a model compiled with compile_for(..., mixup): blending classes needs
+    one-hot targets (0: targets as they are)."""
+    return len(encoding["classes"]) if mixup and encoding["task"] == "classification" else 0
 
 
 def metric_name(encoding: dict) -> str:
