@@ -124,9 +124,12 @@ def test_regression_from_csv_end_to_end(tmp_path):
     pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
     project = make_project(tmp_path, FAST | {"data.source": str(folder), "data.csv": "labels.csv", "data.task": "regression",
                                              "data.target_column": "age", "split.bins": 3, "train_head.epochs": 5,
-                                             "fine_tune.cache_activations": False})  # end to end, on images
+                                             "fine_tune.cache_activations": False,  # end to end, on images
+                                             "train_head.mixup": 0.2, "fine_tune.mixup": 0.2, "fine_tune.ema": 0.9})
     out = run(["dvc", "repro"], project)
     assert stages_run(out.stdout) == ALL_STAGES
+    fine = json.loads((project / "metrics/fine_tune.json").read_text())
+    assert fine["model_val_mae"] == pytest.approx(fine["val_mae"], rel=1e-4), "the weight average validated at the best epoch is the one saved"
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     assert set(metrics["fine_tuned"]) == {"mae", "rmse", "r2"} and "mae" in metrics["baseline"]
     report = json.loads((project / "metrics/data.json").read_text())
