@@ -24,7 +24,7 @@ FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers17"
 # benchmarks/README.md were measured with the earlier line: fine_tune.lr 0.001 with SGD, no smoothing, no flip averaging).
 FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "augment.horizontal_flip": True,
                   "augment.copies": 4, "train_head.label_smoothing": 0.1, "fine_tune.label_smoothing": 0.1,
-                  "fine_tune.optimizer": "adam", "fine_tune.lr": 0.0001, "fine_tune.epochs": 20, "fine_tune.patience": 6,
+                  "fine_tune.optimizer": "adam", "fine_tune.lr": 0.0001, "fine_tune.epochs": 10, "fine_tune.patience": 6,
                   "fine_tune.tta": "flip"}
 
 
