@@ -83,9 +83,17 @@ def experiments(project: Path) -> dict:
     return found
 
 
-def queue_tasks(project: Path) -> list[tuple[str, str, str]]:
-    """`dvc queue status`: (task, name, state) of every task, old ones included."""
-    status = harness.run(["dvc", "queue", "status"], project).output
+def queue_tasks(project: Path, attempts: int = 5) -> list[tuple[str, str, str]]:
+    """`dvc queue status`: (task, name, state) of every task, old ones included. It sometimes fails while a worker
+    writes a task's state file ("unexpected error - Expecting value"): asked again after a poll interval, up to `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            status = harness.run(["dvc", "queue", "status"], project).output
+            break
+        except SystemExit:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(POLL)
     return re.findall(r"^([0-9a-f]+)\s+(\S+)\s.*?\b(Queued|Running|Success|Failed)\b", status, re.M)
 
 
