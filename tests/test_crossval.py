@@ -43,7 +43,7 @@ def write_features(folder, train_x, train_y, val_x, val_y):
 
 def settings(folds, epochs=40):
     cfg = SimpleNamespace(folds=folds, seed=0, batch_size=32, optimizer="adam", lr=0.01, schedule="constant", epochs=epochs,
-                          loss="auto", label_smoothing=0.0)
+                          loss="auto", label_smoothing=0.0, mixup=0.0)
     return cfg, SimpleNamespace(units=64, dropout=0.0)
 
 
