@@ -78,8 +78,8 @@ def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patien
         def on_train_batch_end(self, batch, logs=None):
             weights = [w.copy() for w in model.get_weights()]
             steps.append(weights)
-            previous = averages[-1] if averages else weights
-            averages.append([0.8 * a + 0.2 * w for a, w in zip(previous, weights)] if len(steps) > 1 else weights)
+            # Keras' average: the first step's weights, then 0.8 * average + 0.2 * weights
+            averages.append([0.8 * a + 0.2 * w for a, w in zip(averages[-1], weights)] if averages else weights)
 
     ends = []
 
