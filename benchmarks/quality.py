@@ -12,7 +12,8 @@ UTKFACE below) plus the -S overrides, runs them with `dvc queue start -j N`, and
 `dvc exp show --json`. Prints per seed and mean +/- std (over seeds, n-1) the test figures of the head only and the
 fine-tuned model, their validation figures (metrics/train_head.json, fine_tune.json: what to select on) and the
 wall time of each run (from `dvc queue status`, polled every 10 s; with -j 1 one run at a time). An experiment of
-the same name already in the clone (same dataset, seed and overrides) is reported, not run again.
+the same name (same dataset, seed and overrides) made on the clone's current commit is reported, not run again; after
+`git pull` brings a new commit it runs again (its stages come from DVC's run cache where their code and params did not change).
 """
 from __future__ import annotations
 
