@@ -17,7 +17,7 @@ from pathlib import Path
 
 import harness
 
-STAGES = ["ingest", "split", "normalize", "augment", "extract_features", "extract_activations", "train_head", "fine_tune", "evaluate"]
+STAGES = ["ingest", "split", "normalize", "augment", "extract_features", "train_head", "fine_tune", "evaluate"]
 
 
 def repeated(source: Path, times: int) -> Path:

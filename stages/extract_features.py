@@ -1,10 +1,17 @@
-"""Stage extract-features: images -> pooled features of the frozen pretrained base, once per image.
+"""Stage extract-features: images -> the frozen pretrained base's outputs, one pass per image.
 
 Runs the base (inference mode) over the augmented training set, val and test, in batches straight
-from the memory-mapped image arrays, and stores what the head trains on.
-base.precision: bfloat16 computes in mixed bfloat16 (benchmark it on your CPU); features are stored as float32.
+from the memory-mapped image arrays, and stores from that one pass:
+- data/features: the pooled features the head trains on (and evaluate scores the head on: test);
+- data/activations (train, val; fine_tune.cache_activations: true): the activations at fine_tune.unfreeze_from.
+  Everything below that cut stays frozen during fine-tuning and the augmented training set is fixed, so those
+  layers give the same activations every epoch: fine-tune trains the top of the base + head on them (float32, so
+  the result is that of end-to-end training) instead of pushing every image through the whole base each epoch.
+  With false, only info.json (fine-tune then runs end to end on images).
+base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32.
 The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
+import keras
 import numpy as np
 
 from lib import distribute, files, inference, models, params, paths, training
@@ -13,20 +20,31 @@ from lib.errors import run
 
 def main():
     p = params.load()
+    cut = p.fine_tune.unfreeze_from if p.fine_tune.cache_activations else None
     strategy = distribute.strategy(p.train.strategy)
     training.make_deterministic(0)
     models.set_precision(p.base.precision)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
+        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut)
+        features_only = keras.Model(extractor.input, extractor.outputs[0], name="feature_extractor")
+    info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": p.fine_tune.unfreeze_from, "dtype": "float32"}
     for split in paths.SPLITS:
         images, targets = files.load_npy(paths.images(split), mmap=True), files.load_npy(paths.targets(split))
+        model, outputs = features_only, [paths.features(split)]
+        if cut and split in ("train", "val"):  # fine-tune trains and validates on activations; the test set is scored on images
+            model, outputs = extractor, outputs + [paths.activations(split)]
         with distribute.only_chief_writes(strategy):
-            shape = inference.predict_to_npy(extractor, images, paths.features(split), np.float32,
-                                             desc=f"extract-features: {split}", replicas=strategy.num_replicas_in_sync)
+            shapes = inference.predict_to_npy(model, images, outputs, np.float32, desc=f"extract-features: {split}",
+                                              replicas=strategy.num_replicas_in_sync)
             files.save_npy(paths.feature_targets(split), targets)
+        if len(shapes) > 1:
+            info[f"{split}_shape"] = list(shapes[1])
+    with distribute.only_chief_writes(strategy):
+        files.write_json(paths.ACTIVATIONS_INFO, info)
+    cached = f" and activations below {cut} ({info['train_shape'][1:]} per image) -> {paths.ACTIVATIONS}" if cut else ""
     print(f"extract-features: {p.base.name} ({p.base.precision}) on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
-          f"-> {shape[1]} features per image -> {paths.FEATURES}")
+          f"-> {shapes[0][1]} features per image -> {paths.FEATURES}{cached}")
 
 
 if __name__ == "__main__":

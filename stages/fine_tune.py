@@ -2,7 +2,7 @@
 trained at a low learning rate on the augmented training images.
 
 fine_tune.cache_activations: true (default) trains the unfrozen top + head on the activations
-extract-activations cached below the cut: the same network and data as end to end, without pushing
+extract-features cached below the cut: the same network and data as end to end, without pushing
 every image through the frozen bottom each epoch. false trains the full model on the images.
 Writes models/model.keras either way: raw RGB pixels in, class probabilities (or the target, in its
 unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model. fine_tune.tta: flip bakes test-time
@@ -58,7 +58,7 @@ def main():
 def activation_shape() -> tuple:
     info = files.read_json(paths.ACTIVATIONS_INFO)
     if not info["cache_activations"]:
-        raise PipelineError("data/activations holds no activations; run `dvc repro` (extract-activations must run first)")
+        raise PipelineError("data/activations holds no activations; run `dvc repro` (extract-features must run first)")
     return tuple(info["train_shape"][1:])
 
 

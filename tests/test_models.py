@@ -88,7 +88,7 @@ def train_twice(images, lr):
         model = models.assemble(models.feature_extractor(base, "mobilenet_v2", 64, "avg"), head)
         models.unfreeze_from(base, "block_15_expand")
         if cached:
-            inputs = models.activation_extractor(base, "mobilenet_v2", 64, "block_15_expand").predict(images, verbose=0)
+            _, inputs = models.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(images, verbose=0)
             trained = models.top_model(base, "block_15_expand", inputs.shape[1:], "avg", head)
         else:
             inputs, trained = images, model
@@ -117,6 +117,20 @@ def test_fine_tuning_on_cached_activations_trains_the_same_network():
     # The saved (full) model computes what the trained top computes: they share their weights.
     np.testing.assert_allclose(cached.predict(images, verbose=0), top.predict(activations, verbose=0), rtol=0, atol=1e-5)
     np.testing.assert_allclose(end_to_end.predict(images, verbose=0), cached.predict(images, verbose=0), rtol=0, atol=1e-5)
+
+
+def test_one_pass_gives_the_heads_features_and_the_activations_at_the_cut():
+    """extract-features' two-output model: its features are the whole base's (pooled), its activations are what
+    the top of the base continues from. Same kernels, another graph: a stated tolerance, not bits."""
+    base = models.build_base("mobilenet_v2", 0.35, "imagenet")
+    images = np.random.default_rng(3).uniform(0, 255, (6, 64, 64, 3)).astype("float32")
+    features, activations = models.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(images, verbose=0)
+    whole = models.feature_extractor(base, "mobilenet_v2", 64, "avg").predict(images, verbose=0)
+    _, top = models.split_base(base, "block_15_expand")
+    assert features.shape == whole.shape == (6, 1280) and activations.shape == (6, 2, 2, top.input.shape[-1])
+    assert np.abs(whole).max() > 0.1, "real features, not zeros"
+    np.testing.assert_allclose(features, whole, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(top.predict(activations, verbose=0).mean(axis=(1, 2)), whole, rtol=0, atol=1e-5)
 
 
 def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(mobilenet):

@@ -163,14 +163,14 @@ def test_unfreeze_from_not_a_layer_lists_the_valid_names():
 ])
 def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activations(layer, why):
     """The cached-activations path cuts the base at the input of unfreeze_from: the input layer has none and an Add
-    has two (a traceback from Keras before, in extract-activations and fine-tune)."""
+    has two (a traceback from Keras before, in extract-features and fine-tune)."""
     keras = pytest.importorskip("keras")
     from lib import models
 
     base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
     layer = base.layers[0].name if layer == "input_layer" else layer  # input_layer_1, ... when Keras built a model before
     with pytest.raises(PipelineError) as info:
-        models.activation_extractor(base, "mobilenet_v2", 32, layer)
+        models.feature_extractor(base, "mobilenet_v2", 32, "avg", layer)
     text = str(info.value)
     assert text.startswith(f"fine_tune.unfreeze_from {layer!r} {why}; pick one of ") and "\n" not in text, text
     valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")

@@ -34,7 +34,7 @@ from conftest import (
 pytestmark = pytest.mark.e2e
 
 DATA_STAGES = ["ingest", "split", "normalize", "augment"]
-ALL_STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "extract-activations", "train-head", "fine-tune", "evaluate"]
+ALL_STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "train-head", "fine-tune", "evaluate"]
 
 
 def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
@@ -72,7 +72,7 @@ def test_an_experiment_reruns_only_the_stages_its_params_reach(fast_run, tmp_pat
     assert stages_run(fast_run.outputs["lower-lr"]) == ["fine-tune", "evaluate"], "the cached activations do not depend on the learning rate"
     copy = copy_project(fast_run.project, tmp_path / "copy")
     write_params(copy, {"fine_tune.unfreeze_from": "block_15_expand"})
-    assert set(status_of(copy, "evaluate")) == {"extract-activations", "fine-tune"}, "a new cut needs new activations"
+    assert set(status_of(copy, "evaluate")) == {"extract-features", "fine-tune"}, "a new cut needs new activations"
     shown = run(["dvc", "exp", "show", "--csv"], fast_run.project).stdout
     assert all(name in shown for name in FAST_EXPERIMENTS) and "head.accuracy" in shown and "fine_tuned.accuracy" in shown
 

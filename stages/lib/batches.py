@@ -1,6 +1,6 @@
 """Feeding models from memory-mapped arrays (TensorFlow/Keras): batches that hold a batch of the data, not all of it.
 
-Training (train-head, fine-tune), inference (extract-features, extract-activations) and evaluate read their
+Training (train-head, fine-tune), inference (extract-features) and evaluate read their
 .npy inputs through Batches; under a tf.distribute strategy each global batch is split over the replicas.
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@ shows the chunks.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import keras
@@ -17,17 +18,23 @@ CHUNK = 512       # images per predict call; outputs are written as they come
 BATCH_SIZE = 64   # images per forward pass
 
 
-def predict_to_npy(model: keras.Model, images: np.ndarray, path: Path, dtype, desc: str, replicas: int = 1) -> tuple:
-    """model(images) -> <path> (dtype), written chunk by chunk and published atomically. -> its shape.
+def predict_to_npy(model: keras.Model, images: np.ndarray, paths: list[Path], dtype, desc: str, replicas: int = 1) -> list[tuple]:
+    """model(images) -> one .npy (dtype) per output of the model, in the order of `paths`, written chunk by chunk and
+    published atomically (all of them, or none if it fails). -> their shapes.
 
     Batches are global (split over `replicas` under a tf.distribute strategy); see batches.Batches."""
-    shape = (len(images), *model.output.shape[1:])
-    with files.npy_writer(path, shape, dtype) as out, tqdm(total=len(images), desc=desc, unit="img") as progress:
+    shapes = [(len(images), *output.shape[1:]) for output in model.outputs]
+    if len(shapes) != len(paths):
+        raise ValueError(f"{model.name} has {len(shapes)} output(s), for {len(paths)} file(s)")
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(files.npy_writer(path, shape, dtype)) for path, shape in zip(paths, shapes)]
+        progress = stack.enter_context(tqdm(total=len(images), desc=desc, unit="img"))
         for chunk in chunks(len(images)):
-            out[chunk.start:chunk.stop] = model.predict(batches.Batches(images[chunk.start:chunk.stop], None, BATCH_SIZE, replicas=replicas),
-                                                        verbose=0)
+            predicted = model.predict(batches.Batches(images[chunk.start:chunk.stop], None, BATCH_SIZE, replicas=replicas), verbose=0)
+            for out, values in zip(outs, predicted if len(outs) > 1 else [predicted]):
+                out[chunk.start:chunk.stop] = values
             progress.update(len(chunk))
-    return shape
+    return shapes
 
 
 def chunks(rows: int) -> list[range]:

@@ -72,14 +72,21 @@ def pooling(kind: str) -> layers.Layer:
     return layers.GlobalAveragePooling2D(name="pool") if kind == "avg" else layers.Flatten(name="pool")
 
 
-def feature_extractor(base: keras.Model, base_name: str, image_size: int, pooling_kind: str) -> keras.Model:
-    """Raw pixels -> pooled base features: what the head is trained on."""
+def feature_extractor(base: keras.Model, base_name: str, image_size: int, pooling_kind: str, cut: str | None = None) -> keras.Model:
+    """Raw pixels -> pooled base features: what the head is trained on.
+
+    With `cut` (a layer of the base) a second output from the same pass: the frozen base's activations at the input
+    of that layer (the fine-tune cut, see split_base), what cached fine-tuning trains on."""
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = inputs
     for layer in preprocessing(base_name):
         x = layer(x)
-    x = base(x, training=False)
-    return keras.Model(inputs, pooling(pooling_kind)(x), name="feature_extractor")
+    if cut is None:
+        return keras.Model(inputs, pooling(pooling_kind)(base(x, training=False)), name="feature_extractor")
+    bottom, top = split_base(base, cut)
+    activations = bottom(x, training=False)
+    features = pooling(pooling_kind)(top(activations, training=False))
+    return keras.Model(inputs, [features, activations], name="feature_and_activation_extractor")
 
 
 def build_head(n_features: int, units: int, dropout: float, n_outputs: int, task: str) -> keras.Model:
@@ -179,16 +186,6 @@ def _top(base: keras.Model, layer_name: str) -> keras.Model | None:
     below = set(names[:names.index(layer_name)])
     top = keras.Model(cut, base.output, name="base_top")
     return None if any(layer.name in below for layer in top.layers) else top
-
-
-def activation_extractor(base: keras.Model, base_name: str, image_size: int, layer_name: str) -> keras.Model:
-    """Raw pixels -> the frozen base's activations at the input of `layer_name` (the fine-tune cut)."""
-    bottom, _ = split_base(base, layer_name)
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = inputs
-    for layer in preprocessing(base_name):
-        x = layer(x)
-    return keras.Model(inputs, bottom(x, training=False), name="activation_extractor")
 
 
 def top_model(base: keras.Model, layer_name: str, activation_shape: tuple, pooling_kind: str, head: keras.Model) -> keras.Model:

@@ -172,7 +172,7 @@ class FineTune(Fit):
 
 
 class Train(Section):
-    # Where the models of extract-features, extract-activations, train-head and fine-tune run
+    # Where the models of extract-features, train-head and fine-tune run
     # (stages/lib/distribute.py); batch sizes are global whatever the strategy.
     strategy: Literal["default", "mirrored", "multi_worker"]
 
