@@ -11,7 +11,6 @@ from the memory-mapped image arrays, and stores from that one pass:
 base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32.
 The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
-import keras
 import numpy as np
 
 from lib import distribute, files, inference, models, params, paths, training
@@ -26,8 +25,8 @@ def main():
     models.set_precision(p.base.precision)
     with strategy.scope():
         base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut)
-        features_only = keras.Model(extractor.input, extractor.outputs[0], name="feature_extractor")
+        features_only = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
+        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut) if cut else features_only
     info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": p.fine_tune.unfreeze_from, "dtype": "float32"}
     for split in paths.SPLITS:
         images, targets = files.load_npy(paths.images(split), mmap=True), files.load_npy(paths.targets(split))
