@@ -20,9 +20,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers17"
-# Flowers-17 at 224 with MobileNetV2-0.35 and ImageNet weights (the README's flowers line; benchmarks 1-5 in
-# benchmarks/README.md were measured with the earlier line: fine_tune.lr 0.001 with SGD, no smoothing, no flip averaging).
-FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 224, "augment.horizontal_flip": True,
+# Flowers-17 at 256 px with MobileNetV2-0.35 and ImageNet weights (the README's flowers line; benchmarks 1-5 in
+# benchmarks/README.md were measured with an earlier line: 224 px, fine_tune.lr 0.001 with SGD, no smoothing, no flip
+# averaging; reproducibility.py and throughput_memory.py keep 224 px).
+FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 256, "augment.horizontal_flip": True,
                   "augment.copies": 4, "train_head.label_smoothing": 0.1, "fine_tune.label_smoothing": 0.1,
                   "fine_tune.optimizer": "adam", "fine_tune.lr": 0.0001, "fine_tune.epochs": 10, "fine_tune.patience": 6,
                   "fine_tune.tta": "flip"}

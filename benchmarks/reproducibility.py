@@ -58,7 +58,8 @@ def main():
 
     project = harness.clone("reproducibility")
     if not args.digits:
-        harness.set_params(project, harness.FLOWERS_PARAMS | {"augment.copies": 2, "fine_tune.epochs": 3, "fine_tune.patience": 0})
+        harness.set_params(project, harness.FLOWERS_PARAMS | {"normalize.image_size": 224, "augment.copies": 2, "fine_tune.epochs": 3,
+                                                              "fine_tune.patience": 0})
     threads = harness.read_params(project)["fine_tune"]["threads"]
     print(f"preparing data in {project} ...", flush=True)
     harness.run(["dvc", "repro", "augment"], project)

@@ -37,7 +37,8 @@ def repeated(source: Path, times: int) -> Path:
 
 def run_stages(source: Path, copies: int, precision: str = "float32") -> tuple[Path, dict]:
     project = harness.clone("memory")
-    harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": str(source), "augment.copies": copies,
+    harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": str(source), "normalize.image_size": 224,
+                                                          "augment.copies": copies,
                                                           "fine_tune.epochs": 2, "base.precision": precision})
     timings = {}
     for stage in STAGES:
