@@ -8,7 +8,8 @@ from the memory-mapped image arrays, and stores from that one pass:
   layers give the same activations every epoch: fine-tune trains the top of the base + head on them (float32, so
   the result is that of end-to-end training) instead of pushing every image through the whole base each epoch.
   With false, only info.json (fine-tune then runs end to end on images).
-base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32.
+base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32,
+but the cached activations then carry bfloat16 rounding (the two-stage layout before 2026-11-27 kept them float32).
 The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
 """
 import numpy as np
