@@ -1,12 +1,15 @@
 """Stage ingest: data.source -> a decoded, validated snapshot (manifest + pixels) and the data report.
 
-Every file is read and decoded once (in parallel threads): EXIF orientation applied, converted to
+Every file is hashed, then decoded once (in parallel threads): EXIF orientation applied, converted to
 RGB, shrunk so its shorter side is at most ingest.max_short_side. Unusable files are skipped and
 listed with the reason in metrics/data.json. Identical pictures are recognised by their decoded
 pixels, near-duplicates by a perceptual hash (stages/lib/duplicates.py): a picture that appears
 under two labels is left out, every copy of it (its pixels stay in pixels.u8, unreferenced), and
-copies and near-duplicates share a `group`, which split keeps in one split.
+copies and near-duplicates share a `group`, which split keeps in one split. A group is named by the
+smallest sha256 of its files' bytes, not of their snapshots, so the split does not move when an
+ingest param (ingest.max_short_side) changes the snapshots.
 """
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -16,20 +19,23 @@ from lib import duplicates, files, images, params, paths, settings, sources
 from lib.errors import PipelineError, run
 
 BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dataset size
-# pixels_sha256: of the decoded snapshot; group: copies and near-duplicates share one (duplicates.groups)
-COLUMNS = ["path", "label", "pixels_sha256", "group", "width", "height", "stored_height", "stored_width", "offset"]
+# pixels_sha256: of the decoded snapshot; file_sha256: of the file's bytes; group: copies and near-duplicates share one
+# (duplicates.groups), named by the smallest file_sha256 among them
+COLUMNS = ["path", "label", "pixels_sha256", "file_sha256", "group", "width", "height", "stored_height", "stored_width", "offset"]
 
 
 def load_item(item: sources.Item, max_short_side: int, max_pixels: int):
     """-> (row dict, (pixels, fingerprint)) or (None, reason). The file is decoded lazily: a huge file never sits in
     memory whole."""
     try:
+        with open(item.file, "rb") as f:
+            file_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         pixels, size = images.decode(item.file, max_short_side, max_pixels)
     except OSError as exc:
         return None, f"cannot read file ({exc.strerror or exc})"
     except images.Unusable as exc:
         return None, str(exc)
-    row = {"path": item.path, "label": item.label, "width": size[0], "height": size[1],
+    row = {"path": item.path, "label": item.label, "file_sha256": file_sha256, "width": size[0], "height": size[1],
            "stored_height": pixels.shape[0], "stored_width": pixels.shape[1]}
     return row, (pixels, duplicates.fingerprint(pixels))
 
@@ -62,7 +68,7 @@ def main():
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise PipelineError(f"data.source {p.data.source}: no usable image" +
                                 (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else ""))
-    manifest = pd.DataFrame(rows, columns=COLUMNS).assign(group=duplicates.groups(prints))
+    manifest = pd.DataFrame(rows, columns=COLUMNS).assign(group=duplicates.groups(prints, [r["file_sha256"] for r in rows]))
     if p.data.task == "classification":  # a class whose every file was skipped
         gone = sorted({str(item.label) for item in items} - set(manifest["label"].astype(str)))
         skipped += [sources.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]

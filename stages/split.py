@@ -1,7 +1,7 @@
 """Stage split: manifest -> train/val/test assignment, stratified by class (or target bin), seeded.
 
 Copies and near-duplicates of a picture (one `group` of the manifest) always land in the same split,
-and where a picture lands depends on its pixels and split.seed, not on the order of the rows
+and where a picture lands depends on its file's bytes and split.seed, not on the order of the rows or on ingest's params
 (stages/lib/splitting.py).
 """
 import pandas as pd

@@ -55,8 +55,9 @@ def test_one_picture_in_several_formats_is_found_by_its_pixels_and_kept_in_one_s
 def test_look_alike_digits_are_not_near_duplicates():
     """A perceptual hash alone would pair look-alike handwritten digits (107 pairs share their dHash); the thumbnail
     check keeps the 1797 committed digits apart, as they are distinct pictures."""
-    prints = [duplicates.fingerprint(images.decode(path, 256, 10**8)[0]) for path in sorted((ROOT / "data/raw/digits").rglob("*.png"))]
-    assert len(prints) == 1797 and len(set(duplicates.groups(prints))) == 1797
+    files = sorted((ROOT / "data/raw/digits").rglob("*.png"))
+    prints = [duplicates.fingerprint(images.decode(path, 256, 10**8)[0]) for path in files]
+    assert len(prints) == 1797 and len(set(duplicates.groups(prints, [str(path) for path in files]))) == 1797
     assert sum(a.dhash == b.dhash for i, a in enumerate(prints) for b in prints[i + 1:i + 200]) > 0, "the hashes alone collide"
 
 

@@ -5,15 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_stage, stage_project
+from conftest import make_image, run_stage, stage_project
 from lib import splitting
 from lib.errors import PipelineError
 
 
 def manifest(labels, hashes=None):
-    """Rows as ingest writes them: each its own picture (pixels_sha256), alone in its group unless `hashes` repeat."""
+    """Rows as ingest writes them: each its own picture (pixels_sha256, file_sha256), alone in its group unless `hashes`
+    repeat."""
     hashes = hashes or [f"h{i}" for i in range(len(labels))]
-    return pd.DataFrame({"path": [f"{i}.png" for i in range(len(labels))], "label": labels, "pixels_sha256": hashes, "group": hashes})
+    return pd.DataFrame({"path": [f"{i}.png" for i in range(len(labels))], "label": labels, "pixels_sha256": hashes,
+                         "file_sha256": hashes, "group": hashes})
 
 
 def test_split_is_stratified_seeded_and_keeps_duplicates_together():
@@ -58,6 +60,33 @@ def test_split_ignores_row_order_and_moves_few_images_when_one_is_added():
     assert not split.equals(splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=1)), "the seed matters"
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_split_does_not_move_when_ingest_makes_other_snapshots(tmp_path, task):
+    """A group was named by its snapshot's pixels: raising ingest.max_short_side (needed for a larger input) gave every
+    photo other pixels, hence another rank, and another test set; two experiments' test figures then came from
+    different photos. Now the group is named by its files' bytes (and regression's ties are ordered by them)."""
+    source = tmp_path / "images"
+    rows = []
+    for c, color in enumerate(((200, 40, 40), (40, 40, 200))):
+        for i in range(15):
+            make_image(source / f"c{c}" / f"{i}.png", color, size=(64, 48), noise_seed=100 * c + i)
+            rows.append({"image": f"c{c}/{i}.png", "age": float(i % 5)})  # tied targets: their order decides the bins
+    pd.DataFrame(rows).to_csv(source / "labels.csv", index=False)
+    regression = {"data.task": "regression", "data.csv": "labels.csv", "data.target_column": "age", "split.bins": 3}
+    results = []
+    for side in (40, 24):  # both shrink every image: other snapshot pixels
+        project = stage_project(tmp_path / str(side), {"data.source": str(source), "ingest.max_short_side": side}
+                                | (regression if task == "regression" else {}))
+        assert run_stage(project, "ingest").returncode == 0 and run_stage(project, "split").returncode == 0
+        manifest_ = pd.read_csv(project / "data/ingested/manifest.csv", dtype=str).set_index("path")
+        split = pd.read_csv(project / "data/split/split.csv").set_index("path")["split"]
+        results.append((manifest_, split))
+    (before, split_before), (after, split_after) = results
+    assert (before["pixels_sha256"] != after["pixels_sha256"]).all() and before["stored_width"].ne(after["stored_width"]).all()
+    assert split_before.equals(split_after) and set(split_before) == {"train", "val", "test"}
+    assert before["group"].equals(after["group"])
+
+
 def test_regression_split_covers_the_target_range():
     m = manifest(list(np.linspace(1, 100, 200)))
     split = splitting.assign(m, splitting.strata(m, "regression", 10), 0.2, 0.2, seed=0)
@@ -84,7 +113,7 @@ def test_every_val_and_test_class_must_be_a_training_class(tmp_path, class_folde
 
 def frame(labels, hashes=None):
     hashes = hashes or [f"h{i}" for i in range(len(labels))]
-    return pd.DataFrame({"label": labels, "pixels_sha256": hashes, "group": hashes})
+    return pd.DataFrame({"label": labels, "pixels_sha256": hashes, "file_sha256": hashes, "group": hashes})
 
 
 def test_a_class_too_small_for_the_split_is_named_with_the_size_needed():

@@ -11,7 +11,9 @@
   (even at quality 20) and half-size copies of photos stay within 1. Flowers-17 holds 67 such pairs.
 
 Copies and near-duplicates, linked transitively, form a group: split keeps each group in one split
-(so no picture is in training and test at once), and the data report lists the near-duplicates.
+(so no picture is in training and test at once), and the data report lists the near-duplicates. A group
+is named by a key of its own members that ingest's params cannot change (ingest passes the sha256 of each
+file's bytes): where split puts it then does not depend on the size of the snapshots.
 
 Conflicting labels: an exact copy that carries another label (the same picture in two class folders,
 or listed twice in a CSV with two labels) cannot be trusted either way, so every copy of it is left
@@ -68,8 +70,9 @@ def conflicting_labels(paths: list[str], labels: list[str], hashes: list[str]) -
     return reasons
 
 
-def groups(prints: list[Fingerprint]) -> list[str]:
-    """The group of each image: the smallest snapshot sha256 among its copies and near-duplicates (transitively)."""
+def groups(prints: list[Fingerprint], keys: list[str]) -> list[str]:
+    """The group of each image: the smallest of the `keys` (one per image) among its copies and near-duplicates
+    (transitively)."""
     distinct = sorted({f.sha256 for f in prints})
     index = {digest: i for i, digest in enumerate(distinct)}
     first = {}
@@ -85,8 +88,12 @@ def groups(prints: list[Fingerprint]) -> list[str]:
 
     for i, j in near_pairs([first[d].dhash for d in distinct], np.stack([first[d].thumbnail for d in distinct]) if distinct else None):
         a, b = root(i), root(j)
-        parent[max(a, b)] = min(a, b)  # the root is the smallest index: the smallest sha256 of the group
-    return [distinct[root(index[f.sha256])] for f in prints]
+        parent[max(a, b)] = min(a, b)
+    name = {}
+    for f, key in zip(prints, keys):
+        group = root(index[f.sha256])
+        name[group] = min(name.get(group, key), key)
+    return [name[root(index[f.sha256])] for f in prints]
 
 
 def near_pairs(dhashes: list[int], thumbnails: np.ndarray | None) -> list[tuple[int, int]]:

@@ -101,7 +101,7 @@ def read_manifest(path: Path, task: str):
     so do the hashes (a hex digest of digits only is not a number either)."""
     import pandas as pd
 
-    hashes = {"pixels_sha256": str, "group": str}
+    hashes = {"pixels_sha256": str, "file_sha256": str, "group": str}
     if task == "classification":
         return pd.read_csv(path, dtype={"label": str} | hashes, keep_default_na=False)
     return pd.read_csv(path, dtype={"label": float} | hashes)

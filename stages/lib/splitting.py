@@ -4,7 +4,8 @@ images as possible when the data changes.
 The unit of assignment is a group of copies and near-duplicates (the manifest's `group`, see
 duplicates.py), placed in the stratum of most of its rows. Within a stratum, groups are ranked by a
 hash of (split.seed, group) and cut by the fractions: test first, then val, then train. A group's
-rank depends on its own pixels and the seed only, never on the order of the rows: reordering a CSV
+rank depends on its own files' bytes and the seed only, never on the order of the rows or on ingest's
+params (a larger ingest.max_short_side keeps every image in its split): reordering a CSV
 changes nothing, and adding an image to a class moves at most a couple of that class's images
 across a cut (where a shuffle of the rows would reassign every image).
 """
@@ -20,12 +21,12 @@ from lib.errors import PipelineError
 
 
 def strata(manifest: pd.DataFrame, task: str, bins: int) -> pd.Series:
-    """The stratum of each row: its class, or for regression the quantile bin of its target (ties ordered by pixels, not
-    by row order)."""
+    """The stratum of each row: its class, or for regression the quantile bin of its target (ties ordered by the files'
+    bytes, not by row order)."""
     if task == "classification":
         return manifest["label"].astype(str)
     ranks = pd.Series(np.empty(len(manifest)), index=manifest.index)
-    ranks.iloc[np.lexsort((manifest["pixels_sha256"].to_numpy(), manifest["label"].astype(float).to_numpy()))] = np.arange(len(manifest))
+    ranks.iloc[np.lexsort((manifest["file_sha256"].to_numpy(), manifest["label"].astype(float).to_numpy()))] = np.arange(len(manifest))
     return pd.qcut(ranks, q=min(bins, len(manifest)), labels=False).map(lambda b: f"target bin {b + 1} of {bins}")
 
 
@@ -51,7 +52,7 @@ def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, 
 
 
 def rank(group: str, seed: int) -> str:
-    """A group's place in its stratum: uniform, fixed by the seed and the group's own pixels."""
+    """A group's place in its stratum: uniform, fixed by the seed and the group's own files."""
     return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
 
 
