@@ -101,8 +101,8 @@ def queue_tasks(project: Path, attempts: int = 5) -> list[tuple[str, str, str]]:
 def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tasks: set[str]) -> None:
     """Start the queue and wait for it, noting when each experiment starts and stops running (wall time). Tasks from
     before (old_tasks: a failed run of the same name) are not looked at."""
-    seconds = json.loads(timings.read_text()) if timings.exists() else {}
-    harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)
+    seconds = {name: s for name, s in (json.loads(timings.read_text()) if timings.exists() else {}).items() if name not in names}
+    harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)  # a name run again (on a new commit) gets its new time
     started = {}
     while True:
         now = time.monotonic()
