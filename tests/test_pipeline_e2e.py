@@ -457,11 +457,11 @@ def weights(path: Path) -> list[np.ndarray]:
     return keras.models.load_model(path, safe_mode=True, compile=False).get_weights()
 
 
-def assert_same_model(a: Path, b: Path) -> None:
+def assert_same_model(a: Path, b: Path, atol: float = 1e-5) -> None:
     wa, wb = weights(a), weights(b)
     assert len(wa) == len(wb)
     for x, y in zip(wa, wb):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=atol)
 
 
 def flat(metrics, prefix: str = "") -> dict:
@@ -472,11 +472,11 @@ def flat(metrics, prefix: str = "") -> dict:
     return {key: value for k, v in items for key, value in flat(v, f"{prefix}.{k}" if prefix else str(k)).items()}
 
 
-def assert_same_metrics(a: Path, b: Path) -> None:
+def assert_same_metrics(a: Path, b: Path, abs_tol: float = 1e-4) -> None:
     ma, mb = flat(json.loads(a.read_text())), flat(json.loads(b.read_text()))
     assert ma.keys() == mb.keys() and ma["epochs_run"] == mb["epochs_run"] > 0
     for key in ma:
-        assert mb[key] == pytest.approx(ma[key], abs=1e-4), key
+        assert mb[key] == pytest.approx(ma[key], abs=abs_tol), key
 
 
 @pytest.fixture
@@ -494,9 +494,14 @@ def test_mirrored_on_two_logical_cpus_matches_default(project, tmp_path):
         result = run([sys.executable, "-c", TWO_CPUS, f"stages/{stage}.py"], mirrored)
         assert "train.strategy=mirrored: 2 replica(s)" in result.stdout and model in result.stdout, result.stdout  # the model runs under it
     assert_same_model(mirrored / "models/head.keras", project / "models/head.keras")
-    assert_same_model(mirrored / "models/model.keras", project / "models/model.keras")
     assert_same_metrics(mirrored / "metrics/train_head.json", project / "metrics/train_head.json")
-    assert_same_metrics(mirrored / "metrics/fine_tune.json", project / "metrics/fine_tune.json")
+    # Fine-tuning through the base's ReLU6 units: the replicas' gradient sums round differently, and where that moves an
+    # activation across a kink (0 or 6) one step's gradient for that unit changes by O(1), so weights part by about one
+    # learning-rate step (measured on the digits split of 2026-11-27: at most 3.8e-4 = 1.9 x fine_tune.lr after one epoch,
+    # val_loss 0.017 apart). The bounds: 5 steps for the weights, 0.03 for the figures measured after the epoch.
+    lr = yaml.safe_load((project / "params.yaml").read_text())["fine_tune"]["lr"]
+    assert_same_model(mirrored / "models/model.keras", project / "models/model.keras", atol=5 * lr)
+    assert_same_metrics(mirrored / "metrics/fine_tune.json", project / "metrics/fine_tune.json", abs_tol=0.03)
 
 
 def free_port() -> int:
