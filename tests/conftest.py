@@ -149,7 +149,7 @@ def commit(project: Path, message: str = "run") -> None:
 
 
 # Small, fast settings for end-to-end runs: tiny images, one epoch. No dropout: the same run under
-# train.strategy=mirrored then matches it to float rounding (tests/test_scaling.py).
+# train.strategy=mirrored then matches it to float rounding (test_pipeline_e2e.py, test_mirrored_*).
 FAST = {
     "normalize.image_size": 32,
     "augment.copies": 1,
