@@ -115,8 +115,8 @@ def test_fine_tuning_on_cached_activations_trains_the_same_network():
     assert np.abs(conv_weights(cached) - initial).max() > 100 * 3e-6, "fine-tuning must move the unfrozen weights"
     np.testing.assert_allclose(conv_weights(cached), conv_weights(end_to_end), rtol=0, atol=3e-6)
     # The saved (full) model computes what the trained top computes: they share their weights.
-    np.testing.assert_allclose(cached.predict(images, verbose=0), top.predict(activations, verbose=0), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(end_to_end.predict(images, verbose=0), cached.predict(images, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(call(cached, images), call(top, activations), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(call(end_to_end, images), call(cached, images), rtol=0, atol=1e-5)
 
 
 def test_one_pass_gives_the_heads_features_and_the_activations_at_the_cut():
@@ -124,13 +124,13 @@ def test_one_pass_gives_the_heads_features_and_the_activations_at_the_cut():
     the top of the base continues from. Same kernels, another graph: a stated tolerance, not bits."""
     base = models.build_base("mobilenet_v2", 0.35, "imagenet")
     images = np.random.default_rng(3).uniform(0, 255, (6, 64, 64, 3)).astype("float32")
-    features, activations = models.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(images, verbose=0)
-    whole = models.feature_extractor(base, "mobilenet_v2", 64, "avg").predict(images, verbose=0)
+    features, activations = call(models.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand"), images)
+    whole = call(models.feature_extractor(base, "mobilenet_v2", 64, "avg"), images)
     _, top = models.split_base(base, "block_15_expand")
     assert features.shape == whole.shape == (6, 1280) and activations.shape == (6, 2, 2, top.input.shape[-1])
     assert np.abs(whole).max() > 0.1, "real features, not zeros"
     np.testing.assert_allclose(features, whole, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(top.predict(activations, verbose=0).mean(axis=(1, 2)), whole, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(call(top, activations).mean(axis=(1, 2)), whole, rtol=0, atol=1e-5)
 
 
 def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(mobilenet):
@@ -138,7 +138,7 @@ def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(
         models.split_base(mobilenet, "block_11_depthwise")
     bottom, top = models.split_base(mobilenet, "block_11_expand")
     x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
-    assert np.allclose(top.predict(bottom.predict(x, verbose=0), verbose=0), mobilenet.predict(x, verbose=0), atol=1e-5)
+    assert np.allclose(call(top, call(bottom, x)), call(mobilenet, x), atol=1e-5)
 
 
 
@@ -176,6 +176,12 @@ def test_the_pipeline_models_have_no_lambda_and_load_in_safe_mode(tmp_path):
     assert np.allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
 
 
+def call(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model on a few images, eagerly: what predict computes, without tracing a function per model (seconds each)."""
+    out = model(x, training=False)
+    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
+
+
 def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_mirror(tmp_path, mobilenet):
     """fine_tune.tta: flip, baked into the saved model: plain layers (no Lambda), so it loads in safe mode."""
     x = np.random.default_rng(4).uniform(0, 255, (3, 32, 40, 3)).astype("float32")  # not square: columns, not rows
@@ -187,15 +193,15 @@ def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_
     model = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), models.build_head(1280, 8, 0.0, 3, "classification"))
     square = x[:, :, :32]
     exported = models.export(model, {"task": "classification"}, "flip")
-    plain, mirrored = model.predict(square, verbose=0), model.predict(square[:, :, ::-1], verbose=0)
+    plain, mirrored = call(model, square), call(model, square[:, :, ::-1])
     assert not np.allclose(plain, mirrored, atol=1e-3), "the network itself is not mirror-symmetric"
-    np.testing.assert_allclose(exported.predict(square, verbose=0), (plain + mirrored) / 2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(call(exported, square), (plain + mirrored) / 2, rtol=0, atol=1e-6)
     assert models.export(model, {"task": "classification"}, "none") is model, "tta none: the model as before"
 
     regression = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), models.build_head(1280, 4, 0.0, 1, "regression"))
     exported = models.export(regression, {"task": "regression", "mean": 40.0, "std": 10.0}, "flip")
-    want = (regression.predict(square, verbose=0) + regression.predict(square[:, :, ::-1], verbose=0)) / 2 * 10 + 40
-    np.testing.assert_allclose(exported.predict(square, verbose=0), want, rtol=0, atol=1e-4)
+    want = (call(regression, square) + call(regression, square[:, :, ::-1])) / 2 * 10 + 40
+    np.testing.assert_allclose(call(exported, square), want, rtol=0, atol=1e-4)
     models.save(exported, tmp_path / "a.keras")
     models.save(exported, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
