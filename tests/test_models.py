@@ -11,6 +11,12 @@ from lib import batches, models, training
 from lib.errors import PipelineError
 
 
+def call(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model on a few images, eagerly: what predict computes, without tracing a function per model (seconds each)."""
+    out = model(x, training=False)
+    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
+
+
 @pytest.fixture(scope="module")
 def mobilenet():
     return models.build_base("mobilenet_v2", 0.35, "imagenet")
@@ -174,12 +180,6 @@ def test_the_pipeline_models_have_no_lambda_and_load_in_safe_mode(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")
     loaded = models.load(tmp_path / "model.keras")
     assert np.allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
-
-
-def call(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """The model on a few images, eagerly: what predict computes, without tracing a function per model (seconds each)."""
-    out = model(x, training=False)
-    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
 
 
 def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_mirror(tmp_path, mobilenet):
