@@ -42,6 +42,27 @@ def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loa
     assert confidence[0.0] > 0.98 and confidence[0.3] < 0.9, confidence  # smoothed targets cap it near 1 - 0.3 + 0.15
 
 
+def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
+    """compile_for runs STEPS_PER_CALL steps in one call: the same batches, dropout masks and updates as one step a call,
+    bit for bit (one process, one CPU: the same kernels), also when an epoch ends inside a call (3 steps a call, 7 an epoch)."""
+    x = np.random.default_rng(0).normal(size=(100, 8)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    trained = {}
+    for steps in (1, 3, training.STEPS_PER_CALL):
+        keras.utils.set_random_seed(0)
+        head = models.build_head(8, 16, 0.5, 2, "classification")
+        initial = head.get_weights()
+        training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.01))
+        assert head.steps_per_execution == training.STEPS_PER_CALL > 7
+        head.compile(optimizer=head.optimizer, loss=head.loss, metrics=["accuracy"], steps_per_execution=steps)
+        history = head.fit(batches.Batches(x, y, 16, seed=0), epochs=3, shuffle=False, verbose=0)
+        trained[steps] = head.get_weights(), history.history["loss"]
+    for steps in (3, training.STEPS_PER_CALL):
+        assert all(np.array_equal(a, b) for a, b in zip(trained[1][0], trained[steps][0])), f"{steps} steps a call"
+        assert trained[steps][1] == trained[1][1]
+    assert np.abs(trained[1][0][0] - initial[0]).max() > 0.01, "21 steps at lr 0.01 moved the weights"
+
+
 @pytest.mark.parametrize("loss, name", [("auto", "mse"), ("mse", "mse"), ("huber", "huber"), ("mae", "mae")])
 def test_regression_losses(loss, name):
     head = models.build_head(4, 4, 0.0, 1, "regression")
