@@ -103,15 +103,6 @@ def test_plots_diff_compares_two_experiments(fast_run, tmp_path):
         assert [shot["revisions"] for shot in plots[f"plots/evaluate/figures/{image}"]] == [["more-head-epochs"], ["lower-lr"]]
 
 
-def test_the_same_inputs_and_params_give_byte_identical_outputs(fast_run, tmp_path):
-    """Every stage again from scratch, in a copy of the run (the shared workspace stays as it is)."""
-    copy = copy_project(fast_run.project, tmp_path / "copy")
-    lock = (copy / "dvc.lock").read_text()
-    forced = run(["dvc", "repro", "--force"], copy)
-    assert stages_run(forced.stdout) == ALL_STAGES
-    assert (copy / "dvc.lock").read_text() == lock, "same inputs and params must give byte-identical outputs"
-
-
 def test_regression_from_csv_end_to_end(tmp_path):
     """A CSV manifest with a numeric target: brightness of gray images predicts the target."""
     folder = tmp_path / "faces"

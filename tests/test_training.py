@@ -52,11 +52,10 @@ def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
         keras.utils.set_random_seed(0)
         head = models.build_head(8, 16, 0.5, 2, "classification")
         initial = head.get_weights()
-        training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.01))
-        assert head.steps_per_execution == training.STEPS_PER_CALL > 7
-        head.compile(optimizer=head.optimizer, loss=head.loss, metrics=["accuracy"], steps_per_execution=steps)
+        training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.01), steps_per_call=steps)
         history = head.fit(batches.Batches(x, y, 16, seed=0), epochs=3, shuffle=False, verbose=0)
         trained[steps] = head.get_weights(), history.history["loss"]
+    assert training.STEPS_PER_CALL > 7
     for steps in (3, training.STEPS_PER_CALL):
         assert all(np.array_equal(a, b) for a, b in zip(trained[1][0], trained[steps][0])), f"{steps} steps a call"
         assert trained[steps][1] == trained[1][1]
@@ -92,7 +91,7 @@ def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patien
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     encoding = {"task": "regression", "mean": 0.0, "std": 1.0}
-    training.compile_for(model, encoding, "mse", training.optimizer("sgd", 0.05, ema=0.8))
+    training.compile_for(model, encoding, "mse", training.optimizer("sgd", 0.05, ema=0.8), steps_per_call=1)  # a callback a step
     steps, averages = [], []
 
     class Record(keras.callbacks.Callback):  # after SwapEMAWeights: the model holds each step's own weights here

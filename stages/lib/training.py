@@ -79,12 +79,14 @@ REGRESSION_LOSSES = {"auto": "mse", "mse": "mse", "huber": "huber", "mae": "mae"
 
 # Training steps per call into TensorFlow (Keras' steps_per_execution): the same steps and bits as one call a step
 # (tests/test_training.py), without a round trip through Python between them, which costs a small head as much as the
-# step itself (train-head on the digits: 74 s -> 58 s, its k-fold included). Callbacks still see every epoch.
+# step itself (train-head on the digits: 74 s -> 58 s, its k-fold included). Callbacks still see every epoch, and
+# on_train_batch_end once a call. Under a distribution strategy, one step a call: TF 2.20 cannot run Keras' loop of
+# steps over a distributed dataset ("You must feed a value for placeholder tensor").
 STEPS_PER_CALL = 64
 
 
 def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0,
-                mixup: float = 0.0) -> None:
+                mixup: float = 0.0, steps_per_call: int = STEPS_PER_CALL) -> None:
     """label_smoothing: classification only (0: Keras' own sparse cross-entropy). mixup > 0: the model is fed
     one-hot class targets (batches with classes=one_hot_classes(encoding, mixup)), blended while training."""
     if encoding["task"] == "regression":
@@ -94,7 +96,8 @@ def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimi
     else:
         model_loss = SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy"
         metrics = ["accuracy"]
-    model.compile(optimizer=opt, loss=model_loss, metrics=metrics, steps_per_execution=STEPS_PER_CALL)
+    model.compile(optimizer=opt, loss=model_loss, metrics=metrics,
+                  steps_per_execution=1 if tf.distribute.has_strategy() else steps_per_call)
 
 
 def one_hot_classes(encoding: dict, mixup: float) -> int:
