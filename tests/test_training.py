@@ -47,11 +47,12 @@ def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
     bit for bit (one process, one CPU: the same kernels), also when an epoch ends inside a call (3 steps a call, 7 an epoch)."""
     x = np.random.default_rng(0).normal(size=(100, 8)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    keras.utils.set_random_seed(0)
+    initial = models.build_head(8, 16, 0.5, 2, "classification").get_weights()  # what each head below starts from
     trained = {}
     for steps in (1, 3, training.STEPS_PER_CALL):
         keras.utils.set_random_seed(0)
         head = models.build_head(8, 16, 0.5, 2, "classification")
-        initial = head.get_weights()
         training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.01), steps_per_call=steps)
         history = head.fit(batches.Batches(x, y, 16, seed=0), epochs=3, shuffle=False, verbose=0)
         trained[steps] = head.get_weights(), history.history["loss"]
