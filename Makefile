@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KERAS_CACHE := $(or $(KERAS_HOME),$(HOME)/.keras)/models
 OFFLINE_WEIGHTS := ../shared/keras/models
-# The review-page test (tests/test_review_page.py) renders `dvc plots diff` in headless Chromium. DVC's page loads these
+# The review-page test (tests/test_review.py) renders `dvc plots diff` in headless Chromium. DVC's page loads these
 # scripts from a CDN, out of reach here: the same versions come from npm. vega-lite 5.2.0 asks for vega ^5.21 as a peer,
 # but DVC's page pairs it with 5.20.2, so npm is told to keep that pairing (--legacy-peer-deps).
 NPM_PREFIX := .cache/npm
@@ -23,10 +23,13 @@ test: install keras-cache vega
 
 install: $(BIN)/.installed
 
-$(BIN)/.installed: requirements.txt
+# requirements.txt pins every package; then the project's own package (transfer_learning/, pyproject.toml), editable:
+# its commands (transfer-learning) go on the venv's PATH and a change to its code needs no reinstall.
+$(BIN)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # Machines without internet: copy the ImageNet weights Keras would download into its cache.
@@ -40,4 +43,4 @@ $(NPM_PREFIX)/.installed: Makefile
 	@if command -v npm >/dev/null; then \
 		npm install --prefix $(NPM_PREFIX) --no-save --no-package-lock --legacy-peer-deps --ignore-scripts --no-audit --no-fund \
 			--loglevel=error $(VEGA) && touch $@; \
-	else echo "npm not found: tests/test_review_page.py will be skipped (install Node.js and npm, then make vega)"; fi
+	else echo "npm not found: the review-page test will be skipped (install Node.js and npm, then make vega)"; fi

@@ -4,7 +4,7 @@
     python benchmarks/reproducibility.py --digits    # the embedded default
 
 The project runs TensorFlow with oneDNN on every CPU, limited to its AVX2 kernels
-(stages/lib/__init__.py), and fine-tune with a fixed pool of fine_tune.threads threads. This runs
+(transfer_learning/__init__.py), and fine-tune with a fixed pool of fine_tune.threads threads. This runs
 the stages that use TensorFlow (extract-features ... evaluate) in one fresh clone under:
 
     project        the project's settings (oneDNN AVX2, fine_tune.threads as in params.yaml)

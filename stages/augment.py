@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from lib import augmentation, files, params, paths, settings
-from lib.errors import run
+from transfer_learning import augmentation, files, params, paths, settings
+from transfer_learning.errors import run
 
 BATCH = 64
 

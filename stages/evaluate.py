@@ -7,20 +7,20 @@ Baseline: always the most frequent training class, or the training mean (regress
 """
 import pandas as pd
 
-from lib import batches, evaluation, files, inference, models, params, paths, review, targets
-from lib.errors import run
+from transfer_learning import batches, evaluation, files, inference, model_files, params, paths, records, review, targets
+from transfer_learning.errors import run
 
 
 def main():
     params.load()  # validates params.yaml; this stage reads no key of its own
-    encoding = files.read_json(paths.MODEL_ENCODING)
-    task = encoding["task"]
+    encoding = records.Encoding.read(paths.MODEL_ENCODING)
+    task = encoding.task
     actual = targets.decode(files.load_npy(paths.targets("test")), encoding)
     baseline = targets.constant(files.load_npy(paths.split_array(paths.NORMALIZED, "train", "targets")), encoding)
     test_features = batches.from_files(paths.features("test"), None, inference.BATCH_SIZE)
     test_images = batches.from_files(paths.images("test"), None, inference.BATCH_SIZE)
-    head_out = models.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
-    fine_out = models.load(paths.MODEL).predict(test_images, verbose=0)
+    head_out = model_files.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
+    fine_out = model_files.load(paths.MODEL).predict(test_images, verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 
     summary = evaluation.summary(actual, predictions, encoding, baseline)
@@ -30,7 +30,7 @@ def main():
     for name, predicted in predictions.items():
         files.write_csv(paths.PREDICTIONS / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
     if task == "classification":
-        evaluation.confusion_figure(actual, predictions, encoding["classes"], paths.FIGURES / "confusion.png")
+        evaluation.confusion_figure(actual, predictions, encoding.classes, paths.FIGURES / "confusion.png")
     else:
         evaluation.regression_figures(actual, predictions, paths.FIGURES)
 
@@ -38,7 +38,7 @@ def main():
     test_paths = files.read_manifest(paths.MANIFEST, task).loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()
     training_runs = {"head": files.read_json(paths.TRAIN_HEAD_METRICS), "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS)}
     grid = review.write(review.worst_cases(actual, fine_out, encoding, test_paths), test_images.inputs, summary, breakdown, baseline,
-                        training_runs, files.read_json(paths.DATA_REPORT), encoding)
+                        training_runs, records.DataReport.read(paths.DATA_REPORT), encoding)
     for name, figures in summary.items():
         print(f"evaluate: {name}: {figures}")
     print(f"evaluate: review -> {paths.REVIEW}, {grid}")

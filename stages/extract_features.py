@@ -10,24 +10,24 @@ from the memory-mapped image arrays, and stores from that one pass:
   With false, only info.json (fine-tune then runs end to end on images).
 base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32,
 but the cached activations then carry bfloat16 rounding (the two-stage layout before 2026-11-27 kept them float32).
-The base runs under train.strategy (stages/lib/distribute.py): each batch is split over the replicas.
+The base runs under train.strategy (transfer_learning/distribute.py): each batch is split over the replicas.
 """
 import numpy as np
 
-from lib import distribute, files, inference, models, params, paths, training
-from lib.errors import run
+from transfer_learning import distribute, files, inference, networks, params, paths, seeding
+from transfer_learning.errors import run
 
 
 def main():
     p = params.load()
     cut = p.fine_tune.unfreeze_from if p.fine_tune.cache_activations else None
     strategy = distribute.strategy(p.train.strategy)
-    training.make_deterministic(0)
-    models.set_precision(p.base.precision)
+    seeding.make_deterministic(0)
+    networks.set_precision(p.base.precision)
     with strategy.scope():
-        base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-        features_only = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
-        extractor = models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut) if cut else features_only
+        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights)
+        features_only = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
+        extractor = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut) if cut else features_only
     info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": p.fine_tune.unfreeze_from, "dtype": "float32"}
     for split in paths.SPLITS:
         images, targets = files.load_npy(paths.images(split), mmap=True), files.load_npy(paths.targets(split))

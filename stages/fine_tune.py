@@ -8,31 +8,31 @@ Writes models/model.keras either way: raw RGB pixels in, class probabilities (or
 unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model. fine_tune.tta: flip bakes test-time
 augmentation into it (the mean over the image and its mirror image); metrics/fine_tune.json gives the saved model's
 validation figure (model_val_<metric>) beside the training run's.
-Built, compiled and trained under train.strategy (stages/lib/distribute.py); fine_tune.batch_size is global.
-Each epoch's figures go to dvclive/fine_tune as it trains (lib/live.py); the restored best epoch to metrics/fine_tune.json.
+Built, compiled and trained under train.strategy (transfer_learning/distribute.py); fine_tune.batch_size is global.
+Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to metrics/fine_tune.json.
 """
-from lib import batches, distribute, files, live, models, params, paths, training
-from lib.errors import PipelineError, run
+from transfer_learning import batches, distribute, files, live, model_files, networks, packaging, params, paths, records, seeding, training
+from transfer_learning.errors import PipelineError, run
 
 
 def main():
     p = params.load()
     cfg = p.fine_tune
-    training.make_deterministic(cfg.seed, threads=cfg.threads)
+    seeding.make_deterministic(cfg.seed, threads=cfg.threads)
     strategy = distribute.strategy(p.train.strategy)
-    encoding = files.read_json(paths.ENCODING)
+    encoding = records.Encoding.read(paths.ENCODING)
     inputs = paths.activations if cfg.cache_activations else paths.images
     replicas = strategy.num_replicas_in_sync
     classes = training.one_hot_classes(encoding, cfg.mixup)
     train = batches.from_files(inputs("train"), paths.targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup)
     val = batches.from_files(inputs("val"), paths.targets("val"), cfg.batch_size, None, replicas, classes)
     with strategy.scope():
-        base = models.build_base(p.base.name, p.base.alpha, p.base.weights)
-        head = models.load(paths.HEAD_MODEL)
-        model = models.assemble(models.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling), head)
-        n_trainable = models.unfreeze_from(base, cfg.unfreeze_from)
+        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights)
+        head = model_files.load(paths.HEAD_MODEL)
+        model = networks.assemble(networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling), head)
+        n_trainable = networks.unfreeze_from(base, cfg.unfreeze_from)
         if cfg.cache_activations:  # shares its layers with `model`: training it trains the model
-            trained = models.top_model(base, cfg.unfreeze_from, activation_shape(), p.base.pooling, head)
+            trained = networks.top_model(base, cfg.unfreeze_from, activation_shape(), p.base.pooling, head)
         else:
             trained = model
         print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
@@ -42,16 +42,16 @@ def main():
         training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
-    # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (predict.py)
-    preparation = {"max_short_side": p.ingest.max_short_side, "max_megapixels": p.ingest.max_megapixels,
-                   "image_size": p.normalize.image_size, "resize": p.normalize.resize}
-    exported = models.export(model, encoding, cfg.tta)
+    # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-learning predict)
+    preparation = records.Preparation(max_short_side=p.ingest.max_short_side, max_megapixels=p.ingest.max_megapixels,
+                                      image_size=p.normalize.image_size, resize=p.normalize.resize)
+    exported = packaging.package(model, encoding, cfg.tta)
     val_images = batches.from_files(paths.images("val"), paths.targets("val"), cfg.batch_size, None, replicas)
     metrics = training.best_epoch(history, encoding)
-    metrics[f"model_val_{training.metric_name(encoding)}"] = round(training.score(exported, val_images, encoding), 6)
+    metrics[f"model_val_{encoding.metric}"] = round(training.score(exported, val_images, encoding), 6)
     with distribute.only_chief_writes(strategy):
-        models.save(exported, paths.MODEL)
-        files.write_json(paths.MODEL_ENCODING, encoding | {"input": preparation})
+        model_files.save(exported, paths.MODEL)
+        encoding.with_input(preparation).write(paths.MODEL_ENCODING)
         files.write_json(paths.FINE_TUNE_METRICS, metrics)
 
 

@@ -3,7 +3,7 @@
 Every file is hashed, then decoded once (in parallel threads): EXIF orientation applied, converted to
 RGB, shrunk so its shorter side is at most ingest.max_short_side. Unusable files are skipped and
 listed with the reason in metrics/data.json. Identical pictures are recognised by their decoded
-pixels, near-duplicates by a perceptual hash (stages/lib/duplicates.py): a picture that appears
+pixels, near-duplicates by a perceptual hash (transfer_learning/duplicates.py): a picture that appears
 under two labels is left out, every copy of it (its pixels stay in pixels.u8, unreferenced), and
 copies and near-duplicates share a `group`, which split keeps in one split. A group is named by the
 smallest sha256 of its files' bytes, not of their snapshots, so the split does not move when an
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 from tqdm import tqdm
 
-from lib import duplicates, files, images, params, paths, settings, sources
-from lib.errors import PipelineError, run
+from transfer_learning import duplicates, entries, files, images, params, paths, records, settings, sources
+from transfer_learning.errors import PipelineError, run
 
 BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dataset size
 # pixels_sha256: of the decoded snapshot; file_sha256: of the file's bytes; group: copies and near-duplicates share one
@@ -24,7 +24,7 @@ BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dat
 COLUMNS = ["path", "label", "pixels_sha256", "file_sha256", "group", "width", "height", "stored_height", "stored_width", "offset"]
 
 
-def load_item(item: sources.Item, max_short_side: int, max_pixels: int):
+def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
     """-> (row dict, (pixels, fingerprint)) or (None, reason). The file is decoded lazily: a huge file never sits in
     memory whole."""
     try:
@@ -51,7 +51,7 @@ def main():
             loaded = pool.map(lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch)
             for item, (row, result) in zip(batch, loaded):
                 if row is None:
-                    skipped.append(sources.Skipped(item.path, result))
+                    skipped.append(entries.Skipped(item.path, result))
                     continue
                 pixels, fingerprint = result
                 rows.append(row | {"pixels_sha256": fingerprint.sha256, "offset": offset})
@@ -61,36 +61,38 @@ def main():
             progress.update(len(batch))
         if p.data.task == "classification":  # the same picture under two labels: every copy is left out
             conflicts = duplicates.conflicting_labels([r["path"] for r in rows], [r["label"] for r in rows], [r["pixels_sha256"] for r in rows])
-            skipped += [sources.Skipped(rows[i]["path"], reason) for i, reason in conflicts.items()]
+            skipped += [entries.Skipped(rows[i]["path"], reason) for i, reason in conflicts.items()]
             rows, prints = [r for i, r in enumerate(rows) if i not in conflicts], [f for i, f in enumerate(prints) if i not in conflicts]
         if not rows:  # the report is still written, so the user can see why every file was skipped
-            files.write_json(paths.DATA_REPORT, report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task))
+            report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task).write(paths.DATA_REPORT)
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise PipelineError(f"data.source {p.data.source}: no usable image" +
                                 (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else ""))
     manifest = pd.DataFrame(rows, columns=COLUMNS).assign(group=duplicates.groups(prints, [r["file_sha256"] for r in rows]))
     if p.data.task == "classification":  # a class whose every file was skipped
         gone = sorted({str(item.label) for item in items} - set(manifest["label"].astype(str)))
-        skipped += [sources.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]
+        skipped += [entries.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]
     files.write_csv(paths.MANIFEST, manifest, float_format=None)  # regression targets keep every digit
-    files.write_json(paths.DATA_REPORT, report(manifest, skipped, p.data.task))
+    report(manifest, skipped, p.data.task).write(paths.DATA_REPORT)
     print(f"ingest: {len(manifest)} images, {len(skipped)} skipped (listed in {paths.DATA_REPORT}) -> {paths.INGESTED}")
 
 
-def report(manifest: pd.DataFrame, skipped: list, task: str) -> dict:
+def report(manifest: pd.DataFrame, skipped: list, task: str) -> records.DataReport:
     """The data report: counts, exact copies, near-duplicates (kept, each group in one split) and every skipped file
     with its reason."""
-    summary = {"images": len(manifest), "skipped": len(skipped), "duplicates": int(manifest["pixels_sha256"].duplicated().sum())}
+    kind = {}
     if task == "classification":
-        summary["classes"] = manifest["label"].value_counts().sort_index().to_dict()
+        kind["classes"] = {str(name): int(count) for name, count in manifest["label"].value_counts().sort_index().items()}
     elif len(manifest):
-        summary["target"] = {k: round(float(v), 6) for k, v in manifest["label"].astype(float).describe().items()}
-        summary["duplicates_with_different_targets"] = int((manifest.groupby("pixels_sha256")["label"].nunique() > 1).sum())
+        kind["target"] = {k: round(float(v), 6) for k, v in manifest["label"].astype(float).describe().items()}
+        kind["duplicates_with_different_targets"] = int((manifest.groupby("pixels_sha256")["label"].nunique() > 1).sum())
     near = manifest.groupby("group").filter(lambda g: g["pixels_sha256"].nunique() > 1)
-    summary["near_duplicates"] = sorted([{"paths": sorted(g["path"]), "labels": sorted(set(g["label"]))} if task == "classification"
-                                         else {"paths": sorted(g["path"])} for _, g in near.groupby("group")], key=lambda g: g["paths"])
-    summary["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: s.path)]
-    return summary
+    near_duplicates = sorted((records.NearDuplicates(paths=tuple(sorted(g["path"])),
+                                                     labels=tuple(sorted(set(g["label"]))) if task == "classification" else None)
+                              for _, g in near.groupby("group")), key=lambda group: group.paths)
+    return records.DataReport(images=len(manifest), skipped=len(skipped), duplicates=int(manifest["pixels_sha256"].duplicated().sum()),
+                              **kind, near_duplicates=tuple(near_duplicates),
+                              skipped_files=tuple(records.SkippedFile(path=s.path, reason=s.reason) for s in sorted(skipped, key=lambda s: s.path)))
 
 
 if __name__ == "__main__":

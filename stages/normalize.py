@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from lib import files, images, params, paths, settings, targets
-from lib.errors import PipelineError, run
+from transfer_learning import files, images, params, paths, settings, targets
+from transfer_learning.errors import PipelineError, run
 
 BATCH = 256
 
@@ -41,7 +41,7 @@ def main():
                         batch = rows.iloc[start:start + BATCH]
                         out[start:start + len(batch)] = np.stack(list(pool.map(resized, batch.itertuples())))
             files.save_npy(paths.split_array(paths.NORMALIZED, name, "targets"), targets.encode(rows["label"], enc))
-    files.write_json(paths.ENCODING, enc)
+    enc.write(paths.ENCODING)
     print(f"normalize: {size}x{size} ({p.normalize.resize}) -> {paths.NORMALIZED}")
 
 

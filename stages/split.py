@@ -2,12 +2,12 @@
 
 Copies and near-duplicates of a picture (one `group` of the manifest) always land in the same split,
 and where a picture lands depends on its file's bytes and split.seed, not on the order of the rows or on ingest's params
-(stages/lib/splitting.py).
+(transfer_learning/splitting.py).
 """
 import pandas as pd
 
-from lib import files, params, paths, splitting
-from lib.errors import PipelineError, run
+from transfer_learning import files, params, paths, splitting
+from transfer_learning.errors import PipelineError, run
 
 
 def main():

@@ -1,32 +1,30 @@
 """Stage train-head: stored features -> a trained dense head (no images, no base forward pass).
 
 The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
-Each epoch's figures go to dvclive/train_head as it trains (lib/live.py); the restored best epoch to metrics/train_head.json.
-Built, compiled and trained under train.strategy (stages/lib/distribute.py); train_head.batch_size is global.
-train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val (lib/crossval.py) to the metrics.
+Each epoch's figures go to dvclive/train_head as it trains (transfer_learning/live.py); the restored best epoch to metrics/train_head.json.
+Built, compiled and trained under train.strategy (transfer_learning/distribute.py); train_head.batch_size is global.
+train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val (transfer_learning/crossval.py) to the metrics.
 """
-from lib import batches, crossval, distribute, files, live, models, params, paths, targets, training
-from lib.errors import run
+from transfer_learning import batches, crossval, distribute, files, live, model_files, params, paths, records, seeding, training
+from transfer_learning.errors import run
 
 
 def main():
     p = params.load()
     cfg = p.train_head
     strategy = distribute.strategy(p.train.strategy)
-    training.make_deterministic(cfg.seed)
-    encoding = files.read_json(paths.ENCODING)
+    seeding.make_deterministic(cfg.seed)
+    encoding = records.Encoding.read(paths.ENCODING)
     replicas = strategy.num_replicas_in_sync
     classes = training.one_hot_classes(encoding, cfg.mixup)
     train = batches.from_files(paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup)
     val = batches.from_files(paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas, classes)
     with strategy.scope():
-        head = models.build_head(train.inputs.shape[1], p.head.units, p.head.dropout, targets.n_outputs(encoding), encoding["task"])
-        training.compile_for(head, encoding, cfg.loss, training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule,
-                                                                         total_steps=cfg.epochs * len(train)), cfg.label_smoothing, cfg.mixup)
+        head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
     history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,
                            live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
     with distribute.only_chief_writes(strategy):
-        models.save(head, paths.HEAD_MODEL)
+        model_files.save(head, paths.HEAD_MODEL)
     metrics = training.best_epoch(history, encoding)
     if cfg.folds:  # after the head is saved: its own heads, seeded per fold
         metrics["kfold"] = crossval.estimate(cfg, p.head, p.augment.copies + 1, encoding, strategy, epochs=metrics["best_epoch"])

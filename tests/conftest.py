@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import lib  # noqa: F401  configures TensorFlow (stages/lib/__init__.py) before any test module imports it
+import transfer_learning  # noqa: F401  configures TensorFlow (its __init__.py) before any test module imports it
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore", "data/raw", "weights"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "transfer_learning", ".dvcignore", "data/raw", "weights"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -108,15 +108,16 @@ def stages_run(output: str) -> list[str]:
 
 
 def stage_project(tmp_path: Path, overrides: dict | None = None) -> Path:
-    """The stages and params.yaml in a folder, to run a stage with python (no git, no DVC)."""
+    """The stages, their package and params.yaml in a folder, to run a stage with python (no git, no DVC)."""
     project = tmp_path / "stage_project"
-    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "transfer_learning"):
+        shutil.copytree(ROOT / code, project / code, ignore=shutil.ignore_patterns("__pycache__"))
     write_params(project, overrides)
     return project
 
 
 def run_stage(project: Path, name: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"stages/{name}.py"], cwd=project, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project, capture_output=True, text=True,
                           env=None if env is None else {**os.environ, **env})
 
 

@@ -1,11 +1,11 @@
-"""lib/augmentation.py: seeded random variants of the training images."""
+"""transfer_learning/augmentation.py: seeded random variants of the training images."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
 
-from lib import augmentation
+from transfer_learning import augmentation
 
 
 def augment_cfg(**overrides):

@@ -1,4 +1,4 @@
-"""lib/batches.py: global batches split over replicas, never leaving one without rows."""
+"""transfer_learning/batches.py: global batches split over replicas, never leaving one without rows."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from lib import batches, inference
-from lib.errors import PipelineError
+from transfer_learning import batches, inference
+from transfer_learning.errors import PipelineError
 
 # How tf.distribute splits batches of 1..10 rows over 2 and 4 replicas (it is TF's rule, not ours).
 SHARES = """

@@ -1,5 +1,5 @@
 """The code itself: dvc.yaml lists exactly the code each stage runs and the params keys it reads (computed from
-the scripts with ast), TensorFlow is left to lib, and nothing loads untrusted data with a code-running loader."""
+the scripts with ast), TensorFlow is left to the package, and nothing loads untrusted data with a code-running loader."""
 from __future__ import annotations
 
 import ast
@@ -10,37 +10,47 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from lib import params
+from transfer_learning import params
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def lib_imports(module: Path) -> set[str]:
-    """Names of the stages/lib modules that `module` imports directly."""
+PACKAGE = "transfer_learning"
+
+
+def package_imports(module: Path) -> set[str]:
+    """Names of the transfer_learning modules that `module` imports directly (at any depth of the file: a function's
+    import runs too)."""
     names = set()
     for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "lib":
+        if isinstance(node, ast.ImportFrom) and node.module == PACKAGE:
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib."):
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{PACKAGE}."):
             names.add(node.module.split(".")[1])
     return names
 
 
 def code_of(script: Path) -> set[str]:
-    """The script and every stages/lib file it runs, transitively (the lib package's __init__ included)."""
-    seen, todo = set(), lib_imports(script)
+    """The script and every package file it runs, transitively (the package's __init__ included)."""
+    seen, todo = set(), package_imports(script)
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo |= lib_imports(ROOT / "stages" / "lib" / f"{name}.py")
-    return {script.relative_to(ROOT).as_posix(), "stages/lib/__init__.py"} | {f"stages/lib/{name}.py" for name in seen}
+            todo |= package_imports(ROOT / PACKAGE / f"{name}.py")
+    return {script.relative_to(ROOT).as_posix(), f"{PACKAGE}/__init__.py"} | {f"{PACKAGE}/{name}.py" for name in seen}
+
+
+def script_of(stage: str) -> Path:
+    """stages/<name>.py of a stage, from its command (`python -m stages.<name>`)."""
+    name = re.fullmatch(r"python -m stages[.](\w+)", STAGES[stage]["cmd"]).group(1)
+    return ROOT / "stages" / f"{name}.py"
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_depends_on_exactly_the_code_it_runs(stage):
-    script = ROOT / re.fullmatch(r"python (stages/\w+\.py)", STAGES[stage]["cmd"]).group(1)
-    declared = {dep for dep in STAGES[stage]["deps"] if dep.startswith("stages/")}
+    script = script_of(stage)
+    declared = {dep for dep in STAGES[stage]["deps"] if dep.startswith(("stages/", f"{PACKAGE}/"))}
     expected = code_of(script)
     assert declared - expected == set(), f"{stage} lists code it does not run"
     assert expected - declared == set(), f"{stage} runs code dvc.yaml does not list: its cached results would go stale"
@@ -48,7 +58,7 @@ def test_each_stage_depends_on_exactly_the_code_it_runs(stage):
 
 def params_read(script: Path) -> set[str]:
     """Dotted params keys a stage script reads: `p.section.key`, `cfg.key` after `cfg = p.section`, and every key
-    of a section handed whole to a function (`variant(image, cfg, ...)`)."""
+    of a section handed whole to a function (`variant(image, cfg, ...)`, `compiled_head(..., p.head, ...)`)."""
     tree = ast.parse(script.read_text())
     sections = {}  # local name -> section, e.g. cfg -> augment
     for node in ast.walk(tree):
@@ -66,16 +76,17 @@ def params_read(script: Path) -> set[str]:
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in sections:
             keys.add(f"{sections[node.value.id]}.{node.attr}")
         elif isinstance(node, ast.Call):
-            for arg in node.args:
-                if isinstance(arg, ast.Name) and arg.id in sections:
-                    section = sections[arg.id]
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                section = sections.get(arg.id) if isinstance(arg, ast.Name) else \
+                    arg.attr if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "p" else None
+                if section:
                     keys |= {f"{section}.{key}" for key in params.Params.model_fields[section].annotation.model_fields}
     return keys
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_declares_exactly_the_params_keys_it_reads(stage):
-    script = ROOT / re.fullmatch(r"python (stages/\w+\.py)", STAGES[stage]["cmd"]).group(1)
+    script = script_of(stage)
     declared = set(STAGES[stage].get("params", []))
     read = params_read(script)
     assert read - declared == set(), f"{stage} reads params dvc.yaml does not list: changing them would not rerun it"
@@ -86,11 +97,11 @@ def test_the_data_source_is_a_dependency_of_ingest():
     assert "${data.source}" in STAGES["ingest"]["deps"]
 
 
-def test_stage_scripts_leave_tensorflow_to_lib():
-    """stages/lib/__init__.py configures TensorFlow (oneDNN on, AVX2 kernels) through environment variables that
-    TensorFlow reads when it is imported: a stage script (or predict.py) importing keras or tensorflow before `lib`
-    would skip it."""
-    for script in [*(ROOT / "stages").glob("*.py"), ROOT / "predict.py"]:
+def test_stage_scripts_and_the_command_line_leave_tensorflow_to_the_package():
+    """transfer_learning/__init__.py configures TensorFlow (oneDNN on, AVX2 kernels) through environment variables that
+    TensorFlow reads when it is imported: a stage script importing keras or tensorflow before the package would skip it.
+    The command line (cli.py) imports neither at all: `transfer-learning --help` must not wait 5 s for TensorFlow."""
+    for script in [*(ROOT / "stages").glob("*.py"), ROOT / PACKAGE / "cli.py"]:
         for node in ast.walk(ast.parse(script.read_text())):
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
@@ -118,7 +129,7 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     assert all(file.startswith(("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/")) for file in curves) and len(curves) == 4
 
 
-STAGE_SOURCES = sorted((ROOT / "stages").rglob("*.py"))
+STAGE_SOURCES = sorted([*(ROOT / "stages").rglob("*.py"), *(ROOT / PACKAGE).rglob("*.py")])
 
 
 def calls(name: str):

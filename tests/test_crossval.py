@@ -1,4 +1,4 @@
-"""K-fold cross-validation of the head on stored features (lib/crossval.py, train_head.folds)."""
+"""K-fold cross-validation of the head on stored features (transfer_learning/crossval.py, train_head.folds)."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lib import crossval, distribute, files, paths
-from lib.errors import PipelineError
+from transfer_learning import crossval, distribute, files, paths
+from transfer_learning.errors import PipelineError
+from transfer_learning.records import Encoding
 
 
 def test_folds_are_stratified_balanced_and_seeded():
@@ -62,7 +63,7 @@ def test_a_learnable_task_scores_high_on_every_fold(in_tmp):
     x = centers[labels] + rng.normal(0, 0.5, (60, 6))
     write_features(in_tmp, np.repeat(x[:45], 2, axis=0), np.repeat(labels[:45], 2).astype(np.int32), x[45:], labels[45:].astype(np.int32))
     cfg, head = settings(folds=3, epochs=20)
-    result = crossval.estimate(cfg, head, 2, {"task": "classification", "classes": ["a", "b", "c"]}, distribute.strategy("default"), epochs=20)
+    result = crossval.estimate(cfg, head, 2, Encoding(task="classification", classes=("a", "b", "c",)), distribute.strategy("default"), epochs=20)
     assert result["folds"] == 3 and len(result["per_fold"]) == 3 and result["accuracy_min"] >= 0.9, result
     assert result["accuracy_mean"] == pytest.approx(np.mean(result["per_fold"]), abs=1e-6)
     assert result["accuracy_std"] == pytest.approx(np.std(result["per_fold"], ddof=1), abs=1e-6)
@@ -79,7 +80,7 @@ def test_an_image_and_its_variants_never_fall_on_both_sides_of_a_fold(in_tmp):
     write_features(in_tmp, train_x, np.repeat(labels[:48], per_image), x[48:], labels[48:])
     cfg, head = settings(folds=4, epochs=60)
     cfg.lr, cfg.batch_size = 0.03, 64
-    result = crossval.estimate(cfg, head, per_image, {"task": "classification", "classes": ["a", "b"]}, distribute.strategy("default"),
+    result = crossval.estimate(cfg, head, per_image, Encoding(task="classification", classes=("a", "b",)), distribute.strategy("default"),
                                epochs=60)
     assert result["accuracy_mean"] < 0.75, result
 
@@ -90,7 +91,7 @@ def test_regression_folds_score_the_mae_in_the_target_unit(in_tmp):
     standardized = (x[:, 0] * 0.9).astype(np.float32)  # encoding std 10: the MAE comes back in tens
     write_features(in_tmp, x[:30], standardized[:30], x[30:], standardized[30:])
     cfg, head = settings(folds=2, epochs=80)
-    encoding = {"task": "regression", "mean": 50.0, "std": 10.0}
+    encoding = Encoding(task="regression", mean=50.0, std=10.0)
     result = crossval.estimate(cfg, head, 1, encoding, distribute.strategy("default"), epochs=80)
     assert 0 < result["mae_mean"] < 3, result  # a linear target learned: well under the target std of ~9 years
 
@@ -99,4 +100,4 @@ def test_more_folds_than_images_allow_is_one_line(in_tmp):
     write_features(in_tmp, np.zeros((6, 2)), np.zeros(6, np.int32), np.zeros((2, 2)), np.zeros(2, np.int32))
     cfg, head = settings(folds=5)
     with pytest.raises(PipelineError, match=r"train_head.folds=5 needs at least 10 images in train \+ val, there are 8"):
-        crossval.estimate(cfg, head, 1, {"task": "classification", "classes": ["a"]}, distribute.strategy("default"), epochs=1)
+        crossval.estimate(cfg, head, 1, Encoding(task="classification", classes=("a",)), distribute.strategy("default"), epochs=1)

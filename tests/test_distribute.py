@@ -1,11 +1,11 @@
-"""lib/distribute.py: train.strategy, and a multi_worker cluster told by TF_CONFIG (checked in one line).
+"""transfer_learning/distribute.py: train.strategy, and a multi_worker cluster told by TF_CONFIG (checked in one line).
 The strategies on a real run: test_pipeline_e2e.py, Scaling out."""
 from __future__ import annotations
 
 import pytest
 
-from lib import distribute
-from lib.errors import PipelineError
+from transfer_learning import distribute
+from transfer_learning.errors import PipelineError
 
 
 @pytest.mark.parametrize("tf_config, message", [

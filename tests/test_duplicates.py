@@ -1,4 +1,4 @@
-"""lib/duplicates.py: the same picture found by its pixels (exact copies in any format, near-duplicates), and
+"""transfer_learning/duplicates.py: the same picture found by its pixels (exact copies in any format, near-duplicates), and
 what happens to a picture under two labels."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from conftest import ROOT, make_image, run_stage, stage_project
-from lib import duplicates, images
+from transfer_learning import duplicates, images
 
 
 def photo(seed: int, size=(120, 90)) -> Image.Image:

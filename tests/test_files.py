@@ -1,4 +1,4 @@
-"""lib/files.py and lib/errors.py: outputs written atomically and durably, arrays read without pickle, and a
+"""transfer_learning/files.py and transfer_learning/errors.py: outputs written atomically and durably, arrays read without pickle, and a
 stage that fails (full or read-only disk, a signal) says so in one line and leaves no half-written output."""
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from bad_files import DISK_FULL, full_disk_at, needs_dev_full
-from conftest import ROOT
-from lib import errors, files
-from lib.errors import PipelineError
+from transfer_learning import errors, files
+from transfer_learning.errors import PipelineError
 
 
 @needs_dev_full
@@ -162,10 +161,9 @@ def test_a_failed_write_keeps_the_old_output_and_leaves_no_temporary_file(tmp_pa
 
 
 SLOW_STAGE = """
-import sys, time
-sys.path.insert(0, {stages!r})
-from lib import files
-from lib.errors import run
+import time
+from transfer_learning import files
+from transfer_learning.errors import run
 
 def main():
     with files.atomic_path(files.Path("out.txt")) as tmp, open(tmp, "w") as f:
@@ -181,7 +179,7 @@ run(main)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signalled_stage_says_so_in_one_line_and_removes_its_temporary_file(tmp_path, signum):
     (tmp_path / "out.txt").write_text("previous run")
-    stage = subprocess.Popen([sys.executable, "-c", SLOW_STAGE.format(stages=str(ROOT / "stages"))], cwd=tmp_path,
+    stage = subprocess.Popen([sys.executable, "-c", SLOW_STAGE], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert stage.stdout.readline() == "writing\n" and (tmp_path / "out.txt.tmp").exists()
     stage.send_signal(signum)

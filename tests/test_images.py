@@ -1,4 +1,4 @@
-"""lib/images.py: decoding untrusted image files with Pillow (every mode to upright RGB, bounded memory, reasons
+"""transfer_learning/images.py: decoding untrusted image files with Pillow (every mode to upright RGB, bounded memory, reasons
 for what cannot be used) and squaring them for the model."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from bad_files import BROKEN, gray16_png, png, transparent_palette_png
-from conftest import ROOT, make_image
-from lib import images
+from conftest import make_image
+from transfer_learning import images
 
 MAX_PIXELS = 50_000_000
 
@@ -135,10 +135,9 @@ def test_decompression_bomb_guard_is_set_from_the_param_and_reported(tmp_path):
 
 
 HUGE_SCRIPT = """
-import resource, sys
+import resource
 from pathlib import Path
-sys.path.insert(0, {stages!r})
-from lib import images
+from transfer_learning import images
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -163,7 +162,7 @@ def test_a_12000x9000_image_is_shrunk_with_bounded_memory(tmp_path):
     huge_png = png(tmp_path / "huge.png", 12000, 9000, bytes([200]) * 12000)
     Image.new("L", (12000, 9000), 60).save(tmp_path / "huge.jpg", quality=50)
     small = make_image(tmp_path / "small.jpg", (1, 2, 3))
-    script = HUGE_SCRIPT.format(stages=str(ROOT / "stages"), small=str(small), jpeg=str(tmp_path / "huge.jpg"), png=str(huge_png))
+    script = HUGE_SCRIPT.format(small=str(small), jpeg=str(tmp_path / "huge.jpg"), png=str(huge_png))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
     jpeg, png_line, skipped = (line.split(" ", 1)[1] for line in out)
     assert jpeg.startswith("(256, 341, 3) (12000, 9000)") and float(jpeg.split()[-1]) < 30, jpeg

@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from lib import batches, models, training
-from lib.errors import PipelineError
+from transfer_learning import batches, model_files, networks, packaging, training
+from transfer_learning.errors import PipelineError
+from transfer_learning.records import Encoding
 
 
 def call(model: keras.Model, x: np.ndarray) -> np.ndarray:
@@ -19,11 +20,11 @@ def call(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def mobilenet():
-    return models.build_base("mobilenet_v2", 0.35, "imagenet")
+    return networks.build_base("mobilenet_v2", 0.35, "imagenet")
 
 
 def test_imagenet_weights_come_from_the_offline_cache(mobilenet):
-    random_init = models.build_base("mobilenet_v2", 0.35, "none")
+    random_init = networks.build_base("mobilenet_v2", 0.35, "none")
     first_conv = mobilenet.get_layer("Conv1").get_weights()[0]
     assert first_conv.shape == (3, 3, 3, 16)
     assert not np.allclose(first_conv, random_init.get_layer("Conv1").get_weights()[0])
@@ -31,8 +32,8 @@ def test_imagenet_weights_come_from_the_offline_cache(mobilenet):
 
 def test_vgg16_builds_with_caffe_preprocessing_and_random_weights():
     # ImageNet VGG16 weights cannot be downloaded here; the loading path is the same keras.applications call.
-    base = models.build_base("vgg16", 1.0, "none")
-    extractor = models.feature_extractor(base, "vgg16", 32, "flatten")
+    base = networks.build_base("vgg16", 1.0, "none")
+    extractor = networks.feature_extractor(base, "vgg16", 32, "flatten")
     assert extractor.output.shape[-1] == 512  # 32 px -> 1x1x512 after five poolings
     to_bgr = extractor.get_layer("rgb_to_bgr_minus_mean")
     out = to_bgr(np.array([[10.0, 20.0, 30.0]], np.float32)).numpy()
@@ -42,28 +43,28 @@ def test_vgg16_builds_with_caffe_preprocessing_and_random_weights():
 def test_base_weights_from_a_file(tmp_path, mobilenet):
     path = tmp_path / "base.weights.h5"
     mobilenet.save_weights(path)
-    loaded = models.build_base("mobilenet_v2", 0.35, str(path))
+    loaded = networks.build_base("mobilenet_v2", 0.35, str(path))
     assert np.allclose(loaded.get_layer("Conv_1").get_weights()[0], mobilenet.get_layer("Conv_1").get_weights()[0])
 
 
 def test_unfreeze_from_keeps_batchnorm_frozen_and_rejects_unknown_layers(mobilenet):
-    count = models.unfreeze_from(mobilenet, "block_16_expand")
+    count = networks.unfreeze_from(mobilenet, "block_16_expand")
     trainable = [layer for layer in mobilenet.layers if layer.trainable and layer.weights]
     assert trainable and all(not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
     assert {layer.name for layer in trainable} == {"block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"}
     assert count == 4
     assert not mobilenet.get_layer("block_15_expand").trainable
     with pytest.raises(PipelineError, match="'block_99' is not a layer.*block_16_expand"):
-        models.unfreeze_from(mobilenet, "block_99")
+        networks.unfreeze_from(mobilenet, "block_99")
 
 
 def test_frozen_batchnorm_stays_in_inference_mode_during_fit(mobilenet):
-    extractor = models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg")
-    model = models.assemble(extractor, models.build_head(1280, 8, 0.0, 2, "classification"))
-    models.unfreeze_from(mobilenet, "block_16_expand")
+    extractor = networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg")
+    model = networks.assemble(extractor, networks.build_head(1280, 8, 0.0, 2, "classification"))
+    networks.unfreeze_from(mobilenet, "block_16_expand")
     bn = mobilenet.get_layer("block_16_project_BN")
     before = [w.copy() for w in bn.get_weights()]
-    training.compile_for(model, {"task": "classification"}, "auto", training.optimizer("sgd", 0.01, 0.9))
+    training.compile_for(model, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("sgd", 0.01, 0.9))
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     model.fit(x, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
     for old, new in zip(before, bn.get_weights()):
@@ -71,13 +72,13 @@ def test_frozen_batchnorm_stays_in_inference_mode_during_fit(mobilenet):
 
 
 def test_regression_export_outputs_the_target_unit_and_saves_reproducibly(tmp_path, mobilenet):
-    head = models.build_head(1280, 4, 0.0, 1, "regression")
-    model = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), head)
-    exported = models.export(model, {"task": "regression", "mean": 40.0, "std": 10.0})
+    head = networks.build_head(1280, 4, 0.0, 1, "regression")
+    model = networks.assemble(networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), head)
+    exported = packaging.package(model, Encoding(task="regression", mean=40.0, std=10.0))
     x = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     assert np.allclose(exported.predict(x, verbose=0), model.predict(x, verbose=0) * 10 + 40, atol=1e-4)
-    models.save(exported, tmp_path / "a.keras")
-    models.save(exported, tmp_path / "b.keras")
+    model_files.save(exported, tmp_path / "a.keras")
+    model_files.save(exported, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
     assert np.allclose(loaded.predict(x, verbose=0), exported.predict(x, verbose=0), atol=1e-5)
@@ -89,16 +90,16 @@ def train_twice(images, lr):
     trained_models = []
     for cached in (False, True):
         keras.utils.set_random_seed(0)
-        base = models.build_base("mobilenet_v2", 0.35, "imagenet")
-        head = models.build_head(1280, 8, 0.0, 3, "classification")
-        model = models.assemble(models.feature_extractor(base, "mobilenet_v2", 64, "avg"), head)
-        models.unfreeze_from(base, "block_15_expand")
+        base = networks.build_base("mobilenet_v2", 0.35, "imagenet")
+        head = networks.build_head(1280, 8, 0.0, 3, "classification")
+        model = networks.assemble(networks.feature_extractor(base, "mobilenet_v2", 64, "avg"), head)
+        networks.unfreeze_from(base, "block_15_expand")
         if cached:
-            _, inputs = models.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(images, verbose=0)
-            trained = models.top_model(base, "block_15_expand", inputs.shape[1:], "avg", head)
+            _, inputs = networks.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(images, verbose=0)
+            trained = networks.top_model(base, "block_15_expand", inputs.shape[1:], "avg", head)
         else:
             inputs, trained = images, model
-        training.compile_for(trained, {"task": "classification"}, "auto", training.optimizer("sgd", lr, 0.9))
+        training.compile_for(trained, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("sgd", lr, 0.9))
         trained.fit(batches.Batches(inputs, np.arange(len(inputs)) % 3, 8, seed=0), epochs=2, verbose=0)
         trained_models.append(model)
     return trained_models[0], trained_models[1], trained, inputs
@@ -117,7 +118,7 @@ def test_fine_tuning_on_cached_activations_trains_the_same_network():
     weights must have moved 100x more than the bound."""
     images = np.random.default_rng(2).uniform(0, 255, (24, 64, 64, 3)).astype("float32")
     end_to_end, cached, top, activations = train_twice(images, lr=0.01)
-    initial = models.build_base("mobilenet_v2", 0.35, "imagenet").get_layer("block_15_expand").get_weights()[0]
+    initial = networks.build_base("mobilenet_v2", 0.35, "imagenet").get_layer("block_15_expand").get_weights()[0]
     assert np.abs(conv_weights(cached) - initial).max() > 100 * 3e-6, "fine-tuning must move the unfrozen weights"
     np.testing.assert_allclose(conv_weights(cached), conv_weights(end_to_end), rtol=0, atol=3e-6)
     # The saved (full) model computes what the trained top computes: they share their weights.
@@ -128,11 +129,11 @@ def test_fine_tuning_on_cached_activations_trains_the_same_network():
 def test_one_pass_gives_the_heads_features_and_the_activations_at_the_cut():
     """extract-features' two-output model: its features are the whole base's (pooled), its activations are what
     the top of the base continues from. Same kernels, another graph: a stated tolerance, not bits."""
-    base = models.build_base("mobilenet_v2", 0.35, "imagenet")
+    base = networks.build_base("mobilenet_v2", 0.35, "imagenet")
     images = np.random.default_rng(3).uniform(0, 255, (6, 64, 64, 3)).astype("float32")
-    features, activations = call(models.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand"), images)
-    whole = call(models.feature_extractor(base, "mobilenet_v2", 64, "avg"), images)
-    _, top = models.split_base(base, "block_15_expand")
+    features, activations = call(networks.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand"), images)
+    whole = call(networks.feature_extractor(base, "mobilenet_v2", 64, "avg"), images)
+    _, top = networks.split_base(base, "block_15_expand")
     assert features.shape == whole.shape == (6, 1280) and activations.shape == (6, 2, 2, top.input.shape[-1])
     assert np.abs(whole).max() > 0.1, "real features, not zeros"
     np.testing.assert_allclose(features, whole, rtol=0, atol=1e-5)
@@ -141,8 +142,8 @@ def test_one_pass_gives_the_heads_features_and_the_activations_at_the_cut():
 
 def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(mobilenet):
     with pytest.raises(PipelineError, match="residual connection.*block_11_expand"):
-        models.split_base(mobilenet, "block_11_depthwise")
-    bottom, top = models.split_base(mobilenet, "block_11_expand")
+        networks.split_base(mobilenet, "block_11_depthwise")
+    bottom, top = networks.split_base(mobilenet, "block_11_expand")
     x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     assert np.allclose(call(top, call(bottom, x)), call(mobilenet, x), atol=1e-5)
 
@@ -150,7 +151,6 @@ def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(
 
 
 def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
-    from lib import models
 
     marker = tmp_path / "code-ran"
     # a lambda is saved as Python bytecode, which would run on loading without safe_mode
@@ -162,23 +162,22 @@ def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
     assert marker.exists(), "the payload is real"
     marker.unlink()
     with pytest.raises(PipelineError, match=r"cannot load the model .*evil.keras: .*safe_mode"):
-        models.load(tmp_path / "evil.keras")
+        model_files.load(tmp_path / "evil.keras")
     assert not marker.exists()
 
 
 def test_the_pipeline_models_have_no_lambda_and_load_in_safe_mode(tmp_path):
-    from lib import models
 
-    base = models.build_base("vgg16", 1.0, "none")
-    extractor = models.feature_extractor(base, "vgg16", 32, "avg")
-    head = models.build_head(extractor.output.shape[-1], 8, 0.1, 1, "regression")
-    model = models.export(models.assemble(extractor, head), {"task": "regression", "mean": 30.0, "std": 4.0})
-    models.save(model, tmp_path / "model.keras")
+    base = networks.build_base("vgg16", 1.0, "none")
+    extractor = networks.feature_extractor(base, "vgg16", 32, "avg")
+    head = networks.build_head(extractor.output.shape[-1], 8, 0.1, 1, "regression")
+    model = packaging.package(networks.assemble(extractor, head), Encoding(task="regression", mean=30.0, std=4.0))
+    model_files.save(model, tmp_path / "model.keras")
     with zipfile.ZipFile(tmp_path / "model.keras") as archive:
         config = archive.read("config.json").decode()
     assert '"class_name": "Lambda"' not in config and "lambda" not in config.lower()
     pixels = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")
-    loaded = models.load(tmp_path / "model.keras")
+    loaded = model_files.load(tmp_path / "model.keras")
     assert np.allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
 
 
@@ -186,24 +185,26 @@ def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_
     """fine_tune.tta: flip, baked into the saved model: plain layers (no Lambda), so it loads in safe mode."""
     x = np.random.default_rng(4).uniform(0, 255, (3, 32, 40, 3)).astype("float32")  # not square: columns, not rows
     flipped = x
-    for layer in models.mirror(40):
+    for layer in packaging.mirror(40):
         flipped = layer(flipped)
     assert np.array_equal(np.asarray(flipped), x[:, :, ::-1]), "a left-right mirror, bit for bit"
 
-    model = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), models.build_head(1280, 8, 0.0, 3, "classification"))
+    model = networks.assemble(networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"),
+                              networks.build_head(1280, 8, 0.0, 3, "classification"))
     square = x[:, :, :32]
-    exported = models.export(model, {"task": "classification"}, "flip")
+    exported = packaging.package(model, Encoding(task="classification", classes=("a", "b", "c")), "flip")
     plain, mirrored = call(model, square), call(model, square[:, :, ::-1])
     assert not np.allclose(plain, mirrored, atol=1e-3), "the network itself is not mirror-symmetric"
     np.testing.assert_allclose(call(exported, square), (plain + mirrored) / 2, rtol=0, atol=1e-6)
-    assert models.export(model, {"task": "classification"}, "none") is model, "tta none: the model as before"
+    assert packaging.package(model, Encoding(task="classification", classes=("a", "b", "c")), "none") is model, "tta none: the model as before"
 
-    regression = models.assemble(models.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"), models.build_head(1280, 4, 0.0, 1, "regression"))
-    exported = models.export(regression, {"task": "regression", "mean": 40.0, "std": 10.0}, "flip")
+    regression = networks.assemble(networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"),
+                                   networks.build_head(1280, 4, 0.0, 1, "regression"))
+    exported = packaging.package(regression, Encoding(task="regression", mean=40.0, std=10.0), "flip")
     want = (call(regression, square) + call(regression, square[:, :, ::-1])) / 2 * 10 + 40
     np.testing.assert_allclose(call(exported, square), want, rtol=0, atol=1e-4)
-    models.save(exported, tmp_path / "a.keras")
-    models.save(exported, tmp_path / "b.keras")
+    model_files.save(exported, tmp_path / "a.keras")
+    model_files.save(exported, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(square, verbose=0), want, rtol=0, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Bad params.yaml: rejected by the typed schema (stages/lib/params.py) before any work, with one line
+"""Bad params.yaml: rejected by the typed schema (transfer_learning/params.py) before any work, with one line
 naming the key and what is allowed."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import DELETE, ROOT, run_stage, stage_project, write_params
-from lib import params
-from lib.errors import PipelineError
+from transfer_learning import params
+from transfer_learning.errors import PipelineError
 
 weights = ROOT / "tests" / "does-not-exist.weights.h5"
 
@@ -123,7 +123,7 @@ def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
         assert result.stderr.strip() == ("error: params.yaml: unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: "
                                          "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, label_smoothing, mixup, unfreeze_from, "
                                          "momentum, cache_activations, threads, tta, ema")
-    assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages"], "nothing was written"
+    assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages", "transfer_learning"], "nothing was written"
 
 
 def test_seeds_at_the_limit_work_where_they_are_used():
@@ -146,15 +146,15 @@ def test_normalize_refuses_an_image_size_above_the_snapshot_before_reading_anyth
 def test_unfreeze_from_not_a_layer_lists_the_valid_names():
     """Checked when the base is built (it needs TensorFlow to know the layer names), before any training."""
     keras = pytest.importorskip("keras")
-    from lib import models
+    from transfer_learning import networks
 
     base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35)
     with pytest.raises(PipelineError) as info:
-        models.unfreeze_from(base, "block_10_expnd")
+        networks.unfreeze_from(base, "block_10_expnd")
     text = str(info.value)
     assert re.match(r"fine_tune.unfreeze_from 'block_10_expnd' is not a layer of mobilenetv2_0.35_32; for example: .*block_10_expand", text)
     assert "block_16_expand" in text and "Conv_1" in text and "\n" not in text
-    assert models.unfreeze_from(base, "block_16_expand") > 0
+    assert networks.unfreeze_from(base, "block_16_expand") > 0
 
 
 @pytest.mark.parametrize("layer, why", [
@@ -165,18 +165,18 @@ def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activat
     """The cached-activations path cuts the base at the input of unfreeze_from: the input layer has none and an Add
     has two (a traceback from Keras before, in extract-features and fine-tune)."""
     keras = pytest.importorskip("keras")
-    from lib import models
+    from transfer_learning import networks
 
     base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
     layer = base.layers[0].name if layer == "input_layer" else layer  # input_layer_1, ... when Keras built a model before
     with pytest.raises(PipelineError) as info:
-        models.feature_extractor(base, "mobilenet_v2", 32, "avg", layer)
+        networks.feature_extractor(base, "mobilenet_v2", 32, "avg", layer)
     text = str(info.value)
     assert text.startswith(f"fine_tune.unfreeze_from {layer!r} {why}; pick one of ") and "\n" not in text, text
     valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")
     assert "block_16_expand" in valid and not [name for name in valid if name.endswith("_add") or name.startswith("input_layer")]
     with pytest.raises(PipelineError, match=f"^fine_tune.unfreeze_from {layer!r} {re.escape(why)}"):
-        models.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))
+        networks.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))
 
 
 def test_params_yaml_with_python_tags_is_refused(tmp_path):

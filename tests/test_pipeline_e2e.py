@@ -30,7 +30,7 @@ from conftest import (
     stages_run,
     write_params,
 )
-from lib import models
+from transfer_learning import networks
 
 pytestmark = pytest.mark.e2e
 
@@ -322,7 +322,7 @@ def test_the_registered_model_is_fetched_by_name(fast_run, tmp_path):
 
 def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tmp_path):
     """Test images of the run as new files (one in a nested folder), next to broken ones: the good ones get the
-    probabilities the model gives their normalized arrays, so predict.py prepares images exactly as the pipeline."""
+    probabilities the model gives their normalized arrays, so predict prepares images exactly as the pipeline."""
     project = fast_run.project
     manifest = pd.read_csv(project / "data/ingested/manifest.csv", dtype={"label": str})
     test = manifest[pd.read_csv(project / "data/split/split.csv")["split"] == "test"].reset_index(drop=True)
@@ -337,7 +337,7 @@ def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tm
     (new / "notes.txt").write_text("not an image")
     make_image(new / "nested" / ".hidden.png", (0, 0, 0))
 
-    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(new), "-o", "predictions.csv",
+    result = subprocess.run([Path(sys.executable).parent / "transfer-learning", "predict", str(new), "-o", "predictions.csv",
                              "--model", str(project / "models/model.keras")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 3, result.stderr  # written, some files skipped
     skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("skipped "))
@@ -362,7 +362,7 @@ def test_the_review_of_a_run_reports_the_three_models_and_shows_the_worst_mistak
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     row = f"| accuracy | {metrics['head']['accuracy']:.3f} | {metrics['fine_tuned']['accuracy']:.3f} | {metrics['baseline']['accuracy']:.3f} |"
     assert row in text and "## Per class" in text and text.count("| 36 |") >= 5, "a row per class with its test images"
-    assert "1797 images, 0 duplicates (same file content), 0 skipped." in text and "### Skipped files\n\nNone." in text
+    assert "1797 images, 0 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text
     mistakes = text.split("## Most confident mistakes of the fine-tuned model")[1].split("## Training")[0]
     link = mistakes.split("](")[1].split(")")[0]
     assert (project / "reports" / link).resolve() == project / "plots/evaluate/figures/most_confident_mistakes.png"
@@ -433,8 +433,7 @@ import runpy, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, "stages")
-runpy.run_path(sys.argv[1], run_name="__main__")
+runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
 """
 
 
@@ -483,7 +482,7 @@ def test_mirrored_head_on_two_logical_cpus_matches_default(project, tmp_path):
     """Without the k-fold estimate (train_head.folds: 0): its heads under a distribution strategy are the multi-worker test's."""
     mirrored = copy_project(project, tmp_path / "mirrored")
     write_params(mirrored, {"train.strategy": "mirrored", "train_head.folds": 0})
-    result = run([sys.executable, "-c", TWO_CPUS, "stages/train_head.py"], mirrored)
+    result = run([sys.executable, "-c", TWO_CPUS, "stages.train_head"], mirrored)
     assert "train.strategy=mirrored: 2 replica(s)" in result.stdout and "training head on 2 replica(s)" in result.stdout, result.stdout
     assert_same_model(mirrored / "models/head.keras", project / "models/head.keras")
     assert "kfold" in json.loads((project / "metrics/train_head.json").read_text())
@@ -495,15 +494,15 @@ def test_mirrored_fine_tune_on_two_logical_cpus_matches_default(project, tmp_pat
     equal the single device's to rounding. Batches of 178 (13 steps, not the fast run's 68): fine-tuning amplifies any
     difference in its start about 1.14 times a step (a head 7e-8 off gave weights 4e-4 apart after 68 steps), so a
     short run keeps a kernel's rounding on another CPU from growing into a difference the bound would take for a bug."""
-    few_steps = {"fine_tune.batch_size": 178}  # even, and at most half the 359 validation rows (lib/training.py: fit)
+    few_steps = {"fine_tune.batch_size": 178}  # even, and at most half the 359 validation rows (transfer_learning/training.py: fit)
     default, mirrored = copy_project(project, tmp_path / "default"), copy_project(project, tmp_path / "mirrored")
     write_params(default, few_steps)
     write_params(mirrored, few_steps | {"train.strategy": "mirrored"})
-    run([sys.executable, "stages/fine_tune.py"], default)
-    result = run([sys.executable, "-c", TWO_CPUS, "stages/fine_tune.py"], mirrored)
+    run([sys.executable, "-m", "stages.fine_tune"], default)
+    result = run([sys.executable, "-c", TWO_CPUS, "stages.fine_tune"], mirrored)
     assert "train.strategy=mirrored: 2 replica(s)" in result.stdout and "training top_model on 2 replica(s)" in result.stdout, result.stdout
     tuned = keras.models.load_model(default / "models/model.keras", safe_mode=True, compile=False).get_layer("mobilenetv2_0.35_224")
-    imagenet = models.build_base("mobilenet_v2", 0.35, "imagenet")
+    imagenet = networks.build_base("mobilenet_v2", 0.35, "imagenet")
     moved = np.abs(tuned.get_layer("Conv_1").kernel.numpy() - imagenet.get_layer("Conv_1").kernel.numpy()).max()
     assert moved > 100 * 1e-5, f"fine-tuning moved Conv_1 by {moved} at most: too little for the comparison below to mean anything"
     assert_same_model(mirrored / "models/model.keras", default / "models/model.keras")
@@ -525,7 +524,7 @@ def test_multi_worker_two_local_processes_chief_writes_and_matches_default(proje
         for output in HEAD_OUTPUTS:
             (copy / output).unlink()
         (tmp_path / f"tmp{i}").mkdir()
-    workers = [subprocess.Popen([sys.executable, "stages/train_head.py"], cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    workers = [subprocess.Popen([sys.executable, "-m", "stages.train_head"], cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env() | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                                              "TMPDIR": str(tmp_path / f"tmp{i}")})
                for i, copy in enumerate(copies)]

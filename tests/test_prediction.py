@@ -1,13 +1,12 @@
-"""predict.py: new images (a folder or a CSV) -> one CSV row each, prepared as ingest and normalize prepare the
+"""transfer-learning predict: new images (a folder or a CSV) -> one CSV row each, prepared as ingest and normalize prepare the
 training images, with unusable files reported and exit codes a script can use.
 
-A small real Keras model (saved as fine-tune saves one) stands in for a trained one here; test_day_to_day.py
-runs predict.py on the model of a real pipeline run.
+A small real Keras model (saved as fine-tune saves one) stands in for a trained one here; test_pipeline_e2e.py
+runs it on the model of a real pipeline run.
 """
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 
@@ -15,32 +14,30 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_image
-from lib import errors, images, models, prediction, sources
+from conftest import make_image
+from transfer_learning import cli as command_line
+from transfer_learning import errors, images, model_files, prediction
+from transfer_learning.records import Encoding
 
-spec = importlib.util.spec_from_file_location("predict", ROOT / "predict.py")
-predict = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(predict)
-
-PREPARATION = {"max_short_side": 256, "max_megapixels": 180.0, "image_size": 24, "resize": "pad"}
+PREPARATION = {"max_short_side": 256, "max_megapixels": 180.0, "image_size": 32, "resize": "pad"}
 
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    """models/model.keras and models/encoding.json of a 3-class model taking 24 px images."""
+    """models/model.keras and models/encoding.json of a 3-class model taking 32 px images."""
     folder = tmp_path_factory.mktemp("models")
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((24, 24, 3))
+    inputs = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(4, 3, activation="relu")(x)
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    models.save(keras.Model(inputs, outputs), folder / "model.keras")
+    model_files.save(keras.Model(inputs, outputs), folder / "model.keras")
     (folder / "encoding.json").write_text(json.dumps({"task": "classification", "classes": ["cat", "dog", "owl"], "input": PREPARATION}))
     return folder
 
 
 def new_images(root):
-    """Two good images (one in a nested folder, one wide: padded), and files predict.py must skip."""
+    """Two good images (one in a nested folder, one wide: padded), and files predict must skip."""
     make_image(root / "a.png", (200, 40, 40), size=(40, 30))
     make_image(root / "more" / "b.jpg", (40, 40, 200), size=(90, 20))
     (root / "empty.png").write_bytes(b"")
@@ -51,9 +48,9 @@ def new_images(root):
 
 
 def cli(*argv) -> int:
-    """predict.py's exit status, run in this process (errors.run turns errors into `error: ...` and status 1)."""
+    """`transfer-learning predict`'s exit status, run in this process (errors.run turns errors into `error: ...` and status 1)."""
     try:
-        errors.run(lambda: predict.main([str(a) for a in argv]))
+        command_line.main(["predict", *(str(a) for a in argv)])
     except SystemExit as exc:
         return exc.code
     return 0
@@ -66,15 +63,15 @@ def read(path):
 
 def expected_probabilities(model_folder, files):
     """What the model gives for these files prepared as ingest (decode) and normalize (fit) would prepare them."""
-    model = models.load(model_folder / "model.keras")
-    pixels = np.stack([images.square(images.decode(f, 256, 180_000_000)[0], 24, "pad") for f in files]).astype("float32")
+    model = model_files.load(model_folder / "model.keras")
+    pixels = np.stack([images.square(images.decode(f, 256, 180_000_000)[0], 32, "pad") for f in files]).astype("float32")
     return model.predict(pixels, verbose=0)
 
 
 def test_a_folder_gives_a_row_per_image_and_lists_what_it_skipped(tmp_path, model_folder, capsys):
     root = new_images(tmp_path / "new")
     out = tmp_path / "predictions.csv"
-    assert cli(root, "-o", out, "--model", model_folder / "model.keras", "--top-k", "2") == predict.SOME_SKIPPED
+    assert cli(root, "-o", out, "--model", model_folder / "model.keras", "--top-k", "2") == prediction.SOME_SKIPPED
     rows = read(out)
     assert rows[0] == ["path", "predicted", "probability", "top_2", "top_2_probability"]
     assert [row[0] for row in rows[1:]] == ["a.png", "more/b.jpg"]
@@ -101,7 +98,7 @@ def test_a_csv_lists_images_relative_to_its_folder(tmp_path, model_folder, capsy
     assert "predict: 2 images" in capsys.readouterr().out
 
     (root / "list.csv").write_text("file\na.png\nmissing.png\n../outside.png\na.png\n")
-    assert cli(root / "list.csv", "--path-column", "file", "-o", out, "--model", model_folder / "model.keras") == predict.SOME_SKIPPED
+    assert cli(root / "list.csv", "--path-column", "file", "-o", out, "--model", model_folder / "model.keras") == prediction.SOME_SKIPPED
     err = capsys.readouterr().err
     assert "skipped missing.png: row 3: file not found" in err and "skipped ../outside.png: row 4: path escapes the CSV's folder" in err
     assert "row 5: the same file as row 2" in err and len(read(out)) == 2
@@ -128,7 +125,7 @@ def test_nothing_usable_or_a_mismatched_model_is_one_line_and_writes_nothing(tmp
         assert cli(good, "-o", out, "--model", model, "--encoding", tmp_path / "encoding.json") == 1
         messages[case] = capsys.readouterr().err
     assert "does not say how images are prepared for the model" in messages["old"] and "run `dvc repro`" in messages["old"]
-    assert "is for 96 px images, the model takes 24 px" in messages["other run"]
+    assert "is for 96 px images, the model takes 32 px" in messages["other run"]
     assert "names 4 classes, the model has 3 outputs" in messages["four classes"]
     assert cli(tmp_path / "nowhere", "--model", model) == 1 and f"error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     assert cli(good, "--model", tmp_path / "none.keras") == 1 and "cannot load the model" in capsys.readouterr().err
@@ -137,27 +134,27 @@ def test_nothing_usable_or_a_mismatched_model_is_one_line_and_writes_nothing(tmp
 
 
 def test_regression_rows_hold_the_value_in_the_target_unit():
-    rows = prediction.rows(["a.png", "b.png"], np.array([[31.25], [1e-7]], dtype=np.float32), {"task": "regression"}, 0)
-    assert prediction.header({"task": "regression"}, 0) == ["path", "predicted"]
+    rows = prediction.rows(["a.png", "b.png"], np.array([[31.25], [1e-7]], dtype=np.float32), Encoding(task="regression", mean=0.0, std=1.0), 0)
+    assert prediction.header(Encoding(task="regression", mean=0.0, std=1.0), 0) == ["path", "predicted"]
     assert rows == [["a.png", "31.25"], ["b.png", "1e-07"]]
-    tie = prediction.rows(["c.png"], np.array([[0.25, 0.5, 0.25]]), {"task": "classification", "classes": ["x", "y", "z"]}, 3)
+    tie = prediction.rows(["c.png"], np.array([[0.25, 0.5, 0.25]]), Encoding(task="classification", classes=("x", "y", "z",)), 3)
     assert tie == [["c.png", "y", "0.500000", "x", "0.250000", "z", "0.250000"]], "ties in class order"
 
 
 def test_new_images_are_listed_like_data_source_without_labels(tmp_path):
     root = new_images(tmp_path / "new")
     (root / "more" / "loop").symlink_to(root)
-    items, skipped = sources.new_images(root, "image")
+    items, skipped = prediction.new_images(root, "image")
     assert [(item.path, item.label) for item in items] == [("a.png", None), ("empty.png", None), ("more/b.jpg", None), ("text.jpg", None)]
     reasons = {s.path: s.reason for s in skipped}
     assert reasons[".hidden.png"] == "hidden file" and reasons["more/loop"] == "link to a folder that contains it (a loop)"
     assert reasons["notes.txt"].startswith("not an image file extension")
     with pytest.raises(errors.PipelineError, match="is neither a folder of images nor a .csv file"):
-        sources.new_images(root / "notes.txt", "image")
+        prediction.new_images(root / "notes.txt", "image")
 
 
 def test_file_and_class_names_never_run_as_spreadsheet_formulas():
-    encoding = {"task": "classification", "classes": ["=evil", "dog", "@x"]}
+    encoding = Encoding(task="classification", classes=("=evil", "dog", "@x",))
     rows = prediction.rows(["=cmd|' /C calc'!A0.png", "-1.png"], np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]]), encoding, 2)
     assert rows == [["'=cmd|' /C calc'!A0.png", "dog", "0.700000", "'@x", "0.200000"],
                     ["-1.png".replace("-", "'-", 1), "'=evil", "0.600000", "dog", "0.300000"]]

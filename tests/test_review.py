@@ -1,5 +1,5 @@
 """The review of a run (evaluate): the worst test cases, their grid and the Markdown report, on small made-up results.
-The report and grid of real runs, both tasks, are checked in test_day_to_day.py and test_pipeline_e2e.py."""
+The report and grid of real runs, both tasks, are checked in test_pipeline_e2e.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import evaluation, files, review, targets
+from transfer_learning import evaluation, files, review, targets
+from transfer_learning.records import DataReport, Encoding, SkippedFile
 
 CLASSES = ["cat", "dog|wolf", "<b>owl</b>"]
-ENCODING = {"task": "classification", "classes": CLASSES}
+ENCODING = Encoding(task="classification", classes=tuple(CLASSES))
 
 
 def test_the_worst_cases_are_the_most_confident_mistakes_or_the_largest_errors():
@@ -24,7 +25,7 @@ def test_the_worst_cases_are_the_most_confident_mistakes_or_the_largest_errors()
     assert review.figure_title(worst, "classification") == "Fine-tuned model: its 4 most confident mistakes (of 4) on the test set"
     assert review.figure_title(worst.iloc[:0], "classification") == "Fine-tuned model: no mistake on the test set"
 
-    errors = review.worst_cases(np.array([10.0, 20.0, 30.0]), np.array([[12.0], [5.0], [45.0]]), {"task": "regression"},
+    errors = review.worst_cases(np.array([10.0, 20.0, 30.0]), np.array([[12.0], [5.0], [45.0]]), Encoding(task="regression", mean=0.0, std=1.0),
                                 np.array(["a", "b", "c"]))
     assert list(errors["path"]) == ["b", "c", "a"] and errors["error"].tolist() == [-15.0, 15.0, 2.0], "ties in test order"
     assert review.caption(next(errors.itertuples()), "regression") == "b\ntrue: 20\npredicted: 5 (-15)"
@@ -32,7 +33,7 @@ def test_the_worst_cases_are_the_most_confident_mistakes_or_the_largest_errors()
 
 def test_the_baseline_is_the_most_frequent_training_class_or_the_training_mean():
     assert targets.constant(np.array([2, 1, 2, 1, 0]), ENCODING) == "dog|wolf", "a tie goes to the first class"
-    assert targets.constant(np.array([0.5, -0.5]), {"task": "regression", "mean": 31.5, "std": 2.0}) == 31.5
+    assert targets.constant(np.array([0.5, -0.5]), Encoding(task="regression", mean=31.5, std=2.0)) == 31.5
 
 
 def report(skipped: int = 0, worst_cases: int = 2) -> str:
@@ -44,8 +45,8 @@ def report(skipped: int = 0, worst_cases: int = 2) -> str:
                           "predicted": ["dog|wolf", "cat"], "probability": [0.9, 0.6]}).head(worst_cases)
     training = {"head": {"best_epoch": 3, "epochs_run": 5, "train_accuracy": 0.8, "val_accuracy": 0.7, "train_loss": 0.5, "val_loss": 0.6},
                 "fine_tuned": {"best_epoch": 0, "epochs_run": 0}}
-    data = {"images": 12, "skipped": skipped, "duplicates": 1, "classes": {name: 4 for name in CLASSES},
-            "skipped_files": [{"path": f"cat/{i:03d}|.png", "reason": "empty file"} for i in range(skipped)]}
+    data = DataReport(images=12, skipped=skipped, duplicates=1, classes={name: 4 for name in CLASSES}, near_duplicates=(),
+                      skipped_files=tuple(SkippedFile(path=f"cat/{i:03d}|.png", reason="empty file") for i in range(skipped)))
     return review.markdown(summary, breakdown, worst, "cat", training, data, ENCODING, figure=Path("plots/evaluate/figures/m.png"),
                            report=Path("reports/review.md"))
 
@@ -60,7 +61,7 @@ def test_the_report_compares_the_three_models_and_writes_the_data_literally():
     assert r"| x/\[link\](http://a).png | cat | dog\|wolf | 0.900 |" in text, "no link, no extra table column"
     assert r"| y\_1.png | \<b\>owl\</b\> | cat | 0.600 |" in text, "no HTML"
     assert "| head only | 3 of 5 | 0.800 | 0.700 | 0.6 |" in text and "| fine-tuned | not trained (0 epochs) |" in text
-    assert "12 images, 1 duplicates (same file content), 0 skipped." in text and "### Skipped files\n\nNone." in text
+    assert "12 images, 1 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text
     assert "<b>" not in text and "| dog|wolf" not in text
 
 
@@ -93,11 +94,11 @@ def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
 
     import pandas as pd
 
-    from lib import evaluation
+    from transfer_learning import evaluation
 
     actual = np.array(HOSTILE_CLASSES * 2)
     predicted = np.roll(actual, 1)
-    encoding = {"task": "classification", "classes": sorted(HOSTILE_CLASSES)}
+    encoding = Encoding(task="classification", classes=tuple(sorted(HOSTILE_CLASSES)))
     files.write_csv(tmp_path / "breakdown.csv", evaluation.breakdown(actual, {"head": predicted}, encoding), escape_formulas=True)
     files.write_csv(tmp_path / "head.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
     shown = {"=HYPERLINK(\"http://x.example\",\"y\")": "'=HYPERLINK(\"http://x.example\",\"y\")",
@@ -112,7 +113,7 @@ def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
 
 def test_class_names_with_dollar_signs_are_drawn_literally(tmp_path):
     """matplotlib reads $...$ as math text: 'a$^$b' made evaluate's confusion matrix crash after the whole pipeline ran."""
-    from lib import evaluation
+    from transfer_learning import evaluation
 
     actual = np.array(HOSTILE_CLASSES * 2)
     evaluation.confusion_figure(actual, {"head": actual, "fine_tuned": np.roll(actual, 1)}, sorted(HOSTILE_CLASSES), tmp_path / "confusion.png")

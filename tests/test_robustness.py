@@ -32,7 +32,7 @@ from conftest import FAST, ROOT, make_image, make_project, run, run_stage, stage
 
 INGEST_PEAK = """
 import resource, subprocess, sys
-result = subprocess.run([sys.executable, "stages/ingest.py"], capture_output=True, text=True)
+result = subprocess.run([sys.executable, "-m", "stages.ingest"], capture_output=True, text=True)
 print(result.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
 """
 
@@ -159,12 +159,12 @@ def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
     params["data"]["source"] = str(tmp_path / "src")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     full_disk_at(project / "data/ingested/pixels.u8")
-    result = subprocess.run([sys.executable, "stages/ingest.py"], cwd=project, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/pixels.u8: {DISK_FULL}"
     assert os.listdir(project / "data/ingested") == [] and not (project / "metrics").exists()
     (project / "metrics").write_text("")  # now the report's folder is blocked by a file
-    result = subprocess.run([sys.executable, "stages/ingest.py"], cwd=project, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True)
     assert result.stderr.strip().splitlines()[-1] == "error: cannot write metrics/data.json: a file is in the way where a folder is needed: move it"
     assert sorted(os.listdir(project / "data/ingested")) == ["manifest.csv", "pixels.u8"], "complete files; DVC records nothing"
 

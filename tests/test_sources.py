@@ -1,4 +1,4 @@
-"""lib/sources.py: what a data.source folder (class folders, or a CSV) holds, before any decoding:
+"""transfer_learning/sources.py: what a data.source folder (class folders, or a CSV) holds, before any decoding:
 items with their labels, and every other entry skipped with the reason."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from bad_files import FOUND_BY_DECODING, messy_folder, reasons_match, write_csv
 from conftest import make_image
-from lib import sources
-from lib.errors import PipelineError
+from transfer_learning import class_folders, sources
+from transfer_learning.errors import PipelineError
 
 
 def test_class_folders_lists_images_and_reports_everything_else(class_folder):
@@ -18,7 +18,7 @@ def test_class_folders_lists_images_and_reports_everything_else(class_folder):
     (class_folder / "red" / ".DS_Store").write_bytes(b"\0\1")
     (class_folder / "README.md").write_text("top-level file")
     make_image(class_folder / "blue" / "nested" / "deep.PNG", (0, 0, 255))
-    items, skipped = sources.class_folders(class_folder)
+    items, skipped = class_folders.class_folders(class_folder)
     assert len(items) == 37 and {i.label for i in items} == {"red", "green", "blue"}
     assert "blue/nested/deep.PNG" in {i.path for i in items}, "nested folders belong to their class; extensions are case-blind"
     reasons = {s.path: s.reason for s in skipped}
@@ -30,7 +30,7 @@ def test_class_folders_lists_images_and_reports_everything_else(class_folder):
 def test_symlink_leaving_the_root_is_skipped(class_folder, tmp_path):
     outside = make_image(tmp_path / "outside.png", (1, 2, 3))
     (class_folder / "red" / "link.png").symlink_to(outside)
-    _, skipped = sources.class_folders(class_folder)
+    _, skipped = class_folders.class_folders(class_folder)
     assert {s.path: s.reason for s in skipped}["red/link.png"] == "link points outside data.source"
 
 
@@ -45,7 +45,7 @@ def test_branching_links_list_each_real_folder_once(tmp_path):
                 (store / str(i) / name).symlink_to(store / str(i + 1), target_is_directory=True)
     (tmp_path / "images" / "cats" / "entry").symlink_to(store / "0", target_is_directory=True)
     make_image(tmp_path / "images" / "dogs" / "d.png", (0, 0, 9))
-    items, skipped = sources.class_folders(tmp_path / "images")
+    items, skipped = class_folders.class_folders(tmp_path / "images")
     assert sorted(i.path for i in items if i.label == "cats") == sorted(f"cats/levels/{i}/level_{i}.png" for i in range(levels + 1))
     reasons = {s.path: s.reason for s in skipped}
     assert len(reasons) == 2 * levels + 1, "each link to a folder listed already is skipped once"
@@ -63,7 +63,7 @@ def test_a_class_folder_1000_levels_deep_is_listed(tmp_path):
             folder.mkdir(parents=True)
         make_image(folders[-1] / "bottom.png", (1, 2, 3), size=(4, 4))
         make_image(tmp_path / "images" / "dogs" / "d.png", (3, 2, 1), size=(4, 4))
-        items, skipped = sources.class_folders(tmp_path / "images")
+        items, skipped = class_folders.class_folders(tmp_path / "images")
         assert skipped == [] and sorted(i.path for i in items) == [f"cats/{'d/' * 1000}bottom.png", "dogs/d.png"]
     finally:  # pytest's clean-up of old temporary folders would hit the recursion limit
         (folders[-1] / "bottom.png").unlink(missing_ok=True)
@@ -78,7 +78,7 @@ def test_look_alike_class_names_are_one_class(tmp_path):
     make_image(tmp_path / "images" / nfc / "a.png", (1, 1, 1))
     make_image(tmp_path / "images" / nfd / "b.png", (2, 2, 2))
     make_image(tmp_path / "images" / "tea" / "c.png", (3, 3, 3))
-    items, _ = sources.class_folders(tmp_path / "images")
+    items, _ = class_folders.class_folders(tmp_path / "images")
     assert sorted((i.path.split("/")[1], i.label) for i in items) == [("a.png", nfc), ("b.png", nfc), ("c.png", "tea")]
     csv = tmp_path / "images" / "labels.csv"
     csv.write_text(f"image,label\n{nfc}/a.png,{nfc}\n{nfd}/b.png,{nfd}\ntea/c.png,tea\n", encoding="utf-8")
@@ -171,7 +171,7 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
 def test_messy_folder_lists_every_image_and_says_why_for_the_rest(tmp_path):
     expected = messy_folder(tmp_path / "images", tmp_path / "outside")
-    items, skipped = sources.class_folders(tmp_path / "images")
+    items, skipped = class_folders.class_folders(tmp_path / "images")
     reasons_match({s.path: s.reason for s in skipped}, {p: r for p, r in expected.items() if p not in FOUND_BY_DECODING})
     paths = {i.path: i.label for i in items}
     assert FOUND_BY_DECODING < set(paths), "files that only decoding can judge are listed, then skipped by ingest"
@@ -263,7 +263,7 @@ def test_folder_and_csv_paths_cannot_leave_their_root(tmp_path):
     (root / "cats" / "file_link.png").symlink_to(secret)
     (root / "cats" / "dir_link").symlink_to(secret.parent, target_is_directory=True)
     (root / "dogs").symlink_to(secret.parent, target_is_directory=True)  # a whole class folder outside the root
-    items, skipped = sources.class_folders(root)
+    items, skipped = class_folders.class_folders(root)
     assert [i.path for i in items] == ["cats/ok.png"]
     assert {s.path: s.reason for s in skipped} == {"cats/file_link.png": "link points outside data.source",
                                                    "cats/dir_link": "link points outside data.source",

@@ -1,4 +1,4 @@
-"""lib/splitting.py: stratified, seeded train/val/test assignment by content, never a picture in two splits."""
+"""transfer_learning/splitting.py: stratified, seeded train/val/test assignment by content, never a picture in two splits."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from conftest import make_image, run_stage, stage_project
-from lib import splitting
-from lib.errors import PipelineError
+from transfer_learning import splitting
+from transfer_learning.errors import PipelineError
 
 
 def manifest(labels, hashes=None):

@@ -1,11 +1,12 @@
-"""Compiling options (lib/training.py): label smoothing, the regression losses, and the saved model's score."""
+"""Compiling options (transfer_learning/training.py): label smoothing, the regression losses, and the saved model's score."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
-from lib import batches, models, training
+from transfer_learning import batches, model_files, networks, training
+from transfer_learning.records import Encoding
 
 
 def test_label_smoothing_is_cross_entropy_against_smoothed_one_hot_targets():
@@ -33,12 +34,12 @@ def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loa
     confidence = {}
     for smoothing in (0.0, 0.3):
         keras.utils.set_random_seed(0)
-        head = models.build_head(8, 16, 0.0, 2, "classification")
-        training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.05), smoothing)
+        head = networks.build_head(8, 16, 0.0, 2, "classification")
+        training.compile_for(head, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("adam", 0.05), smoothing)
         head.fit(x, y, epochs=60, batch_size=64, verbose=0)
         confidence[smoothing] = float(head.predict(x, verbose=0).max(axis=1).mean())
-        models.save(head, tmp_path / f"head{smoothing}.keras")
-        np.testing.assert_allclose(models.load(tmp_path / f"head{smoothing}.keras").predict(x, verbose=0), head.predict(x, verbose=0), atol=1e-6)
+        model_files.save(head, tmp_path / f"head{smoothing}.keras")
+        np.testing.assert_allclose(model_files.load(tmp_path / f"head{smoothing}.keras").predict(x, verbose=0), head.predict(x, verbose=0), atol=1e-6)
     assert confidence[0.0] > 0.98 and confidence[0.3] < 0.9, confidence  # smoothed targets cap it near 1 - 0.3 + 0.15
 
 
@@ -48,12 +49,13 @@ def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
     x = np.random.default_rng(0).normal(size=(100, 8)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
     keras.utils.set_random_seed(0)
-    initial = models.build_head(8, 16, 0.5, 2, "classification").get_weights()  # what each head below starts from
+    initial = networks.build_head(8, 16, 0.5, 2, "classification").get_weights()  # what each head below starts from
     trained = {}
     for steps in (1, 3, training.STEPS_PER_CALL):
         keras.utils.set_random_seed(0)
-        head = models.build_head(8, 16, 0.5, 2, "classification")
-        training.compile_for(head, {"task": "classification"}, "auto", training.optimizer("adam", 0.01), steps_per_call=steps)
+        head = networks.build_head(8, 16, 0.5, 2, "classification")
+        training.compile_for(head, Encoding(task="classification", classes=("a", "b")), "auto", training.optimizer("adam", 0.01),
+                             steps_per_call=steps)
         history = head.fit(batches.Batches(x, y, 16, seed=0), epochs=3, shuffle=False, verbose=0)
         trained[steps] = head.get_weights(), history.history["loss"]
     assert training.STEPS_PER_CALL > 7
@@ -65,8 +67,8 @@ def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
 
 @pytest.mark.parametrize("loss, name", [("auto", "mse"), ("mse", "mse"), ("huber", "huber"), ("mae", "mae")])
 def test_regression_losses(loss, name):
-    head = models.build_head(4, 4, 0.0, 1, "regression")
-    training.compile_for(head, {"task": "regression", "mean": 0.0, "std": 2.0}, loss, training.optimizer("adam", 0.01))
+    head = networks.build_head(4, 4, 0.0, 1, "regression")
+    training.compile_for(head, Encoding(task="regression", mean=0.0, std=2.0), loss, training.optimizer("adam", 0.01))
     assert head.loss == name
 
 
@@ -76,10 +78,11 @@ def test_score_is_accuracy_or_the_mae_in_the_target_unit():
     # regression: targets standardized (mean 10, std 2); the model's outputs are in the unit: 1, 5, 9, 13, 17, 21
     standardized = (np.array([1, 5, 9, 13, 17, 25], dtype=np.float32) - 10) / 2
     data = batches.Batches(x, standardized, batch_size=4)
-    assert training.score(model, data, {"task": "regression", "mean": 10.0, "std": 2.0}) == pytest.approx(4 / 6)
+    assert training.score(model, data, Encoding(task="regression", mean=10.0, std=2.0)) == pytest.approx(4 / 6)
     probabilities = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="identity", use_bias=False)])
     labels = np.array([1, 1, 0, 1, 0, 1], dtype=np.int32)  # argmax of (x0, x1) is 1 everywhere
-    assert training.score(probabilities, batches.Batches(x, labels, batch_size=4), {"task": "classification"}) == pytest.approx(4 / 6)
+    two_classes = Encoding(task="classification", classes=("a", "b"))
+    assert training.score(probabilities, batches.Batches(x, labels, batch_size=4), two_classes) == pytest.approx(4 / 6)
 
 
 @pytest.mark.parametrize("patience", [0, 2])
@@ -91,7 +94,7 @@ def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patien
     y = (x @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.5, size=64)).astype("float32")
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    encoding = {"task": "regression", "mean": 0.0, "std": 1.0}
+    encoding = Encoding(task="regression", mean=0.0, std=1.0)
     training.compile_for(model, encoding, "mse", training.optimizer("sgd", 0.05, ema=0.8), steps_per_call=1)  # a callback a step
     steps, averages = [], []
 
@@ -125,11 +128,11 @@ def test_a_head_trains_on_mixup_batches_and_reports_accuracy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(320, 8)).astype("float32")
     y = np.argmax(x[:, :3], axis=1).astype(np.int32)
-    encoding = {"task": "classification", "classes": ["a", "b", "c"]}
+    encoding = Encoding(task="classification", classes=("a", "b", "c",))
     classes = training.one_hot_classes(encoding, 0.4)
     assert classes == 3 and training.one_hot_classes(encoding, 0.0) == 0
     keras.utils.set_random_seed(0)
-    head = models.build_head(8, 16, 0.0, 3, "classification")
+    head = networks.build_head(8, 16, 0.0, 3, "classification")
     training.compile_for(head, encoding, "auto", training.optimizer("adam", 0.02), 0.1, mixup=0.4)
     train = batches.Batches(x[:256], y[:256], 32, seed=0, classes=classes, mixup=0.4)
     history = training.fit(head, train, batches.Batches(x[256:], y[256:], 32, classes=classes), 15, 0, encoding)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lib import paths
-from lib.errors import PipelineError
+from transfer_learning import paths
+from transfer_learning.errors import PipelineError
 
 BASE_NAMES = ("mobilenet_v2", "vgg16")
 SEED_LIMIT = 2**32         # NumPy and TensorFlow seeds are 32-bit: a larger one would crash train-head with a traceback
@@ -24,6 +24,16 @@ MAX_AUGMENT_COPIES = 100   # the augmented training set is copies + 1 times the 
 MAX_MIXUP = 10            # mixup's Beta(alpha, alpha): larger alphas all blend about half and half
 MAX_FOLDS = 20            # train_head.folds: each fold trains a head
 MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
+
+
+# How an image file becomes the model's input: params of ingest and normalize that the saved model's encoding.json
+# repeats for predict (records.Preparation), checked the same way in both places.
+MaxShortSide = Annotated[int, Field(ge=8)]
+# Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) is set from this, never disabled:
+# larger images are skipped and reported. Decoding needs about 4 bytes per pixel.
+MaxMegapixels = Annotated[float, Field(gt=0, le=1000)]
+ImageSize = Annotated[int, Field(ge=32, le=1024)]
+Resize = Literal["crop", "pad"]
 
 
 class Section(BaseModel):
@@ -68,10 +78,8 @@ def leaves(relative: str) -> bool:
 
 
 class Ingest(Section):
-    max_short_side: int = Field(ge=8)
-    # Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) is set from this, never disabled:
-    # larger images are skipped and reported. Decoding needs about 4 bytes per pixel.
-    max_megapixels: float = Field(gt=0, le=1000)
+    max_short_side: MaxShortSide
+    max_megapixels: MaxMegapixels
 
 
 class Split(Section):
@@ -90,8 +98,8 @@ class Split(Section):
 
 
 class Normalize(Section):
-    image_size: int = Field(ge=32, le=1024)
-    resize: Literal["crop", "pad"]
+    image_size: ImageSize
+    resize: Resize
 
 
 class Augment(Section):
@@ -148,7 +156,7 @@ class Fit(Section):
 
 
 class TrainHead(Fit):
-    # k-fold cross-validation of the head on the stored features of train + val (lib/crossval.py): 0 = off
+    # k-fold cross-validation of the head on the stored features of train + val (transfer_learning/crossval.py): 0 = off
     folds: int = Field(ge=0, le=MAX_FOLDS)
 
     @model_validator(mode="after")
@@ -173,7 +181,7 @@ class FineTune(Fit):
 
 class Train(Section):
     # Where the models of extract-features, train-head and fine-tune run
-    # (stages/lib/distribute.py); batch sizes are global whatever the strategy.
+    # (transfer_learning/distribute.py); batch sizes are global whatever the strategy.
     strategy: Literal["default", "mirrored", "multi_worker"]
 
 

@@ -1,35 +1,30 @@
-"""The networks (TensorFlow/Keras): pretrained base, pixel preprocessing, dense head, assembled model.
+"""The networks (Keras): the pretrained base, its pixel preprocessing, the cut for fine-tuning, the dense head.
 
-The assembled model takes raw RGB pixels (0-255) of shape (image_size, image_size, 3):
+The trained network takes raw RGB pixels (0-255) of shape (image_size, image_size, 3):
     preprocessing -> base (top cut off) -> pooling -> head
-and, for regression, ends with a fixed Rescaling that turns the standardized output back into the
-target's unit. No Lambda layers, so it loads with keras.models.load_model(..., safe_mode=True).
-With test-time augmentation (fine_tune.tta: flip) the saved model runs that network on the image and on its mirror
-image and averages the two outputs, so predict.py and every user of the file get it.
+No Lambda layers anywhere, so every saved model loads with keras.models.load_model(..., safe_mode=True).
+How the trained network becomes the file users load (test-time augmentation, the target's unit) is packaging.py;
+saving and loading .keras files is model_files.py.
 """
 from __future__ import annotations
 
-import io
-import json
-import tempfile
 import warnings
-import zipfile
-from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
-from lib import files
-from lib.errors import PipelineError
+from transfer_learning.errors import PipelineError
 
 # Caffe-style preprocessing of VGG16: RGB -> BGR, minus the ImageNet channel means (BGR order).
 VGG_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
+
 def set_precision(precision: str) -> None:
     """float32, or bfloat16: mixed precision for the models built afterwards (outputs stay float32)."""
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+
 
 
 def build_base(name: str, alpha: float, weights: str) -> keras.Model:
@@ -58,6 +53,7 @@ def build_base(name: str, alpha: float, weights: str) -> keras.Model:
     return base
 
 
+
 def preprocessing(name: str) -> list[layers.Layer]:
     """Raw 0-255 RGB -> what the base was trained on, as plain (serializable) layers."""
     if name == "mobilenet_v2":
@@ -68,8 +64,10 @@ def preprocessing(name: str) -> list[layers.Layer]:
     return [to_bgr]
 
 
+
 def pooling(kind: str) -> layers.Layer:
     return layers.GlobalAveragePooling2D(name="pool") if kind == "avg" else layers.Flatten(name="pool")
+
 
 
 def feature_extractor(base: keras.Model, base_name: str, image_size: int, pooling_kind: str, cut: str | None = None) -> keras.Model:
@@ -89,6 +87,7 @@ def feature_extractor(base: keras.Model, base_name: str, image_size: int, poolin
     return keras.Model(inputs, [features, activations], name="feature_and_activation_extractor")
 
 
+
 def build_head(n_features: int, units: int, dropout: float, n_outputs: int, task: str) -> keras.Model:
     """pooled features -> Dense(units, relu) -> Dropout -> Dense(n_outputs) (softmax, or linear for regression)."""
     inputs = keras.Input((n_features,), name="features")
@@ -98,36 +97,11 @@ def build_head(n_features: int, units: int, dropout: float, n_outputs: int, task
     return keras.Model(inputs, outputs, name="head")
 
 
+
 def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
     """Feature extractor + head: raw pixels -> head outputs (standardized for regression)."""
     return keras.Model(extractor.input, head(extractor.output), name="transfer_model")
 
-
-def export(model: keras.Model, encoding: dict, tta: str = "none") -> keras.Model:
-    """The model users load: regression outputs go back to the target's unit (x * std + mean).
-
-    tta: flip averages the outputs (class probabilities, or standardized targets) of the image and its mirror image."""
-    if tta == "flip":
-        pixels = keras.Input(model.input.shape[1:], name="image")
-        mirrored = pixels
-        for layer in mirror(model.input.shape[2]):
-            mirrored = layer(mirrored)
-        outputs = layers.Average(name="mean_over_flips")([model(pixels), model(mirrored)])
-        model = keras.Model(pixels, outputs, name=f"{model.name}_flip_averaged")
-    if encoding["task"] == "classification":
-        return model
-    outputs = layers.Rescaling(encoding["std"], offset=encoding["mean"], name="to_target_unit")(model.output)
-    return keras.Model(model.input, outputs, name=model.name)
-
-
-def mirror(width: int) -> list[layers.Layer]:
-    """Layers that flip an (height, width, channels) image left to right: the columns go last, a fixed Dense layer
-    reverses them (its kernel is the anti-diagonal identity: every output is one input times 1, exactly), and back.
-    Plain serializable layers, unlike a Lambda of tf.reverse, which safe_mode refuses to load."""
-    reverse = layers.Dense(width, use_bias=False, trainable=False, name="reverse_columns")
-    reverse.build((None, None, None, width))
-    reverse.set_weights([np.eye(width, dtype=np.float32)[::-1]])
-    return [layers.Permute((1, 3, 2), name="columns_last"), reverse, layers.Permute((1, 3, 2), name="columns_back")]
 
 
 def check_layer(base: keras.Model, layer_name: str) -> None:
@@ -135,6 +109,7 @@ def check_layer(base: keras.Model, layer_name: str) -> None:
     if layer_name not in names:
         blocks = [n for n in names if n.endswith(("_expand", "_conv1", "Conv_1", "_project"))] or names
         raise PipelineError(f"fine_tune.unfreeze_from {layer_name!r} is not a layer of {base.name}; for example: {', '.join(blocks)}")
+
 
 
 def unfreeze_from(base: keras.Model, layer_name: str) -> int:
@@ -150,6 +125,7 @@ def unfreeze_from(base: keras.Model, layer_name: str) -> int:
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
     return len(base.trainable_weights)
+
 
 
 def split_base(base: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
@@ -176,6 +152,7 @@ def split_base(base: keras.Model, layer_name: str) -> tuple[keras.Model, keras.M
     return keras.Model(base.input, base.get_layer(layer_name).input, name="base_bottom"), top
 
 
+
 def _top(base: keras.Model, layer_name: str) -> keras.Model | None:
     """The layers from `layer_name` up as a model of its single input, or None if it has no single input (the input layer,
     a layer joining branches) or the layers above need anything from below."""
@@ -188,6 +165,7 @@ def _top(base: keras.Model, layer_name: str) -> keras.Model | None:
     return None if any(layer.name in below for layer in top.layers) else top
 
 
+
 def top_model(base: keras.Model, layer_name: str, activation_shape: tuple, pooling_kind: str, head: keras.Model) -> keras.Model:
     """Cached activations -> top of the base -> pooling -> head: what cached fine-tuning trains.
 
@@ -196,43 +174,3 @@ def top_model(base: keras.Model, layer_name: str, activation_shape: tuple, pooli
     _, top = split_base(base, layer_name)
     inputs = keras.Input(activation_shape, name="activations")
     return keras.Model(inputs, head(pooling(pooling_kind)(top(inputs))), name="top_model")
-
-
-def save(model: keras.Model, path: Path) -> None:
-    """model.save, made byte-reproducible: no save date in the metadata, fixed zip timestamps."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "model.keras"
-        model.save(raw)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as dst:
-            for info in sorted(src.infolist(), key=lambda i: i.filename):
-                data = src.read(info.filename)
-                if info.filename == "metadata.json":
-                    metadata = json.loads(data)
-                    metadata.pop("date_saved", None)
-                    data = json.dumps(metadata, sort_keys=True).encode()
-                elif info.filename == "config.json":
-                    data = json.dumps(renumber_shared_objects(json.loads(data))).encode()
-                dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    with files.atomic_path(path) as tmp_path:
-        tmp_path.write_bytes(buffer.getvalue())
-
-
-def renumber_shared_objects(config, ids: dict | None = None):
-    """Keras names shared objects (dtype policies) by their Python id(), which changes every run;
-    number them 1, 2, ... in order of appearance instead (same sharing, reproducible bytes)."""
-    ids = {} if ids is None else ids
-    if isinstance(config, dict):
-        return {key: ids.setdefault(value, len(ids) + 1) if key == "shared_object_id" else renumber_shared_objects(value, ids)
-                for key, value in config.items()}
-    if isinstance(config, list):
-        return [renumber_shared_objects(value, ids) for value in config]
-    return config
-
-
-def load(path: Path) -> keras.Model:
-    """A saved .keras model; safe_mode refuses code hidden in it (Lambda layers)."""
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except (ValueError, TypeError, OSError, KeyError) as exc:
-        raise PipelineError(f"cannot load the model {path}: {str(exc).splitlines()[0]}; rerun `dvc repro --force` to rebuild it") from None

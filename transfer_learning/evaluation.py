@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
+from transfer_learning.records import Encoding  # noqa: E402
+
 plt.rcParams["svg.hashsalt"] = "0"  # no random ids in figures
 
 
@@ -29,10 +31,10 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
             "r2": skm.r2_score(actual, predicted)}
 
 
-def summary(actual: np.ndarray, predictions: dict, encoding: dict, baseline) -> dict:
+def summary(actual: np.ndarray, predictions: dict, encoding: Encoding, baseline) -> dict:
     """{'head': {...}, 'fine_tuned': {...}, 'baseline': {...}, 'test_images': n}. The baseline always predicts `baseline`
     (targets.constant: the most frequent training class, or the training mean)."""
-    score = classification_metrics if encoding["task"] == "classification" else regression_metrics
+    score = classification_metrics if encoding.is_classification else regression_metrics
     result = {name: score(actual, predicted) for name, predicted in predictions.items()}
     result["baseline"] = score(actual, np.full(len(actual), baseline))
     result["test_images"] = len(actual)
@@ -52,12 +54,12 @@ def target_ranges(actual: np.ndarray, n: int = 5) -> pd.Series:
     return pd.Series([f"[{edges[b]:.4g}, {edges[b + 1]:.4g}{']' if b == len(edges) - 2 else ')'}" for b in bins])
 
 
-def breakdown(actual: np.ndarray, predictions: dict, encoding: dict) -> pd.DataFrame:
+def breakdown(actual: np.ndarray, predictions: dict, encoding: Encoding) -> pd.DataFrame:
     """Per class (precision, recall, F1, support) or per target range (MAE, mean residual), per model."""
     frames = []
     for name, predicted in predictions.items():
-        if encoding["task"] == "classification":
-            classes = encoding["classes"]
+        if encoding.is_classification:
+            classes = encoding.classes
             p, r, f, s = skm.precision_recall_fscore_support(actual, predicted, labels=classes, zero_division=0)
             frame = pd.DataFrame({"model": name, "class": classes, "precision": p, "recall": r, "f1": f, "support": s})
         else:
@@ -125,7 +127,7 @@ def image_grid(images: np.ndarray, captions: list[str], title: str, path: Path, 
 def save_figure(fig, path: Path, top: float = 1.0) -> None:
     """The figure as a PNG without metadata (same bytes every run); `top`: the fraction of the height left to the
     subplots (a suptitle takes the rest)."""
-    from lib import files
+    from transfer_learning import files
 
     with files.atomic_path(path) as tmp:
         fig.tight_layout(rect=(0, 0, 1, top))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from lib.errors import PipelineError
+from transfer_learning.errors import PipelineError
 
 
 def workers() -> int:

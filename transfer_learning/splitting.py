@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lib.errors import PipelineError
+from transfer_learning.errors import PipelineError
 
 
 def strata(manifest: pd.DataFrame, task: str, bins: int) -> pd.Series:

@@ -30,9 +30,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lib.errors import one_line
+from transfer_learning.errors import one_line
 
-# Pillow's plugins for the extensions sources.IMAGE_EXTENSIONS accepts (JPEG also opens multi-picture MPO files).
+# Pillow's plugins for the extensions entries.IMAGE_EXTENSIONS accepts (JPEG also opens multi-picture MPO files).
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 # Bytes all decoding threads may hold at once; an image that needs more decodes alone.
 DECODE_BUDGET = 256 * 2**20

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from lib.errors import OS_HINTS, PipelineError, os_error
+from transfer_learning.errors import OS_HINTS, PipelineError, os_error
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Compiling and fitting (TensorFlow/Keras): seeds, optimizer, task-specific loss and metrics, history.
+"""Compiling and fitting (TensorFlow/Keras): optimizer, task-specific loss and metrics, history.
 
 Classification: softmax + sparse cross-entropy (optionally label-smoothed), accuracy, early stopping on val_loss.
 Regression: linear unit on the standardized target, MSE, Huber or MAE, MAE reported in the target's own
@@ -11,20 +11,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lib.batches import Batches
-from lib.errors import PipelineError
-
-
-def make_deterministic(seed: int, threads: int | None = None) -> None:
-    """Same inputs and params -> same weights, bit for bit (Python, NumPy and TF seeds; deterministic ops).
-
-    `threads` fixes TensorFlow's pool of threads for one op: oneDNN splits the sums of some gradients
-    (convolution weights) over that many threads, so their last bits depend on it. Call this before
-    anything starts TensorFlow's runtime (even the distribution strategy)."""
-    if threads is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+from transfer_learning import networks
+from transfer_learning.batches import Batches
+from transfer_learning.errors import PipelineError
+from transfer_learning.records import Encoding
 
 
 def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0,
@@ -85,12 +75,12 @@ REGRESSION_LOSSES = {"auto": "mse", "mse": "mse", "huber": "huber", "mae": "mae"
 STEPS_PER_CALL = 64
 
 
-def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0,
+def compile_for(model: keras.Model, encoding: Encoding, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0,
                 mixup: float = 0.0, steps_per_call: int = STEPS_PER_CALL) -> None:
     """label_smoothing: classification only (0: Keras' own sparse cross-entropy). mixup > 0: the model is fed
     one-hot class targets (batches with classes=one_hot_classes(encoding, mixup)), blended while training."""
-    if encoding["task"] == "regression":
-        model_loss, metrics = REGRESSION_LOSSES[loss], [target_unit_mae(encoding["std"])]
+    if not encoding.is_classification:
+        model_loss, metrics = REGRESSION_LOSSES[loss], [target_unit_mae(encoding.std)]
     elif mixup:
         model_loss, metrics = SmoothedSparseCrossentropy(label_smoothing), [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
@@ -100,21 +90,26 @@ def compile_for(model: keras.Model, encoding: dict, loss: str, opt: keras.optimi
                   steps_per_execution=1 if tf.distribute.has_strategy() else steps_per_call)
 
 
-def one_hot_classes(encoding: dict, mixup: float) -> int:
+def compiled_head(n_features: int, head_cfg, cfg, encoding: Encoding, steps_per_epoch: int) -> keras.Model:
+    """The dense head (head params `head_cfg`), compiled for training with train_head's params `cfg`: the one place that
+    builds it, for the head train-head saves and for each head of the k-fold estimate (crossval.py)."""
+    head = networks.build_head(n_features, head_cfg.units, head_cfg.dropout, encoding.n_outputs, encoding.task)
+    opt = optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule, total_steps=cfg.epochs * steps_per_epoch)
+    compile_for(head, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
+    return head
+
+
+def one_hot_classes(encoding: Encoding, mixup: float) -> int:
     """The `classes` of batches.Batches for a model compiled with compile_for(..., mixup): blending classes needs
     one-hot targets (0: targets as they are)."""
-    return len(encoding["classes"]) if mixup and encoding["task"] == "classification" else 0
+    return len(encoding.classes) if mixup and encoding.is_classification else 0
 
 
-def metric_name(encoding: dict) -> str:
-    return "accuracy" if encoding["task"] == "classification" else "mae"
+def monitor(encoding: Encoding) -> str:
+    return "val_loss" if encoding.is_classification else "val_mae"
 
 
-def monitor(encoding: dict) -> str:
-    return "val_loss" if encoding["task"] == "classification" else "val_mae"
-
-
-def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: dict,
+def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: Encoding,
         callbacks: list[keras.callbacks.Callback] = ()) -> pd.DataFrame:
     """Fit with early stopping (best epoch restored); one log line per epoch; `callbacks` too (live.callbacks).
     -> history per epoch.
@@ -146,22 +141,22 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     return frame
 
 
-def best_epoch(history: pd.DataFrame, encoding: dict) -> dict:
+def best_epoch(history: pd.DataFrame, encoding: Encoding) -> dict:
     """The restored epoch's figures: {'best_epoch', 'epochs_run', 'train_<m>', 'val_<m>', 'train_loss', 'val_loss'}."""
     if history.empty:
         return {"best_epoch": 0, "epochs_run": 0}
     best = history.loc[history[monitor(encoding)].idxmin()]
-    m = metric_name(encoding)
+    m = encoding.metric
     return {"best_epoch": int(best["epoch"]), "epochs_run": len(history),
             f"train_{m}": round(float(best[m]), 6), f"val_{m}": round(float(best[f"val_{m}"]), 6),
             "train_loss": round(float(best["loss"]), 6), "val_loss": round(float(best["val_loss"]), 6)}
 
 
-def score(model: keras.Model, data: Batches, encoding: dict) -> float:
+def score(model: keras.Model, data: Batches, encoding: Encoding) -> float:
     """A saved model's figure on `data`: accuracy, or MAE in the target's unit (the exported model's outputs are in that
     unit; `data`'s targets are standardized)."""
     outputs = model.predict(data, verbose=0)
     actual = np.asarray(data.targets)
-    if encoding["task"] == "classification":
+    if encoding.is_classification:
         return float(np.mean(np.argmax(outputs, axis=-1) == actual))
-    return float(np.mean(np.abs(np.asarray(outputs, dtype=np.float64).reshape(-1) - (actual * encoding["std"] + encoding["mean"]))))
+    return float(np.mean(np.abs(np.asarray(outputs, dtype=np.float64).reshape(-1) - (actual * encoding.std + encoding.mean))))

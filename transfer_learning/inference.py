@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from lib import batches, files
+from transfer_learning import batches, files
 
 CHUNK = 512       # images per predict call; outputs are written as they come
 BATCH_SIZE = 64   # images per forward pass

@@ -2,10 +2,10 @@
 
 - worst_cases(): the test images the fine-tuned model gets most confidently wrong (classification: the highest
   probability given to a wrong class) or with the largest errors (regression), worst first.
-- worst_cases_figure(): those images in a grid, each with its file, true and predicted label.
 - markdown(): head-only vs fine-tuned vs a constant baseline, per class (or target range), the worst cases,
   the training runs, and the data report with every skipped file.
-- write(): both, into plots/evaluate/figures and reports/review.md.
+- write(): the grid of the worst cases (each with its file, true and predicted label) and the report, into
+  plots/evaluate/figures and reports/review.md.
 
 Text from the data (class names, file names) is drawn and written literally: no math text in figures, no
 Markdown or HTML in the report. No TensorFlow; evaluation.py draws the grid.
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import evaluation, files, paths
+from transfer_learning import evaluation, files, paths
+from transfer_learning.records import DataReport, Encoding
 
 GRID_COLUMNS = 4
 WORST_CASES = 16      # images in the grid and rows in the report's table
@@ -27,14 +28,14 @@ SKIPPED_SHOWN = 50    # skipped files listed in the report; every one is in metr
 MODEL_NAMES = {"head": "head only", "fine_tuned": "fine-tuned", "baseline": "constant baseline"}
 
 
-def worst_cases(actual: np.ndarray, outputs: np.ndarray, encoding: dict, paths: np.ndarray) -> pd.DataFrame:
+def worst_cases(actual: np.ndarray, outputs: np.ndarray, encoding: Encoding, paths: np.ndarray) -> pd.DataFrame:
     """The fine-tuned model's test cases, worst first (ties: in test-set order): its mistakes, most confident first
     (classification; none if it makes none), or every image by the size of its error (regression).
 
     Columns: index (row of the test arrays), path, actual, predicted, and `probability` (of the predicted class)
     or `error` (predicted - actual)."""
-    if encoding["task"] == "classification":
-        classes = np.asarray(encoding["classes"])
+    if encoding.is_classification:
+        classes = np.asarray(encoding.classes)
         predicted = outputs.argmax(axis=-1)
         frame = pd.DataFrame({"index": np.arange(len(actual)), "path": paths, "actual": actual, "predicted": classes[predicted],
                               "probability": outputs.max(axis=-1).astype(float)})
@@ -90,11 +91,11 @@ def number(value, task: str) -> str:
     return f"{value:.3f}" if task == "classification" else f"{value:.4g}"
 
 
-def markdown(summary: dict, breakdown: pd.DataFrame, worst: pd.DataFrame, baseline, training: dict, data_report: dict,
-             encoding: dict, figure: Path, report: Path) -> str:
+def markdown(summary: dict, breakdown: pd.DataFrame, worst: pd.DataFrame, baseline, training: dict, data_report: DataReport,
+             encoding: Encoding, figure: Path, report: Path) -> str:
     """The review report (to be written to `report`). `summary` is metrics/evaluate.json, `training` maps head and
     fine_tuned to their best-epoch metrics, `figure` is the worst-cases grid (linked relative to the report)."""
-    task = encoding["task"]
+    task = encoding.task
     figure = Path(os.path.relpath(figure, Path(report).parent)).as_posix()
     lines = [f"# Review: {task} on {summary['test_images']} test images", ""]
     lines += results(summary, baseline, task) + [""] + per_group(breakdown, task) + [""]
@@ -148,30 +149,28 @@ def training_section(training: dict, task: str) -> list[str]:
     return ["## Training (best epoch, restored)", ""] + table(["model", "best epoch", f"train {metric}", f"val {metric}", "val loss"], rows)
 
 
-def data_section(report: dict, task: str) -> list[str]:
-    lines = ["## Data", "", f"{report['images']} images, {report['duplicates']} duplicates (same file content), "
-                            f"{report['skipped']} skipped."]
-    if task == "classification" and report.get("classes"):
-        lines += ["", "Images per class: " + ", ".join(f"{md(name)} {count}" for name, count in report["classes"].items()) + "."]
-    if report.get("duplicates_with_different_labels"):
-        lines += ["", f"{report['duplicates_with_different_labels']} images appear under two labels."]
-    if task == "regression" and report.get("target"):
-        target = report["target"]
+def data_section(report: DataReport, task: str) -> list[str]:
+    lines = ["## Data", "", f"{report.images} images, {report.duplicates} duplicates (same decoded pixels), {report.skipped} skipped."]
+    if report.classes:
+        lines += ["", "Images per class: " + ", ".join(f"{md(name)} {count}" for name, count in report.classes.items()) + "."]
+    if report.duplicates_with_different_targets:
+        lines += ["", f"{report.duplicates_with_different_targets} pictures appear with two different targets (kept, in one split)."]
+    if report.target:
+        target = report.target
         lines += ["", f"Target: mean {target['mean']:.4g}, std {target['std']:.4g}, from {target['min']:.4g} to {target['max']:.4g}."]
-    skipped = report.get("skipped_files", [])
     lines += ["", "### Skipped files", ""]
-    if not skipped:
+    if not report.skipped_files:
         return lines + ["None."]
-    lines += table(["file", "reason"], [[md(s["path"]), md(s["reason"])] for s in skipped[:SKIPPED_SHOWN]])
-    if len(skipped) > SKIPPED_SHOWN:
-        lines += ["", f"... and {len(skipped) - SKIPPED_SHOWN} more: every one is in metrics/data.json."]
+    lines += table(["file", "reason"], [[md(s.path), md(s.reason)] for s in report.skipped_files[:SKIPPED_SHOWN]])
+    if len(report.skipped_files) > SKIPPED_SHOWN:
+        lines += ["", f"... and {len(report.skipped_files) - SKIPPED_SHOWN} more: every one is in metrics/data.json."]
     return lines
 
 
-def write(worst: pd.DataFrame, images: np.ndarray, summary: dict, breakdown: pd.DataFrame, baseline, training: dict, data_report: dict,
-          encoding: dict) -> Path:
+def write(worst: pd.DataFrame, images: np.ndarray, summary: dict, breakdown: pd.DataFrame, baseline, training: dict, data_report: DataReport,
+          encoding: Encoding) -> Path:
     """The grid of the WORST_CASES first of `worst` (rows of `images`, the test images) and the report around it. -> the grid."""
-    task = encoding["task"]
+    task = encoding.task
     shown = worst.head(WORST_CASES)
     grid = paths.FIGURES / figure_name(task)
     evaluation.image_grid(images[shown["index"].to_numpy()], [caption(row, task) for row in shown.itertuples()],

@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lib import files
-from lib.errors import PipelineError
+from transfer_learning import files
+from transfer_learning.errors import PipelineError
 
 
 class Batches(keras.utils.PyDataset):

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import tensorflow as tf
 
-from lib.errors import PipelineError
+from transfer_learning.errors import PipelineError
 
 TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 

@@ -14,8 +14,9 @@ import statistics
 import keras
 import numpy as np
 
-from lib import batches, files, models, paths, targets, training
-from lib.errors import PipelineError
+from transfer_learning import batches, files, packaging, paths, training
+from transfer_learning.errors import PipelineError
+from transfer_learning.records import Encoding
 
 
 def assign(values: np.ndarray, k: int, seed: int, task: str) -> np.ndarray:
@@ -53,7 +54,7 @@ class Rows:
         return np.concatenate([self.arrays[a][wanted[which == a] - self.offsets[a]] for a in range(len(self.arrays))])
 
 
-def estimate(cfg, head_cfg, per_image: int, encoding: dict, strategy, epochs: int) -> dict:
+def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs: int) -> dict:
     """cfg: train_head's params; head_cfg: head's; per_image: rows per training image (augment.copies + 1).
     -> {'folds', 'epochs', '<metric>_mean', '<metric>_std' (over folds, n-1), '<metric>_min', '<metric>_max', 'per_fold'}."""
     train_x, val_x = files.load_npy(paths.features("train"), mmap=True), files.load_npy(paths.features("val"), mmap=True)
@@ -65,7 +66,7 @@ def estimate(cfg, head_cfg, per_image: int, encoding: dict, strategy, epochs: in
     if original.sum() < 2 * cfg.folds:
         raise PipelineError(f"train_head.folds={cfg.folds} needs at least {2 * cfg.folds} images in train + val, "
                             f"there are {original.sum()}; use fewer folds or 0 (off)")
-    fold_of_image = assign(all_y[original], cfg.folds, cfg.seed, encoding["task"])
+    fold_of_image = assign(all_y[original], cfg.folds, cfg.seed, encoding.task)
     fold_of_row = fold_of_image[image_of_row]
     replicas = strategy.num_replicas_in_sync
     scores = []
@@ -76,14 +77,12 @@ def estimate(cfg, head_cfg, per_image: int, encoding: dict, strategy, epochs: in
                                 training.one_hot_classes(encoding, cfg.mixup), cfg.mixup)
         held = batches.Batches(Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, None, replicas)
         with strategy.scope():
-            head = models.build_head(train.inputs.shape[1], head_cfg.units, head_cfg.dropout, targets.n_outputs(encoding), encoding["task"])
-            opt = training.optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule, total_steps=cfg.epochs * len(train))
-            training.compile_for(head, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
+            head = training.compiled_head(train.inputs.shape[1], head_cfg, cfg, encoding, steps_per_epoch=len(train))
         if epochs:
             head.fit(train, epochs=epochs, shuffle=False, verbose=0)
-        scores.append(training.score(models.export(head, encoding), held, encoding))
-        print(f"train-head: fold {fold + 1}/{cfg.folds}: {training.metric_name(encoding)} {scores[-1]:.4f} on {len(held_rows)} held-out images")
-    m = training.metric_name(encoding)
+        scores.append(training.score(packaging.package(head, encoding), held, encoding))
+        print(f"train-head: fold {fold + 1}/{cfg.folds}: {encoding.metric} {scores[-1]:.4f} on {len(held_rows)} held-out images")
+    m = encoding.metric
     return {"folds": cfg.folds, "epochs": epochs, f"{m}_mean": round(statistics.mean(scores), 6),
             f"{m}_std": round(statistics.stdev(scores), 6), f"{m}_min": round(min(scores), 6), f"{m}_max": round(max(scores), 6),
             "per_fold": [round(s, 6) for s in scores]}
