@@ -69,7 +69,7 @@ def main():
         harness.set_params(project, {"fine_tune.threads": fine_tune_threads})
         seconds = {}
         for stage in STAGES:
-            timed = harness.run([*prefix, "python", f"stages/{stage}.py"], project, env=env)
+            timed = harness.run([*prefix, "python", "-m", f"stages.{stage}"], project, env=env)
             seconds[stage] = timed.seconds
             if stage == "fine_tune":
                 epochs = harness.epoch_seconds(timed.output)

@@ -42,7 +42,7 @@ def run_stages(source: Path, copies: int, precision: str = "float32") -> tuple[P
                                                           "fine_tune.epochs": 2, "base.precision": precision})
     timings = {}
     for stage in STAGES:
-        timings[stage] = harness.run(["python", f"stages/{stage}.py"], project)
+        timings[stage] = harness.run(["python", "-m", f"stages.{stage}"], project)
         print(f"  {stage:22}{timings[stage].seconds:8.1f} s {timings[stage].peak_anon_mb:8.0f} MB anonymous "
               f"{timings[stage].peak_mb:8.0f} MB resident", flush=True)
     return project, timings
@@ -66,9 +66,9 @@ def main():
     float32 = one["extract_features"].seconds
     head_float32 = harness.read_json(project / "metrics/evaluate.json")["head"]["accuracy"]
     harness.set_params(project, {"base.precision": "bfloat16"})
-    bfloat16 = harness.run(["python", "stages/extract_features.py"], project).seconds
+    bfloat16 = harness.run(["python", "-m", "stages.extract_features"], project).seconds
     for stage in ("train_head", "evaluate"):
-        harness.run(["python", f"stages/{stage}.py"], project)
+        harness.run(["python", "-m", f"stages.{stage}"], project)
     head_bfloat16 = harness.read_json(project / "metrics/evaluate.json")["head"]["accuracy"]
 
     print(f"\nextract-features, {n_images} images at 224 px (whole stage, start-up included):")
