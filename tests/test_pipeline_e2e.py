@@ -253,7 +253,7 @@ def test_a_dataset_under_dvc_reaches_a_teammate_and_a_change_reruns_from_ingest(
 
 # ---------------------------------------------------------------- a fresh clone reproduces the committed run
 
-# A CPU other than the committer's may run other oneDNN code for training (README, Reproducibility): the last bits of
+# A CPU other than the committer's may run other oneDNN code for training (docs/reproducibility.md): the last bits of
 # the trained models differ, and test accuracy moves like it does between two seeds. 0.02 is 7 of the 359 test digits.
 ACCURACY_TOLERANCE = 0.02
 

@@ -46,7 +46,7 @@ def ingest_peak_mb(project: Path) -> int:
 
 
 # Ingest's peak memory: Python, NumPy, pandas and Pillow (about 100 MB), the snapshots in flight, and decoding, which
-# holds at most images.DECODE_BUDGET (256 MB) for all threads together, or one larger image alone (README, Troubleshooting).
+# holds at most images.DECODE_BUDGET (256 MB) for all threads together, or one larger image alone (docs/troubleshooting.md).
 INGEST_MEMORY_MB = 400
 
 
@@ -80,7 +80,7 @@ def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_pa
     png(source / "NA" / "huge.png", 12000, 9000, bytes([7]) * 12000)
     expected["NA/huge.png"] = "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100"
     # DVC hashes data.source before ingest runs: it stops at a link loop, a broken link or a name that is not UTF-8, and
-    # waits forever on a named pipe (README, Troubleshooting). Ingest's own reasons for them are checked without DVC, above.
+    # waits forever on a named pipe (docs/troubleshooting.md). Ingest's own reasons for them are checked without DVC, above.
     for name in ("loop.png", "dangling.png", "fifo.png"):
         (source / "ünïcode" / name).unlink()
         del expected[f"ünïcode/{name}"]

@@ -5,7 +5,7 @@ nothing else), so ingest, split, normalize and augment never load it; stage scri
 through these modules.
 
 TensorFlow is configured here, before any module imports it, so that the same inputs and params
-give the same bits on any x86-64 CPU with AVX2 (README, "Reproducibility"): TensorFlow turns its
+give the same bits on any x86-64 CPU with AVX2 (docs/reproducibility.md): TensorFlow turns its
 oneDNN kernels on by default only on CPUs with AVX-512 features (elsewhere its Eigen kernels give
 other bits, which also change with the number of cores), and oneDNN picks kernels by instruction
 set (AVX2 and AVX-512 kernels round differently when training). Set either variable yourself to

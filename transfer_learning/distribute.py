@@ -46,7 +46,7 @@ def check_tf_config(raw: str) -> None:
     """TF_CONFIG must name the cluster's workers and this process's place in it."""
     if not raw.strip():
         raise PipelineError(f"train.strategy=multi_worker needs TF_CONFIG on every machine, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
-                            "(index 0 on the chief, 1, 2, ... on the others); see README, Scaling out")
+                            "(index 0 on the chief, 1, 2, ... on the others); see docs/scaling.md")
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:

@@ -44,7 +44,7 @@ def build_base(name: str, alpha: float, weights: str) -> keras.Model:
         raise PipelineError(f"base.name={name}, base.alpha={alpha:g}, base.weights={weights}: {exc}") from None
     except Exception as exc:  # the download failed: no network and nothing in the Keras cache
         raise PipelineError(f"cannot get the ImageNet weights of {name} ({exc.__class__.__name__}: {exc}); "
-                            "put the weights file in ~/.keras/models (see README, 'Offline ImageNet weights') or set base.weights") from None
+                            "put the weights file in ~/.keras/models (see docs/setup.md) or set base.weights") from None
     if weights not in ("imagenet", "none"):
         try:
             base.load_weights(weights)

@@ -59,7 +59,7 @@ class Data(Section):
         copy of the project under .dvc/tmp/exps, where `../x` is another folder. It may not hold the pipeline's outputs."""
         if not Path(self.source).is_absolute() and leaves(self.source):
             raise ValueError(f"data.source {self.source} is a relative path outside the project: give its absolute path "
-                             f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` (README, Your own images); "
+                             f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` (docs/data.md); "
                              "queued experiments run in a copy of the project, where a relative path outside it points elsewhere")
         source = Path(self.source).resolve()
         for output in paths.OUTPUT_FOLDERS:
