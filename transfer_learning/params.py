@@ -37,15 +37,22 @@ Resize = Literal["crop", "pad"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    """A section of params.yaml. Each key's docstring is its description, the one place it is written: docs/params.md
+    is generated from this schema (python -m transfer_learning.params_doc), and a test keeps the two equal."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 class Data(Section):
     source: str = Field(min_length=1)
+    """A folder of images, a dependency of ingest: inside the project (`data/raw/<name>`, git- or DVC-tracked) or an absolute path; class folders, or the folder of `data.csv`."""
     csv: str
+    """Empty: one sub-folder per class. Else a CSV file in `data.source` listing image paths (relative to it) and targets."""
     task: Literal["classification", "regression"]
+    """`regression` needs a CSV with a numeric target column."""
     path_column: str = Field(min_length=1)
+    """CSV only: the column of image paths, relative to the CSV's folder."""
     target_column: str = Field(min_length=1)
+    """CSV only: the column of class labels or numeric targets."""
 
     @model_validator(mode="after")
     def two_columns(self):
@@ -79,14 +86,20 @@ def leaves(relative: str) -> bool:
 
 class Ingest(Section):
     max_short_side: MaxShortSide
+    """Images are decoded with their shorter side shrunk to at most this many pixels (at least `normalize.image_size`, or images would be upscaled)."""
     max_megapixels: MaxMegapixels
+    """Images with more pixels are skipped and reported (Pillow's decompression-bomb guard, never disabled); decoding needs about 4 bytes per pixel."""
 
 
 class Split(Section):
     seed: int = Field(ge=0, lt=SEED_LIMIT)
+    """Seed of the train/val/test assignment (a picture's split depends on it and on its file's bytes only)."""
     val: float = Field(ge=MIN_FRACTION, lt=1)
+    """Fraction of the distinct pictures for validation."""
     test: float = Field(ge=MIN_FRACTION, lt=1)
+    """Fraction of the distinct pictures for the test set; train gets the rest."""
     bins: int = Field(ge=2)
+    """Regression: quantile bins of the target used to stratify the split."""
 
     @model_validator(mode="after")
     def leaves_a_training_set(self):
@@ -99,26 +112,41 @@ class Split(Section):
 
 class Normalize(Section):
     image_size: ImageSize
+    """Side of the square model input in pixels (224 suits photos)."""
     resize: Resize
+    """`crop`: fill the square and center-crop; `pad`: fit inside and pad with black (the aspect is always kept)."""
 
 
 class Augment(Section):
     copies: int = Field(ge=0, le=MAX_AUGMENT_COPIES)
+    """Random variants of each training image, besides the image itself; `0` trains on the images alone."""
     seed: int = Field(ge=0, lt=SEED_LIMIT)
+    """Seed of the variants (each variant's randomness comes from (seed, image, copy))."""
     horizontal_flip: bool
+    """Mirror half of the variants (off for digits, on for photos)."""
     rotation: float = Field(ge=0, le=180)
+    """Rotation range in degrees, ±."""
     width_shift: float = Field(ge=0, lt=1)
+    """Horizontal shift range, a fraction of the width, ±."""
     height_shift: float = Field(ge=0, lt=1)
+    """Vertical shift range, a fraction of the height, ±."""
     shear: float = Field(ge=0, lt=90)
+    """Shear range in degrees, ±."""
     zoom: float = Field(ge=0, lt=1)
+    """Zoom factor range: [1 − zoom, 1 + zoom]."""
 
 
 class Base(Section):
     name: Literal[BASE_NAMES]
+    """The pretrained convolutional base, its classifier cut off."""
     alpha: float = Field(gt=0)
+    """MobileNetV2 width multiplier (ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)."""
     weights: str
+    """`imagenet` (Keras' cache, ~/.keras/models), `none` (random), or `weights/<name>.weights.h5`: your own, in the project's `weights/` folder, a dependency of every stage that builds the base."""
     precision: Literal["float32", "bfloat16"]
+    """Compute precision of extract-features. `bfloat16` (mixed precision; outputs stored as float32) also computes the cached activations in it, so cached fine-tuning no longer trains exactly what end-to-end fine-tuning would; whether it is faster depends on the CPU (benchmarks/README.md)."""
     pooling: Literal["avg", "flatten"]
+    """How the base's last feature map becomes the features: `avg` (global average pooling) or `flatten`."""
 
     @model_validator(mode="after")
     def weights_exist(self):
@@ -137,27 +165,37 @@ class Base(Section):
 
 class Head(Section):
     units: int = Field(ge=1)
+    """Units of the head's hidden Dense layer (relu)."""
     dropout: float = Field(ge=0, lt=1)
+    """Dropout rate after it."""
 
 
 class Fit(Section):
     optimizer: Literal["adam", "sgd", "rmsprop"]
+    """The optimizer."""
     lr: float = Field(gt=0)
+    """Learning rate (the peak of the cosine schedule)."""
     epochs: int = Field(ge=0)
+    """Maximum epochs."""
     batch_size: int = Field(ge=1)
+    """Batch size (global: split over the replicas of train.strategy)."""
     patience: int = Field(ge=0)
+    """Early stopping: epochs without a better validation loss (validation MAE for regression); the best epoch is restored; `0` disables it."""
     seed: int = Field(ge=0, lt=SEED_LIMIT)
+    """Weight initialization, dropout and the order of the batches."""
     loss: Literal["auto", "mse", "huber", "mae"]
+    """`auto`: cross-entropy (classification) or MSE; regression may use `mse`, `huber` or `mae` on the standardized target."""
     schedule: Literal["constant", "cosine"]
-    # classification: the one-hot targets become (1 - s) + s / classes and s / classes (0: off); ignored for regression
+    """`cosine`: the learning rate decays to 0 over the epochs (fine-tune warms it up over its first epoch); `constant`."""
     label_smoothing: float = Field(ge=0, lt=1)
-    # mixup: every training batch's rows are blended in pairs, targets alike, with weights ~ Beta(mixup, mixup) (0: off)
+    """Classification: the one-hot targets become 1 − s + s/classes and s/classes; `0` is plain cross-entropy."""
     mixup: float = Field(ge=0, le=MAX_MIXUP)
+    """Each training batch's rows are blended in pairs, w · a + (1 − w) · b with w ~ Beta(mixup, mixup), their targets alike, a new blend each epoch; `0` is off (0.2 is usual). The Beta draws use the C library's exp and log: on another CPU a blend may differ in the last bit."""
 
 
 class TrainHead(Fit):
-    # k-fold cross-validation of the head on the stored features of train + val (transfer_learning/crossval.py): 0 = off
     folds: int = Field(ge=0, le=MAX_FOLDS)
+    """K-fold cross-validation of the head on the stored features of train + val (an image and its variants stay in one fold; each fold trains for the single-split head's best epoch), reported under `kfold` in metrics/train_head.json; `0` turns it off. It trains k more heads."""
 
     @model_validator(mode="after")
     def folds_are_several(self):
@@ -167,22 +205,26 @@ class TrainHead(Fit):
 
 
 class FineTune(Fit):
+    mixup: float = Field(ge=0, le=MAX_MIXUP)
+    """As for train_head; on the cached activations the rows are blended inside the network ("manifold mixup"), end to
+    end the images are."""
     unfreeze_from: str
+    """First base layer to train; every layer above it trains too, BatchNormalization stays frozen. With cached activations it must start a block (no residual connection may jump over it): the error lists the valid names."""
     momentum: float = Field(ge=0, lt=1)
+    """SGD momentum."""
     cache_activations: bool
-    # TensorFlow threads per op: the convolutions' weight gradients are summed over them, so the
-    # last bits of the model depend on it (a param, not a setting); the same value on any CPU gives the same model.
+    """`true`: extract-features stores the frozen layers' output once per image and fine-tune trains the top on it; `false`: end to end on the images (the same network, data and result; each epoch also runs the frozen bottom)."""
     threads: int = Field(ge=1, le=256)
-    # test-time augmentation baked into the saved model: flip averages its outputs over the image and its mirror image
+    """TensorFlow threads of fine-tune. oneDNN sums the convolutions' weight gradients over them, so the model's last bits depend on it: the same value gives the same model; raise it on a big machine for speed."""
     tta: Literal["none", "flip"]
-    # weight averaging: the model kept is an exponential moving average of the weights over the steps (0: off)
+    """Test-time augmentation baked into the saved model: `flip` averages its outputs over the image and its mirror image (predict and every user of models/model.keras get it; evaluate scores it)."""
     ema: float = Field(ge=0, lt=1)
+    """Weight averaging: an exponential moving average of the weights over the steps (Keras' use_ema, e.g. 0.99) is validated, restored and saved; `0` is off."""
 
 
 class Train(Section):
-    # Where the models of extract-features, train-head and fine-tune run
-    # (transfer_learning/distribute.py); batch sizes are global whatever the strategy.
     strategy: Literal["default", "mirrored", "multi_worker"]
+    """Where extract-features, train-head and fine-tune run: one device, every local GPU (`mirrored`), or one process per machine (`multi_worker`, told the cluster by TF_CONFIG); see docs/scaling.md. Batch sizes are global."""
 
 
 class Params(Section):
