@@ -17,7 +17,8 @@ from conftest import ROOT, make_image, run_stage, stage_project
 from lib import duplicates, images
 
 # The exact search as it was before near-duplicates were grouped tile by tile (every candidate pair kept in a set, then
-# united): the reference the grouping must agree with, group for group and name for name.
+# united): the reference the grouping must agree with, group for group and name for name. benchmarks/duplicates.py
+# measures it too.
 EXACT_BLOCK = 1024
 EXACT_PAIRS = 100_000
 
@@ -359,3 +360,11 @@ def test_two_thousand_near_identical_frames_are_one_group_in_bounded_memory(tmp_
     frame = dict(zip(manifest["path"], prints))
     assert not near(frame["scene/0000.png"], frame["scene/0002.png"]), "2 pixels apart: linked only through others"
 
+
+def test_the_duplicates_benchmark_runs_at_its_smallest_size():
+    """A benchmark is code: it runs here at its smallest size, and its old and new searches give the same groups."""
+    result = subprocess.run([sys.executable, "benchmarks/duplicates.py", "--smallest"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| frames", "| random"))]
+    assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows), result.stdout
