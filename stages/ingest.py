@@ -43,7 +43,7 @@ def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
 def main():
     p = params.load()
     items, skipped = sources.list_source(p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column)
-    rows, prints, offset = [], [], 0
+    rows, prints, offset = [], duplicates.Fingerprints(len(items)), 0  # prints: 200 bytes an image, in arrays
     with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(settings.workers()) as pool, \
             tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
@@ -62,7 +62,7 @@ def main():
         if p.data.task == "classification":  # the same picture under two labels: every copy is left out
             conflicts = duplicates.conflicting_labels([r["path"] for r in rows], [r["label"] for r in rows], [r["pixels_sha256"] for r in rows])
             skipped += [entries.Skipped(rows[i]["path"], reason) for i, reason in conflicts.items()]
-            rows, prints = [r for i, r in enumerate(rows) if i not in conflicts], [f for i, f in enumerate(prints) if i not in conflicts]
+            rows, prints = [r for i, r in enumerate(rows) if i not in conflicts], prints.without(conflicts)
         if not rows:  # the report is still written, so the user can see why every file was skipped
             report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task).write(paths.DATA_REPORT)
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])

@@ -20,6 +20,18 @@ or listed twice in a CSV with two labels) cannot be trusted either way, so every
 out and reported. Near-duplicates with different labels are kept (a look-alike may be a different
 picture) and listed in the report with their labels, for review. Regression targets are
 measurements: copies with different targets are kept (in one split) and counted in the report.
+
+At scale (near_components): the near-duplicates are never listed. Candidate pairs are checked and merged batch by
+batch into a union-find, and a pair already in one component is not checked again. The exact search this replaced
+kept every near pair in a Python set before uniting them: 2,000 frames of one scene made 1.5 million pairs (6.6 s,
+375 MB), so 10,000 about 37 million (some 9 GB, extrapolated). Memory now, whatever the number of look-alikes, for N images:
+
+    about 120 N bytes  +  40 BLOCK^2 bytes (a tile: 10 MB)  +  600 PAIRS bytes (thumbnail checks: 5 MB)
+
+on top of the Fingerprints (200 N bytes) and the keys; measured 119 bytes an image at 100,000 and 400,000 distinct
+images (benchmarks/duplicates.py). The groups are exactly those of the exact search (tests/test_duplicates.py
+keeps it as the reference): the components of one relation do not depend on the order its pairs are found in, and a
+group's name is the smallest key in it.
 """
 from __future__ import annotations
 
@@ -33,8 +45,9 @@ from PIL import Image
 NEAR_BITS = 4
 NEAR_LEVELS = 2.0
 BANDS = NEAR_BITS + 1  # two hashes within NEAR_BITS bits agree on at least one of NEAR_BITS + 1 bands (pigeonhole)
-BLOCK = 1024           # rows compared at a time within a band: bounds the memory of a band many hashes share
-PAIRS = 100_000        # candidate pairs whose thumbnails are compared at a time
+SMALL = 64             # buckets up to this size are searched together, by offset (vectorised across buckets)
+BLOCK = 512            # larger buckets are searched in BLOCK x BLOCK tiles: bounds the memory of a bucket many share
+PAIRS = 8_192          # candidate pairs whose thumbnails are compared at a time
 
 
 @dataclass(frozen=True)
@@ -70,55 +83,182 @@ def conflicting_labels(paths: list[str], labels: list[str], hashes: list[str]) -
     return reasons
 
 
-def groups(prints: list[Fingerprint], keys: list[str]) -> list[str]:
+class Fingerprints:
+    """What `groups` needs of many images' fingerprints, in two parallel NumPy arrays (dHashes, thumbnails): 200 bytes
+    an image, where a list of Fingerprint objects holds about 730 (an int, a hex string, an ndarray object and the
+    Fingerprint's own dict each). The sha256 is not kept: ingest's rows have it, and exact copies need no pass of
+    their own, as one snapshot has one dHash and one thumbnail: the near search joins them at distance 0.
+    Grows like a list (by doubling) when appended past `capacity`; give the count when it is known, and no slack is
+    left."""
+
+    def __init__(self, capacity: int = 0):
+        self._count = 0
+        self._dhash = np.empty(capacity, dtype=np.uint64)
+        self._thumbnails = np.empty((capacity, 8, 8, 3), dtype=np.uint8)
+
+    @classmethod
+    def of(cls, prints: list[Fingerprint]) -> Fingerprints:
+        table = cls(len(prints))
+        for f in prints:
+            table.append(f)
+        return table
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, f: Fingerprint) -> None:
+        if self._count == len(self._dhash):
+            size = max(16, 2 * self._count)
+            self._dhash = np.resize(self._dhash, size)
+            self._thumbnails = np.resize(self._thumbnails, (size, 8, 8, 3))
+        self._dhash[self._count] = f.dhash
+        self._thumbnails[self._count] = f.thumbnail
+        self._count += 1
+
+    def without(self, rows) -> Fingerprints:
+        """A copy without the given rows (indices), in the same order."""
+        keep = np.setdiff1d(np.arange(self._count), np.fromiter(rows, dtype=np.int64))
+        table = Fingerprints()
+        table._count, table._dhash, table._thumbnails = len(keep), self.dhash[keep], self.thumbnails[keep]
+        return table
+
+    @property
+    def dhash(self) -> np.ndarray:       # (n,) uint64
+        return self._dhash[:self._count]
+
+    @property
+    def thumbnails(self) -> np.ndarray:  # (n, 8, 8, 3) uint8
+        return self._thumbnails[:self._count]
+
+
+def groups(prints: Fingerprints, keys: list[str]) -> list[str]:
     """The group of each image: the smallest of the `keys` (one per image) among its copies and near-duplicates
     (transitively)."""
-    distinct = sorted({f.sha256 for f in prints})
-    index = {digest: i for i, digest in enumerate(distinct)}
-    first = {}
-    for f in prints:
-        first.setdefault(f.sha256, f)
-    parent = list(range(len(distinct)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in near_pairs([first[d].dhash for d in distinct], np.stack([first[d].thumbnail for d in distinct]) if distinct else None):
-        a, b = root(i), root(j)
-        parent[max(a, b)] = min(a, b)
+    if len(prints) != len(keys):
+        raise ValueError(f"{len(prints)} fingerprints but {len(keys)} keys")
+    roots = near_components(prints.dhash, prints.thumbnails).tolist()
     name = {}
-    for f, key in zip(prints, keys):
-        group = root(index[f.sha256])
+    for group, key in zip(roots, keys):
         name[group] = min(name.get(group, key), key)
-    return [name[root(index[f.sha256])] for f in prints]
+    return [name[group] for group in roots]
 
 
-def near_pairs(dhashes: list[int], thumbnails: np.ndarray | None) -> list[tuple[int, int]]:
-    """Pairs (i < j) of near-duplicates. Candidates share a band of their dHash (so no pair within NEAR_BITS is
-    missed), then both conditions are checked; hashes are only compared within a band's bucket."""
-    if not dhashes:
-        return []
-    hashes = np.array(dhashes, dtype=np.uint64)
-    thumbs = thumbnails.reshape(len(hashes), -1).astype(np.int16)
+class _Components:
+    """Union-find over n nodes in two NumPy arrays, merged many edges at a time: a batch of edges is reduced to the
+    roots it touches, and scipy's connected_components joins those (no Python loop over edges). Union by size keeps
+    every tree O(log n) deep, so finding the roots of a batch takes a few vectorised gathers."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+        self.size = np.ones(n, dtype=np.int64)
+
+    def find(self, nodes: np.ndarray) -> np.ndarray:
+        roots = self.parent[nodes]
+        while True:
+            up = self.parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        self.parent[nodes] = roots  # path compression, for the nodes asked about
+        return roots
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Joins the components of a[k] and b[k] for every k."""
+        a, b = self.find(a), self.find(b)
+        apart = a != b
+        if not apart.any():
+            return
+        a, b = a[apart], b[apart]
+        touched, local = np.unique(np.concatenate([a, b]), return_inverse=True)
+        # scipy.sparse is imported here, as only a merge needs it: importing it costs ingest 23 MB and 0.2 s
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        # int32 weights: the repeats of an edge are summed, and must not wrap round to 0
+        weights = np.ones(len(a), dtype=np.int32)
+        edges = coo_matrix((weights, (local[:len(a)], local[len(a):])), shape=(len(touched),) * 2)
+        count, component = connected_components(edges, directed=False)
+        # each merged component's new root: its largest old root (the smallest index among equals)
+        ranked = np.lexsort((touched, -self.size[touched], component))
+        winner = ranked[np.r_[True, component[ranked][1:] != component[ranked][:-1]]]
+        total = np.bincount(component, weights=self.size[touched], minlength=count).astype(np.int64)
+        self.parent[touched] = touched[winner][component]
+        self.size[touched[winner]] = total
+
+
+def near_components(dhashes: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
+    """The component of each image (an index among its own) under the near-duplicate relation, linked transitively.
+
+    Candidates share one of BANDS bands of their dHash (two hashes within NEAR_BITS bits agree on at least one:
+    pigeonhole), so hashes are only compared within a band's bucket, and a pair that shares an earlier band was checked
+    there. No list of pairs is kept: each batch of candidates is checked and merged at once, and a pair whose images
+    are already in one component is not checked again, so a bucket of n look-alikes costs about n thumbnail checks
+    once they are joined, not n^2 / 2. What stays quadratic is a bucket of many images whose dHashes are close and
+    whose thumbnails are not (look-alikes that are different pictures): each such pair is checked once, in bounded
+    memory. Memory, whatever the buckets: arrays of n entries (about 120 bytes an image), the candidates of one
+    offset among small buckets (at most n), one BLOCK x BLOCK tile of a large bucket (about 40 bytes a cell) and PAIRS
+    thumbnail checks (about 600 bytes each)."""
+    hashes = np.asarray(dhashes, dtype=np.uint64)
+    thumbs = np.asarray(thumbnails, dtype=np.uint8)
+    thumbs = thumbs.reshape(len(thumbs), int(np.prod(thumbs.shape[1:])))  # one row of levels an image
+    components = _Components(len(hashes))
     edges = np.linspace(0, 64, BANDS + 1).astype(int)
-    pairs = set()
-    for low, high in zip(edges, edges[1:]):
-        band = (hashes >> np.uint64(low)) & np.uint64((1 << (high - low)) - 1)
-        order = np.argsort(band, kind="stable")
-        starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
-        for bucket in np.split(order, starts[1:]):
-            for start in range(0, len(bucket), BLOCK):
-                rows = bucket[start:start + BLOCK]
-                close = np.bitwise_count(hashes[rows][:, None] ^ hashes[bucket][None, :]) <= NEAR_BITS
-                i, j = np.nonzero(close)
-                i, j = rows[i], bucket[j]
-                keep = i < j
-                i, j = i[keep], j[keep]
-                for at in range(0, len(i), PAIRS):
-                    a, b = i[at:at + PAIRS], j[at:at + PAIRS]
-                    similar = np.abs(thumbs[a] - thumbs[b]).mean(axis=1) <= NEAR_LEVELS
-                    pairs.update(zip(a[similar].tolist(), b[similar].tolist()))
-    return sorted(pairs)
+    masks = [np.uint64(((1 << (high - low)) - 1) << low) for low, high in zip(edges, edges[1:])]
+
+    def candidates(differ: np.ndarray, band: int) -> np.ndarray:
+        """Where hashes that differ by the bits `differ` (and share `band`) are close enough to check their thumbnails,
+        and share no earlier band."""
+        close = np.bitwise_count(differ) <= NEAR_BITS
+        for earlier in masks[:band]:
+            close &= (differ & earlier) != 0
+        return close
+
+    def link(a: np.ndarray, b: np.ndarray) -> None:
+        """Merges the pairs (a[k], b[k]) whose dHashes already passed and whose thumbnails pass, PAIRS at a time."""
+        for at in range(0, len(a), PAIRS):
+            i, j = a[at:at + PAIRS], b[at:at + PAIRS]
+            apart = components.find(i) != components.find(j)
+            i, j = i[apart], j[apart]
+            x, y = thumbs[i], thumbs[j]
+            difference = np.maximum(x, y)
+            difference -= np.minimum(x, y, out=x)  # |x - y| in uint8, without a wider copy
+            similar = difference.sum(axis=1, dtype=np.int64) / thumbs.shape[1] <= NEAR_LEVELS  # the mean, as np.mean
+            components.merge(i[similar], j[similar])
+
+    for band, mask in enumerate(masks):
+        key = hashes & mask
+        order = np.argsort(key, kind="stable")
+        starts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        del key
+        # small buckets, all at once: the pairs of sorted positions (k, k + offset) that fall in one bucket
+        size_at, rank = np.repeat(sizes, sizes), np.arange(len(order)) - np.repeat(starts, sizes)
+        active = np.flatnonzero((size_at > 1) & (size_at <= SMALL))
+        for offset in range(1, SMALL):
+            active = active[rank[active] + offset < size_at[active]]
+            if not len(active):
+                break
+            i, j = order[active], order[active + offset]
+            close = candidates(hashes[i] ^ hashes[j], band)
+            link(i[close], j[close])
+        del size_at, rank, active
+        # large buckets: BLOCK x BLOCK tiles, skipped once every image in them is in one component
+        for start, size in zip(starts[sizes > SMALL], sizes[sizes > SMALL]):
+            bucket = order[start:start + size]
+            for r in range(0, size, BLOCK):
+                rest = components.find(bucket[r:])
+                if rest.min() == rest.max():
+                    break
+                rows = bucket[r:r + BLOCK]
+                for c in range(r, size, BLOCK):
+                    cols = bucket[c:c + BLOCK]
+                    row_roots, col_roots = components.find(rows), components.find(cols)
+                    if row_roots.min() == row_roots.max() == col_roots.min() == col_roots.max():
+                        continue
+                    close = candidates(hashes[rows][:, None] ^ hashes[cols][None, :], band)
+                    close &= row_roots[:, None] != col_roots[None, :]
+                    if c == r:
+                        close = np.triu(close, 1)
+                    i, j = np.nonzero(close)
+                    link(rows[i], cols[j])
+    return components.find(np.arange(len(hashes)))

@@ -44,9 +44,11 @@ class Section(BaseModel):
 
 class Data(Section):
     source: str = Field(min_length=1)
-    """A folder of images, a dependency of ingest: inside the project (`data/raw/<name>`, git- or DVC-tracked) or an absolute path; class folders, or the folder of `data.csv`."""
+    """A folder of images, a dependency of ingest: inside the project (`data/raw/<name>`, git- or DVC-tracked) or an
+    absolute path; class folders, or the folder of `data.csv`."""
     csv: str
-    """Empty: one sub-folder per class. Else a CSV file in `data.source` listing image paths (relative to it) and targets."""
+    """Empty: one sub-folder per class. Else a CSV file in `data.source` listing image paths (relative to it) and
+    targets."""
     task: Literal["classification", "regression"]
     """`regression` needs a CSV with a numeric target column."""
     path_column: str = Field(min_length=1)
@@ -86,9 +88,11 @@ def leaves(relative: str) -> bool:
 
 class Ingest(Section):
     max_short_side: MaxShortSide
-    """Images are decoded with their shorter side shrunk to at most this many pixels (at least `normalize.image_size`, or images would be upscaled)."""
+    """Images are decoded with their shorter side shrunk to at most this many pixels (at least `normalize.image_size`,
+    or images would be upscaled)."""
     max_megapixels: MaxMegapixels
-    """Images with more pixels are skipped and reported (Pillow's decompression-bomb guard, never disabled); decoding needs about 4 bytes per pixel."""
+    """Images with more pixels are skipped and reported (Pillow's decompression-bomb guard, never disabled); decoding
+    needs about 4 bytes per pixel."""
 
 
 class Split(Section):
@@ -142,9 +146,12 @@ class Base(Section):
     alpha: float = Field(gt=0)
     """MobileNetV2 width multiplier (ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)."""
     weights: str
-    """`imagenet` (Keras' cache, ~/.keras/models), `none` (random), or `weights/<name>.weights.h5`: your own, in the project's `weights/` folder, a dependency of every stage that builds the base."""
+    """`imagenet` (Keras' cache, ~/.keras/models), `none` (random), or `weights/<name>.weights.h5`: your own, in the
+    project's `weights/` folder, a dependency of every stage that builds the base."""
     precision: Literal["float32", "bfloat16"]
-    """Compute precision of extract-features. `bfloat16` (mixed precision; outputs stored as float32) also computes the cached activations in it, so cached fine-tuning no longer trains exactly what end-to-end fine-tuning would; whether it is faster depends on the CPU (benchmarks/README.md)."""
+    """Compute precision of extract-features. `bfloat16` (mixed precision; outputs stored as float32) also computes the
+    cached activations in it, so cached fine-tuning no longer trains exactly what end-to-end fine-tuning would;
+    whether it is faster depends on the CPU (benchmarks/README.md)."""
     pooling: Literal["avg", "flatten"]
     """How the base's last feature map becomes the features: `avg` (global average pooling) or `flatten`."""
 
@@ -180,22 +187,29 @@ class Fit(Section):
     batch_size: int = Field(ge=1)
     """Batch size (global: split over the replicas of train.strategy)."""
     patience: int = Field(ge=0)
-    """Early stopping: epochs without a better validation loss (validation MAE for regression); the best epoch is restored; `0` disables it."""
+    """Early stopping: epochs without a better validation loss (validation MAE for regression); the best epoch is
+    restored; `0` disables it."""
     seed: int = Field(ge=0, lt=SEED_LIMIT)
     """Weight initialization, dropout and the order of the batches."""
     loss: Literal["auto", "mse", "huber", "mae"]
-    """`auto`: cross-entropy (classification) or MSE; regression may use `mse`, `huber` or `mae` on the standardized target."""
+    """`auto`: cross-entropy (classification) or MSE; regression may use `mse`, `huber` or `mae` on the standardized
+    target."""
     schedule: Literal["constant", "cosine"]
-    """`cosine`: the learning rate decays to 0 over the epochs (fine-tune warms it up over its first epoch); `constant`."""
+    """`cosine`: the learning rate decays to 0 over the epochs (fine-tune warms it up over its first epoch);
+    `constant`."""
     label_smoothing: float = Field(ge=0, lt=1)
     """Classification: the one-hot targets become 1 − s + s/classes and s/classes; `0` is plain cross-entropy."""
     mixup: float = Field(ge=0, le=MAX_MIXUP)
-    """Each training batch's rows are blended in pairs, w · a + (1 − w) · b with w ~ Beta(mixup, mixup), their targets alike, a new blend each epoch; `0` is off (0.2 is usual). The Beta draws use the C library's exp and log: on another CPU a blend may differ in the last bit."""
+    """Each training batch's rows are blended in pairs, w · a + (1 − w) · b with w ~ Beta(mixup, mixup), their targets
+    alike, a new blend each epoch; `0` is off (0.2 is usual). The Beta draws use the C library's exp and log: on
+    another CPU a blend may differ in the last bit."""
 
 
 class TrainHead(Fit):
     folds: int = Field(ge=0, le=MAX_FOLDS)
-    """K-fold cross-validation of the head on the stored features of train + val (an image and its variants stay in one fold; each fold trains for the single-split head's best epoch), reported under `kfold` in metrics/train_head.json; `0` turns it off. It trains k more heads."""
+    """K-fold cross-validation of the head on the stored features of train + val (an image and its variants stay in one
+    fold; each fold trains for the single-split head's best epoch), reported under `kfold` in
+    metrics/train_head.json; `0` turns it off. It trains k more heads."""
 
     @model_validator(mode="after")
     def folds_are_several(self):
@@ -209,22 +223,28 @@ class FineTune(Fit):
     """As for train_head; on the cached activations the rows are blended inside the network ("manifold mixup"), end to
     end the images are."""
     unfreeze_from: str
-    """First base layer to train; every layer above it trains too, BatchNormalization stays frozen. With cached activations it must start a block (no residual connection may jump over it): the error lists the valid names."""
+    """First base layer to train; every layer above it trains too, BatchNormalization stays frozen. With cached
+    activations it must start a block (no residual connection may jump over it): the error lists the valid names."""
     momentum: float = Field(ge=0, lt=1)
     """SGD momentum."""
     cache_activations: bool
-    """`true`: extract-features stores the frozen layers' output once per image and fine-tune trains the top on it; `false`: end to end on the images (the same network, data and result; each epoch also runs the frozen bottom)."""
+    """`true`: extract-features stores the frozen layers' output once per image and fine-tune trains the top on it;
+    `false`: end to end on the images (the same network, data and result; each epoch also runs the frozen bottom)."""
     threads: int = Field(ge=1, le=256)
-    """TensorFlow threads of fine-tune. oneDNN sums the convolutions' weight gradients over them, so the model's last bits depend on it: the same value gives the same model; raise it on a big machine for speed."""
+    """TensorFlow threads of fine-tune. oneDNN sums the convolutions' weight gradients over them, so the model's last
+    bits depend on it: the same value gives the same model; raise it on a big machine for speed."""
     tta: Literal["none", "flip"]
-    """Test-time augmentation baked into the saved model: `flip` averages its outputs over the image and its mirror image (predict and every user of models/model.keras get it; evaluate scores it)."""
+    """Test-time augmentation baked into the saved model: `flip` averages its outputs over the image and its mirror
+    image (predict and every user of models/model.keras get it; evaluate scores it)."""
     ema: float = Field(ge=0, lt=1)
-    """Weight averaging: an exponential moving average of the weights over the steps (Keras' use_ema, e.g. 0.99) is validated, restored and saved; `0` is off."""
+    """Weight averaging: an exponential moving average of the weights over the steps (Keras' use_ema, e.g. 0.99) is
+    validated, restored and saved; `0` is off."""
 
 
 class Train(Section):
     strategy: Literal["default", "mirrored", "multi_worker"]
-    """Where extract-features, train-head and fine-tune run: one device, every local GPU (`mirrored`), or one process per machine (`multi_worker`, told the cluster by TF_CONFIG); see docs/scaling.md. Batch sizes are global."""
+    """Where extract-features, train-head and fine-tune run: one device, every local GPU (`mirrored`), or one process
+    per machine (`multi_worker`, told the cluster by TF_CONFIG); see docs/scaling.md. Batch sizes are global."""
 
 
 class Params(Section):

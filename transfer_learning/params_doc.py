@@ -49,7 +49,7 @@ def table(defaults: dict) -> str:
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for section, section_field in params.Params.model_fields.items():
         for key, field in section_field.annotation.model_fields.items():
-            rows.append(f"| `{section}.{key}` | {default(defaults[section][key])} | {allowed(field)} | {field.description} |")
+            rows.append(f"| `{section}.{key}` | {default(defaults[section][key])} | {allowed(field)} | {' '.join(field.description.split())} |")
     return "\n".join(rows)
 
 
