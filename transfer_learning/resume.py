@@ -218,7 +218,11 @@ def fingerprint(stage: str, p, replicas: int) -> str:
     """A digest of what `stage`'s result depends on: its dvc.yaml entry, its params keys' values (params `p`), the
     bytes of its deps (files, or every file in a folder but DVC's ignored *.tmp), the replicas and the library versions.
     Reads every input once (DVC hashes them too before the stage runs)."""
-    spec = yaml.safe_load(paths.DVC_YAML.read_text(encoding="utf-8"))["stages"][stage]
+    try:
+        spec = yaml.safe_load(paths.DVC_YAML.read_text(encoding="utf-8"))["stages"][stage]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise PipelineError(f"cannot read the stage {stage} in {paths.DVC_YAML} ({one_line(exc)}), which says what its backups "
+                            "depend on; run the stage from the project's root folder") from None
     values = p.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps({"stage": spec, "params": {key: lookup(values, key) for key in spec.get("params", [])},
                                         "replicas": replicas, "tensorflow": tf.__version__, "keras": keras.__version__},
