@@ -68,8 +68,8 @@ class Backup:
         backup = cls(folder, stage, live, chief)
         found = epochs_found(strategy, backup.epoch)  # every worker asks, whatever it found
         if len(set(found)) > 1:
-            print(f"{stage}: the workers found backups of epochs {', '.join(map(str, found))} (0: none) in {folder}: they do "
-                  "not share the chief's project folder; every worker starts at epoch 1", flush=True)
+            print(f"{stage}: the workers found backups of epochs {', '.join(map(str, found))} (0: none) in {folder}: "
+                  "they do not share the chief's project folder; every worker starts at epoch 1", flush=True)
             backup.epoch, backup.state, backup.latest = 0, None, None
         if not backup.epoch and chief:
             shutil.rmtree(folder, ignore_errors=True)  # unreadable or not shared: epochs written from now on replace it
@@ -128,8 +128,8 @@ class Backup:
             with np.load(self.latest / "variables.npz", allow_pickle=False) as stored:
                 return {name: stored[name] for name in stored.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise PipelineError(f"cannot read the backup {self.latest} ({one_line(exc)}); delete {self.folder} and run `dvc repro` "
-                                "again") from None
+            raise PipelineError(f"cannot read the backup {self.latest} ({one_line(exc)}); delete {self.folder} and run "
+                                "`dvc repro` again") from None
 
     def discard(self) -> None:
         """Delete the stage's backups: its outputs are written, nothing is left to resume."""
@@ -164,10 +164,10 @@ class EpochBackup(keras.callbacks.Callback):
             for i, variable in enumerate(variables):
                 variable.assign(stored[f"{kind}_{i}"])
         if self.stopping is not None and state["early_stopping"]:
-            kept = state["early_stopping"]
-            self.stopping.wait, self.stopping.best, self.stopping.best_epoch = kept["wait"], kept["best"], kept["best_epoch"]
-            self.stopping.stopped_epoch = kept["stopped_epoch"]
-            self.stopping.best_weights = [stored[f"best_{i}"] for i in range(kept["best_weights"])] if kept["best_weights"] else None
+            kept, stopping = state["early_stopping"], self.stopping
+            stopping.wait, stopping.best, stopping.best_epoch = kept["wait"], kept["best"], kept["best_epoch"]
+            stopping.stopped_epoch = kept["stopped_epoch"]
+            stopping.best_weights = [stored[f"best_{i}"] for i in range(kept["best_weights"])] or None
         if self.averaging is not None:
             self.averaging._ema_weights_in_model = state["ema_in_model"]  # noqa: SLF001  its only state
         while self.train.epoch < state["data_epoch"]:  # the dataset's order and mixup of the next epoch
@@ -184,13 +184,14 @@ class EpochBackup(keras.callbacks.Callback):
         if self.stopping is not None:
             best = self.stopping.best_weights or []
             arrays |= {f"best_{i}": np.asarray(w) for i, w in enumerate(best)}
-            stopping = {"wait": self.stopping.wait, "best": None if self.stopping.best is None else float(self.stopping.best),
-                        "best_epoch": self.stopping.best_epoch, "stopped_epoch": self.stopping.stopped_epoch,
-                        "best_weights": len(best)}
+            kept = self.stopping
+            stopping = {"wait": kept.wait, "best": None if kept.best is None else float(kept.best),
+                        "best_epoch": kept.best_epoch, "stopped_epoch": kept.stopped_epoch, "best_weights": len(best)}
         state = {"epoch": epoch + 1, "stopped": bool(self.model.stop_training), "data_epoch": self.train.epoch,
                  "history": self.rows, "early_stopping": stopping,
                  "ema_in_model": bool(self.averaging and self.averaging._ema_weights_in_model),  # noqa: SLF001
-                 "model_variables": describe(self.model.variables), "optimizer_variables": describe(optimizer.variables)}
+                 "model_variables": describe(self.model.variables),
+                 "optimizer_variables": describe(optimizer.variables)}
         self.backup.write(epoch + 1, state, arrays)
 
 
@@ -221,21 +222,27 @@ def fingerprint(stage: str, p, replicas: int) -> str:
     try:
         spec = yaml.safe_load(paths.DVC_YAML.read_text(encoding="utf-8"))["stages"][stage]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise PipelineError(f"cannot read the stage {stage} in {paths.DVC_YAML} ({one_line(exc)}), which says what its backups "
-                            "depend on; run the stage from the project's root folder") from None
+        raise PipelineError(f"cannot read the stage {stage} in {paths.DVC_YAML} ({one_line(exc)}), which says what its "
+                            "backups depend on; run the stage from the project's root folder") from None
     values = p.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps({"stage": spec, "params": {key: lookup(values, key) for key in spec.get("params", [])},
-                                        "replicas": replicas, "tensorflow": tf.__version__, "keras": keras.__version__},
-                                       sort_keys=True).encode())
+    described = {"stage": spec, "params": {key: lookup(values, key) for key in spec.get("params", [])},
+                 "replicas": replicas, "tensorflow": tf.__version__, "keras": keras.__version__}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for dep in spec.get("deps", []):
         dep = Path(re.sub(r"\$\{([\w.]+)\}", lambda m: str(lookup(values, m.group(1))), dep))
-        inside = sorted(f for f in dep.rglob("*") if f.is_file() and not f.name.endswith(".tmp")) if dep.is_dir() else [dep]
-        for file in inside:
+        for file in files_of(dep):
             digest.update(f"{file.as_posix()}\0".encode())
             if file.is_file():
                 with open(file, "rb") as f:
                     digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()[:16]
+
+
+def files_of(dep: Path) -> list[Path]:
+    """A dep's files as DVC hashes them: the file itself, or every file in the folder but the ignored *.tmp."""
+    if not dep.is_dir():
+        return [dep]
+    return sorted(f for f in dep.rglob("*") if f.is_file() and not f.name.endswith(".tmp"))
 
 
 def lookup(values: dict, dotted: str):

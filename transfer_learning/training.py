@@ -141,10 +141,13 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     callbacks = averaging + stopping + list(callbacks)
     done, earlier = (backup.epoch, backup.history) if backup else (0, [])
     if done:
-        print(f"{backup.stage}: " + (f"resuming at epoch {done + 1} of {epochs}" if done < epochs and not backup.stopped else
-                                     f"its training ended at epoch {done} of {epochs}: restoring it") + f" from {backup.latest}", flush=True)
-    history = model.fit(train, validation_data=val, epochs=done if backup and backup.stopped else epochs, initial_epoch=done,
-                        callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []), shuffle=False, verbose=2)
+        ended = backup.stopped or done >= epochs
+        what = (f"its training ended at epoch {done} of {epochs}: restoring it" if ended
+                else f"resuming at epoch {done + 1} of {epochs}")
+        print(f"{backup.stage}: {what} from {backup.latest}", flush=True)
+    last = done if backup and backup.stopped else epochs  # early stopping ended it there: no epoch is left
+    history = model.fit(train, validation_data=val, epochs=last, initial_epoch=done, shuffle=False, verbose=2,
+                        callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []))
     frame = pd.DataFrame(earlier + [dict(zip(history.history, values)) for values in zip(*history.history.values())])
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
