@@ -10,8 +10,9 @@ augmentation into it (the mean over the image and its mirror image); metrics/fin
 validation figure (model_val_<metric>) beside the training run's.
 Built, compiled and trained under train.strategy (transfer_learning/distribute.py); fine_tune.batch_size is global.
 Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to metrics/fine_tune.json.
+Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one.
 """
-from transfer_learning import batches, distribute, files, live, model_files, networks, packaging, params, paths, records, seeding, training
+from transfer_learning import batches, distribute, files, live, model_files, networks, packaging, params, paths, records, resume, seeding, training
 from transfer_learning.errors import PipelineError, run
 
 
@@ -40,8 +41,9 @@ def main():
         opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train),
                                   ema=cfg.ema)
         training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
-    history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,
-                           live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
+    backup = resume.Backup.find("fine-tune", p, strategy, paths.FINE_TUNE_LIVE)  # what an interrupted run finished
+    history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
+                           live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch), backup)
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-learning predict)
     preparation = records.Preparation(max_short_side=p.ingest.max_short_side, max_megapixels=p.ingest.max_megapixels,
                                       image_size=p.normalize.image_size, resize=p.normalize.resize)
@@ -53,6 +55,7 @@ def main():
         model_files.save(exported, paths.MODEL)
         encoding.with_input(preparation).write(paths.MODEL_ENCODING)
         files.write_json(paths.FINE_TUNE_METRICS, metrics)
+    backup.discard()
 
 
 def activation_shape() -> tuple:

@@ -4,8 +4,10 @@ The features are read memory-mapped, a batch at a time, reshuffled every epoch f
 Each epoch's figures go to dvclive/train_head as it trains (transfer_learning/live.py); the restored best epoch to metrics/train_head.json.
 Built, compiled and trained under train.strategy (transfer_learning/distribute.py); train_head.batch_size is global.
 train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val (transfer_learning/crossval.py) to the metrics.
+Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one
+(an interrupted k-fold estimate starts its folds again).
 """
-from transfer_learning import batches, crossval, distribute, files, live, model_files, params, paths, records, seeding, training
+from transfer_learning import batches, crossval, distribute, files, live, model_files, params, paths, records, resume, seeding, training
 from transfer_learning.errors import run
 
 
@@ -21,8 +23,9 @@ def main():
     val = batches.from_files(paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas, classes)
     with strategy.scope():
         head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
-    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,
-                           live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy)))  # epoch by epoch, as it trains
+    backup = resume.Backup.find("train-head", p, strategy, paths.TRAIN_HEAD_LIVE)  # what an interrupted run finished
+    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
+                           live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch), backup)
     with distribute.only_chief_writes(strategy):
         model_files.save(head, paths.HEAD_MODEL)
     metrics = training.best_epoch(history, encoding)
@@ -30,6 +33,7 @@ def main():
         metrics["kfold"] = crossval.estimate(cfg, p.head, p.augment.copies + 1, encoding, strategy, epochs=metrics["best_epoch"])
     with distribute.only_chief_writes(strategy):
         files.write_json(paths.TRAIN_HEAD_METRICS, metrics)
+    backup.discard()
 
 
 if __name__ == "__main__":

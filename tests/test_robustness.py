@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,18 @@ from bad_files import (
     reasons_match,
     transparent_palette_png,
 )
-from conftest import FAST, ROOT, make_image, make_project, run, run_stage, stage_project, stages_run
+from conftest import (
+    FAST,
+    ROOT,
+    copy_project,
+    make_image,
+    make_project,
+    run,
+    run_stage,
+    stage_project,
+    stages_run,
+    write_params,
+)
 
 INGEST_PEAK = """
 import resource, subprocess, sys
@@ -218,3 +230,41 @@ def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_
     assert temporary_files(project) == []
     assert (project / "dvc.lock").read_text() == (fast_run.project / "dvc.lock").read_text(), "the same outputs, byte for byte"
     assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+@pytest.mark.e2e
+def test_a_fine_tune_killed_after_its_second_epoch_resumes_at_the_third_to_the_bytes_of_an_uninterrupted_one(
+        fast_run, tmp_path):
+    """Six epochs, with early stopping keeping the best one and weight averaging (state of their own to carry over):
+    one copy of the fast run fine-tunes them in one go; another, side by side, is killed (SIGKILL of DVC and the stage)
+    as soon as its backup of epoch 2 is complete, and `dvc repro` resumes it at epoch 3. Both end with the same
+    dvc.lock: fine-tune's outputs (the model, metrics, dvclive's files) and evaluate's, byte for byte."""
+    longer = {"fine_tune.epochs": 6, "fine_tune.patience": 6, "fine_tune.ema": 0.9}
+    whole, killed = (copy_project(fast_run.project, tmp_path / name) for name in ("whole", "killed"))
+    for project in (whole, killed):
+        write_params(project, longer)
+    uninterrupted, interrupted = start(["dvc", "repro"], whole), start(["dvc", "repro"], killed)
+    deadline = time.monotonic() + 300
+    while not list(killed.glob(".dvc/tmp/resume/fine-tune/*/epoch-2")):  # renamed into place once complete
+        assert interrupted.poll() is None, f"it ended before backing epoch 2 up:\n{interrupted.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no backup of epoch 2"
+        time.sleep(0.003)
+    os.killpg(interrupted.pid, signal.SIGKILL)
+    interrupted.communicate(timeout=60)
+    backups = sorted(path.name for path in killed.glob(".dvc/tmp/resume/fine-tune/*/epoch-*"))
+    assert backups in (["epoch-2"], ["epoch-1", "epoch-2"]), backups  # epoch-1 unless it was deleted already
+    assert not (killed / "models/model.keras").exists(), "DVC deleted the outputs of the stage it ran"
+    assert (killed / "dvc.lock").read_text() == (fast_run.project / "dvc.lock").read_text(), "and recorded nothing new"
+
+    resumed = run(["dvc", "repro"], killed).stdout
+    assert stages_run(resumed) == ["fine-tune", "evaluate"]
+    fingerprint = next(killed.glob(".dvc/tmp/resume/fine-tune/*"), None)
+    assert fingerprint is None, "the backups are deleted once the outputs are written"
+    said = r"^fine-tune: resuming at epoch 3 of 6 from \.dvc/tmp/resume/fine-tune/\w{16}/epoch-2$"
+    assert re.search(said, resumed, re.M), resumed
+    assert "Epoch 2/6" not in resumed and "Epoch 3/6" in resumed
+    whole_output, _ = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0 and stages_run(whole_output) == ["fine-tune", "evaluate"], whole_output
+    assert "resuming" not in whole_output
+    assert (killed / "dvc.lock").read_text() == (whole / "dvc.lock").read_text(), "the same outputs, byte for byte"
+    assert json.loads((killed / "metrics/fine_tune.json").read_text())["epochs_run"] == 6

@@ -16,11 +16,18 @@ from pathlib import Path
 import keras
 
 
-def callbacks(folder: Path, chief: bool = True) -> list[keras.callbacks.Callback]:
-    """The callback logging into `folder`; none on a multi_worker worker other than the chief (only the chief writes)."""
+def callbacks(folder: Path, chief: bool = True, resumed: int = 0) -> list[keras.callbacks.Callback]:
+    """The callback logging into `folder`; none on a multi_worker worker other than the chief (only the chief writes).
+
+    `resumed` > 0: an interrupted run goes on after that many epochs (resume.Backup.find has put their files back):
+    their rows stay and the next epoch is logged as step `resumed`, as an uninterrupted run would. dvclive's own
+    resume reads the step from metrics.json, which cannot tell one finished epoch (step 0) from none."""
     if not chief:
         return []
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    return [DVCLiveCallback(live=Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False))]
+    live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, resume=resumed > 0)
+    if resumed:
+        live.step = resumed
+    return [DVCLiveCallback(live=live)]

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")                 # the stages: what each reads (resume.fingerprint)
 
 INGESTED = Path("data/ingested")
 MANIFEST = INGESTED / "manifest.csv"        # one row per usable image
@@ -34,6 +35,9 @@ BREAKDOWN = Path("metrics/breakdown.csv")        # per class, or per target rang
 # dvclive's folders (live.py): metrics.json (the last epoch) and plots/metrics/{train,eval}/<metric>.tsv, epoch by epoch
 TRAIN_HEAD_LIVE = Path("dvclive/train_head")
 FINE_TUNE_LIVE = Path("dvclive/fine_tune")
+# Backups of an interrupted train-head or fine-tune, per stage and fingerprint (resume.py): in DVC's scratch folder,
+# which is no stage's output, ignored by git and never hashed
+RESUME = Path(".dvc/tmp/resume")
 EVALUATE_PLOTS = Path("plots/evaluate")
 PREDICTIONS = EVALUATE_PLOTS / "predictions"      # <model>.csv: actual, predicted per test image
 FIGURES = EVALUATE_PLOTS / "figures"              # confusion matrices or scatter plots, the worst test images

@@ -15,6 +15,7 @@ from transfer_learning import networks
 from transfer_learning.batches import Batches
 from transfer_learning.errors import PipelineError
 from transfer_learning.records import Encoding
+from transfer_learning.resume import Backup
 
 
 def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0,
@@ -110,7 +111,7 @@ def monitor(encoding: Encoding) -> str:
 
 
 def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: Encoding,
-        callbacks: list[keras.callbacks.Callback] = ()) -> pd.DataFrame:
+        callbacks: list[keras.callbacks.Callback] = (), backup: Backup | None = None) -> pd.DataFrame:
     """Fit with early stopping (best epoch restored); one log line per epoch; `callbacks` too (live.callbacks).
     -> history per epoch.
 
@@ -120,6 +121,9 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
 
     With an optimizer that averages the weights (optimizer(..., ema=...)), Keras' SwapEMAWeights puts the
     average in the model for validation and at each epoch's end, so early stopping watches, keeps and restores it.
+
+    `backup` (resume.Backup): the fit starts after the epochs it finished, in the state they left (the history
+    returned has them too), and backs every epoch up, after every other callback has ended it.
     """
     if epochs == 0:
         for callback in callbacks:  # no epoch to log, but the callbacks still finish (dvclive writes its empty summary)
@@ -134,9 +138,17 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     stopping = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
                                               mode="min")] if patience > 0 else []
     averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if model.optimizer.use_ema else []  # before the others
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=averaging + stopping + list(callbacks),
-                        shuffle=False, verbose=2)
-    frame = pd.DataFrame(history.history)
+    callbacks = averaging + stopping + list(callbacks)
+    done, earlier = (backup.epoch, backup.history) if backup else (0, [])
+    if done:
+        ended = backup.stopped or done >= epochs
+        what = (f"its training ended at epoch {done} of {epochs}: restoring it" if ended
+                else f"resuming at epoch {done + 1} of {epochs}")
+        print(f"{backup.stage}: {what} from {backup.latest}", flush=True)
+    last = done if backup and backup.stopped else epochs  # early stopping ended it there: no epoch is left
+    history = model.fit(train, validation_data=val, epochs=last, initial_epoch=done, shuffle=False, verbose=2,
+                        callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []))
+    frame = pd.DataFrame(earlier + [dict(zip(history.history, values)) for values in zip(*history.history.values())])
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
 
