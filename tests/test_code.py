@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from support.projects import ROOT
 from transfer_learning import params
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

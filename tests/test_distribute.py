@@ -1,5 +1,5 @@
 """transfer_learning/distribute.py: train.strategy, and a multi_worker cluster told by TF_CONFIG (checked in one line).
-The strategies on a real run: test_pipeline_e2e.py, Scaling out."""
+The strategies on a real run: test_e2e_distributed.py."""
 from __future__ import annotations
 
 import pytest

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import ROOT, make_image, run_stage, stage_project
+from support.images import make_image
+from support.projects import ROOT, run_stage, stage_project
 from transfer_learning import duplicates, images
 
 # The exact search it replaced, and the pictures: benchmarks/duplicates_reference.py (loaded by its path: benchmarks/

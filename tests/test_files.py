@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bad_files import DISK_FULL, full_disk_at, needs_dev_full
+from support.bad_files import DISK_FULL, full_disk_at, needs_dev_full
 from transfer_learning import errors, files
 from transfer_learning.errors import PipelineError
 

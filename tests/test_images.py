@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_files import BROKEN, gray16_png, png, transparent_palette_png
-from conftest import make_image
+from support.bad_files import BROKEN, gray16_png, png, transparent_palette_png
+from support.images import make_image
 from transfer_learning import images
 
 MAX_PIXELS = 50_000_000

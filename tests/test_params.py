@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DELETE, ROOT, run_stage, stage_project, write_params
+from support.projects import DELETE, ROOT, run_stage, stage_project, write_params
 from transfer_learning import params
 from transfer_learning.errors import PipelineError
 

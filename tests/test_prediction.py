@@ -1,7 +1,7 @@
 """transfer-learning predict: new images (a folder or a CSV) -> one CSV row each, prepared as ingest and normalize prepare the
 training images, with unusable files reported and exit codes a script can use.
 
-A small real Keras model (saved as fine-tune saves one) stands in for a trained one here; test_pipeline_e2e.py
+A small real Keras model (saved as fine-tune saves one) stands in for a trained one here; test_e2e_model_and_review.py
 runs it on the model of a real pipeline run.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_image
+from support.images import make_image
 from transfer_learning import cli as command_line
 from transfer_learning import errors, images, model_files, prediction
 from transfer_learning.records import Encoding

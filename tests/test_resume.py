@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from support.projects import ROOT
 from transfer_learning import batches, live, networks, params, resume, training
 from transfer_learning.errors import PipelineError
 from transfer_learning.records import Encoding

@@ -1,5 +1,5 @@
 """The review of a run (evaluate): the worst test cases, their grid and the Markdown report, on small made-up results.
-The report and grid of real runs, both tasks, are checked in test_pipeline_e2e.py."""
+The report and grid of real runs, both tasks, are checked in test_e2e_model_and_review.py and test_e2e_runs.py."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bad_files import (
+from support.bad_files import (
     DISK_FULL,
     full_disk_at,
     gray16_png,
@@ -29,16 +29,17 @@ from bad_files import (
     reasons_match,
     transparent_palette_png,
 )
-from conftest import (
+from support.images import make_image
+from support.projects import (
     FAST,
     ROOT,
     copy_project,
-    make_image,
     make_project,
     run,
     run_stage,
     stage_project,
     stages_run,
+    tool_env,
     write_params,
 )
 
@@ -100,8 +101,7 @@ def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_pa
     del expected["dots.in.name/caf\ufffd.png"]
     project = make_project(tmp_path, FAST | {"data.source": str(source), "ingest.max_megapixels": 100})
     result = subprocess.run([sys.executable, "-c", DVC_PEAK, "dvc", "repro", "normalize"], cwd=project, capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                                 "DVC_NO_ANALYTICS": "1", "PIPELINE_WORKERS": "2"})
+                            env=tool_env({"PIPELINE_WORKERS": "2"}))
     status, peak = result.stdout.split()
     assert status == "0" and "Traceback" not in result.stderr, result.stderr
     assert int(peak) < INGEST_MEMORY_MB, f"a process of dvc repro (dvc itself, ingest, split, normalize) peaked at {peak} MB"
@@ -183,8 +183,7 @@ def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
     """`dvc repro` in its own process group, as a terminal runs it (a signal reaches DVC and the stage)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(cmd, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 

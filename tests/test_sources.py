@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bad_files import FOUND_BY_DECODING, messy_folder, reasons_match, write_csv
-from conftest import make_image
+from support.bad_files import FOUND_BY_DECODING, messy_folder, reasons_match, write_csv
+from support.images import make_image
 from transfer_learning import class_folders, sources
 from transfer_learning.errors import PipelineError
 

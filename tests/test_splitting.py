@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_image, run_stage, stage_project
+from support.images import make_image
+from support.projects import run_stage, stage_project
 from transfer_learning import splitting
 from transfer_learning.errors import PipelineError
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from support.images import make_image
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -1,0 +1,110 @@
+"""What a run leaves for its users, end to end: predictions on new images, the review of the run and the review page
+of `dvc plots diff` in Chromium."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from support import review_page
+from support.images import make_image
+from support.projects import (
+    ROOT,
+    run,
+)
+
+pytestmark = pytest.mark.e2e
+
+def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tmp_path):
+    """Test images of the run as new files (one in a nested folder), next to broken ones: the good ones get the
+    probabilities the model gives their normalized arrays, so predict prepares images exactly as the pipeline."""
+    project = fast_run.project
+    manifest = pd.read_csv(project / "data/ingested/manifest.csv", dtype={"label": str})
+    test = manifest[pd.read_csv(project / "data/split/split.csv")["split"] == "test"].reset_index(drop=True)
+    chosen = test.iloc[[0, 50, 100, 150, 200, 358]]
+    new = tmp_path / "new"
+    for i, row in enumerate(chosen.itertuples()):
+        target = new / ("nested" if i % 2 else "") / f"{i}_{Path(row.path).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(project / "data/raw/digits" / row.path, target)
+    (new / "empty.png").write_bytes(b"")
+    (new / "cut.png").write_bytes((project / "data/raw/digits" / chosen.iloc[0].path).read_bytes()[:60])
+    (new / "notes.txt").write_text("not an image")
+    make_image(new / "nested" / ".hidden.png", (0, 0, 0))
+
+    result = subprocess.run([Path(sys.executable).parent / "transfer-learning", "predict", str(new), "-o", "predictions.csv",
+                             "--model", str(project / "models/model.keras")], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr  # written, some files skipped
+    skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("skipped "))
+    assert [line.split(":")[0] for line in skipped] == ["skipped cut.png", "skipped empty.png", "skipped nested/.hidden.png", "skipped notes.txt"]
+    assert "predict: 6 images -> predictions.csv; 4 skipped" in result.stdout
+
+    rows = pd.read_csv(tmp_path / "predictions.csv", dtype={"predicted": str, "top_2": str, "top_3": str})
+    assert list(rows.columns) == ["path", "predicted", "probability", "top_2", "top_2_probability", "top_3", "top_3_probability"]
+    order = [int(Path(path).name.split("_")[0]) for path in rows["path"]]
+    assert sorted(order) == list(range(6))
+    model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
+    expected = model.predict(np.load(project / "data/normalized/test_images.npy")[chosen.index[order]].astype("float32"), verbose=0)
+    classes = json.loads((project / "models/encoding.json").read_text())["classes"]
+    assert list(rows["predicted"]) == [classes[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(rows["probability"], expected.max(axis=1), atol=2e-6)
+    np.testing.assert_allclose(rows["top_3_probability"], np.sort(expected, axis=1)[:, -3], atol=2e-6)
+
+
+def test_the_review_of_a_run_reports_the_three_models_and_shows_the_worst_mistakes(fast_run):
+    project = fast_run.project
+    text = (project / "reports/review.md").read_text()
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    row = f"| accuracy | {metrics['head']['accuracy']:.3f} | {metrics['fine_tuned']['accuracy']:.3f} | {metrics['baseline']['accuracy']:.3f} |"
+    assert row in text and "## Per class" in text and text.count("| 36 |") >= 5, "a row per class with its test images"
+    assert "1797 images, 0 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text
+    mistakes = text.split("## Most confident mistakes of the fine-tuned model")[1].split("## Training")[0]
+    link = mistakes.split("](")[1].split(")")[0]
+    assert (project / "reports" / link).resolve() == project / "plots/evaluate/figures/most_confident_mistakes.png"
+    table = [line.split(" | ") for line in mistakes.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    wrong = round((1 - metrics["fine_tuned"]["accuracy"]) * metrics["test_images"])
+    assert len(table) == min(16, wrong) and f"its {len(table)} most confident mistakes (of {wrong})" in mistakes
+    probabilities = [float(cells[3].rstrip(" |")) for cells in table]
+    assert probabilities == sorted(probabilities, reverse=True)
+    for cells in table:  # the image's file, its class folder, and another class predicted
+        path, true, predicted = cells[0].lstrip("| "), cells[1], cells[2]
+        assert (project / "data/raw/digits" / path).is_file() and path.split("/")[0] == true != predicted
+    with Image.open(project / "plots/evaluate/figures/most_confident_mistakes.png") as grid:
+        assert grid.size == (1200, round((3.7 * -(-len(table) // 4) + 0.6) * 100)), "rows of four mistakes"
+    lock = (project / "dvc.lock").read_text()
+    assert "path: reports/review.md" in lock and "path: dvclive/fine_tune" in lock
+
+
+def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp_path):
+    browser = review_page.chromium()
+    run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", str(tmp_path / "review")], fast_run.project)
+    page = review_page.local_scripts(tmp_path / "review" / "index.html")
+    shown = review_page.inspect(browser, page)
+
+    titles = {next(iter(plot)): next(iter(plot.values()))["title"]
+              for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if isinstance(plot, dict)}
+    vega = {plot["id"]: plot for plot in shown["vega"]}
+    assert list(vega) == ["#head-loss", "#fine-tune-loss", "#plots_evaluate_predictions_head_csv", "#plots_evaluate_predictions_fine_tuned_csv"]
+    for plot in vega.values():
+        assert plot["error"] is None and plot["svg"] == 1 and plot["marks"] > 20, plot  # drawn: lines, points or cells
+    assert [plot["title"] for plot in vega.values()] == list(titles.values()), "each chart under its dvc.yaml title"
+    images = {image["title"]: image["loaded"] for image in shown["images"]}
+    assert list(images) == ["plots/evaluate/figures/confusion.png", "plots/evaluate/figures/most_confident_mistakes.png"]
+    assert all(len(loaded) == 2 and all(size and size[0] >= 1000 for size in loaded) for loaded in images.values()), images
+    every_title = [plot["title"] for plot in vega.values()] + list(images)
+    assert all(every_title) and len(set(every_title)) == len(every_title) == 6
+
+    shot = review_page.screenshot(browser, page, tmp_path / "review.png", size=(2600, 3000))
+    with Image.open(shot) as picture:
+        top = np.asarray(picture.convert("L").crop((0, 0, 1200, 1200)))
+    assert (top < 200).mean() > 0.05, "the charts at the top of the page are drawn"
+    shutil.copy(shot, tmp_path.parent / "review-page.png")  # kept by pytest with its temporary folders, to look at
