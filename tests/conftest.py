@@ -10,7 +10,7 @@ import pytest
 
 import transfer_learning  # noqa: F401  configures TensorFlow (its __init__.py) before any test module imports it
 from support.images import make_image
-from support.projects import FAST, FAST_EXPERIMENTS, SHARED, Run, commit, make_project, run, run_queue
+from support.projects import FAST, FAST_EXPERIMENTS, SHARED, Run, audited, commit, make_project, run, run_queue
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,7 +56,8 @@ def fast_run(tmp_path_factory) -> Run:
     their own (`dvc exp run --temp`): none may change its workspace; copy_project it to change it."""
     root = tmp_path_factory.mktemp("fast_run")
     project = make_project(root, FAST)
-    outputs = {"first": run(["dvc", "repro"], project).stdout}
+    # The first run records each stage's file accesses (test_each_stage_reads_and_writes_what_dvc_yaml_declares)
+    outputs = {"first": run(["dvc", "repro"], project, env=audited(root / "file_audit")).stdout}
     commit(project, "baseline run")
     outputs["again"] = run(["dvc", "repro"], project).stdout
     for c, (name, color) in enumerate({"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}.items()):

@@ -3,6 +3,7 @@ runs and gives, what a second run and an experiment rerun, plots diff, regressio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,6 +19,7 @@ from support.projects import (
     FAST_EXPERIMENTS,
     ROOT,
     copy_project,
+    file_events,
     make_project,
     run,
     stages_run,
@@ -26,6 +28,7 @@ from support.projects import (
 )
 
 pytestmark = pytest.mark.e2e
+
 
 def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
     project = fast_run.project
@@ -51,6 +54,59 @@ def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
     probabilities = model.predict(pixels, verbose=0)
     assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
     assert json.loads((project / "models/encoding.json").read_text())["classes"] == [str(d) for d in range(10)]
+
+
+# Files a stage touches that are no data dep or out, and why: code and params are held to dvc.yaml by test_code.py;
+# dvc.yaml itself is read for the resume fingerprint of the stage's own entry; git's and DVC's own files are read by
+# dvclive to find the repository, and .dvc/tmp is DVC's scratch folder (resume backups); pycache is Python's.
+NOT_DATA = ("stages", "transfer_learning", "params.yaml", "dvc.yaml", ".git", ".gitignore", ".dvc", ".dvcignore",
+            "__pycache__")
+# Deps a run may leave unread: weights/ is read only when base.weights names a file in it (the fast run uses imagenet).
+READ_ONLY_SOMETIMES = {"weights"}
+
+
+def declared(spec: dict, key: str, source: str) -> list[str]:
+    """A stage's deps, or its outs with its metrics and plots files (each a path or a {path: options} entry)."""
+    keys = [key] if key == "deps" else ["outs", "metrics", "plots"]
+    entries = [next(iter(e)) if isinstance(e, dict) else e for k in keys for e in spec.get(k, [])]
+    return [e.replace("${data.source}", source) for e in entries]
+
+
+def test_each_stage_reads_and_writes_what_dvc_yaml_declares(fast_run):
+    """The data deps and outs of dvc.yaml against what each stage's process did in the fast run's first `dvc repro`
+    (every file it opened, listed, renamed into place, recorded by an audit hook): a file read but not declared would
+    leave DVC's cached result stale when it changes; one written but not declared would be lost or left behind; a
+    declared dep never read reruns the stage for nothing; a declared out never written is a stale promise."""
+    project = fast_run.project.resolve()
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    source = yaml.safe_load((project / "params.yaml").read_text())["data"]["source"]
+    events = file_events(project.parent / "file_audit")
+    assert set(events) == {spec["cmd"].split()[-1] for spec in stages.values()}, "every stage ran, audited"
+
+    def data(path: Path) -> str | None:
+        """The project-relative path of a data file, or None for files outside the project, code and scratch."""
+        if not path.is_relative_to(project) or path == project:
+            return None
+        relative = path.relative_to(project).as_posix()
+        return None if any(relative == n or relative.startswith(n + "/") or f"/{n}" in relative for n in NOT_DATA) else relative
+
+    def within(relative: str, roots: list[str]) -> bool:
+        return any(relative == root or relative.startswith(root.rstrip("/") + "/") for root in roots)
+
+    for name, spec in stages.items():
+        deps = [d for d in declared(spec, "deps", source) if data(project / d)]
+        outs = declared(spec, "outs", source)
+        touched = events[spec["cmd"].split()[-1]]
+        # read: files that are still there (not a temporary file, synced before its rename); folders are listed and
+        # synced on the way, what counts is the files read in them
+        reads = {r for kind, path in touched if kind == "read" and path.is_file() and (r := data(path))}
+        # written: what exists after the run (a temporary file renamed into place counts under its final name)
+        writes = {w for kind, path in touched if kind == "write" and path.exists() and (w := data(path))}
+        assert {r for r in reads if not within(r, deps + outs)} == set(), f"{name} reads files dvc.yaml does not list"
+        assert {w for w in writes if not within(w, outs)} == set(), f"{name} writes files dvc.yaml does not list"
+        unread = {d for d in deps if d not in READ_ONLY_SOMETIMES and not any(within(r, [d]) for r in reads)}
+        assert unread == set(), f"{name} lists deps it never reads: changing them reruns it for nothing"
+        assert {o for o in outs if not any(within(w, [o]) for w in writes)} == set(), f"{name} lists outs it never writes"
 
 
 def test_a_second_run_runs_nothing(fast_run):

@@ -1,4 +1,5 @@
-"""Every file the pipeline reads or writes, in one place (mirrors the outs/deps in dvc.yaml)."""
+"""Every file the pipeline reads or writes, in one place (mirrors the outs/deps in dvc.yaml; the e2e test
+test_each_stage_reads_and_writes_what_dvc_yaml_declares holds dvc.yaml to what each stage does with them)."""
 from pathlib import Path
 
 PARAMS = Path("params.yaml")

@@ -168,3 +168,20 @@ def run_queue(project: Path, timeout: float = 900) -> tuple[str, set]:
             time.sleep(0.02)
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, check=False)
+
+
+def audited(log_dir: Path) -> dict:
+    """The environment under which every stage process records the files it opens, renames and removes into
+    log_dir (tests/support/file_audit/sitecustomize.py); file_events() reads the records."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    site = Path(__file__).parent / "file_audit"
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])), "FILE_AUDIT": str(log_dir)}
+
+
+def file_events(log_dir: Path) -> dict[str, set[tuple[str, Path]]]:
+    """What audited() recorded: stage module (stages.ingest) -> {("read" | "write" | "remove", absolute path)}."""
+    events: dict[str, set[tuple[str, Path]]] = {}
+    for log in log_dir.glob("*.json"):
+        record = json.loads(log.read_text())
+        events.setdefault(record["stage"], set()).update((kind, Path(path)) for kind, path in record["events"])
+    return events
