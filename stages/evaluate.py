@@ -29,7 +29,7 @@ def main():
     outputs = {"head": head_out, "fine_tuned": fine_out} if encoding.is_classification else predictions
     for name, figures in calibration.metrics(actual, outputs, encoding, baseline).items():
         summary[name] |= figures
-    calibration.write_plots(actual, outputs, encoding, paths.CALIBRATION, paths.RESIDUALS)
+    calibration.write_plots(actual, outputs, encoding, paths.CALIBRATION, paths.FIGURES)
     breakdown = evaluation.breakdown(actual, predictions, encoding)
     files.write_json(paths.EVALUATE_METRICS, summary)
     files.write_csv(paths.BREAKDOWN, breakdown, escape_formulas=True)  # class names: never spreadsheet formulas

@@ -32,6 +32,7 @@ MISTAKES = 8            # worst cases shown with their heatmaps
 CORRECT_PER_CLASS = 2   # most confident correct test images per class (regression: smallest errors, in all)
 CORRECT_MAX = 24        # at most this many correct images (many classes: the first classes)
 BATCH = 16              # images per gradient pass
+COLUMNS, CELL = 6, 1.6  # the grids: images per row, inches per image (160 pixels)
 # Layers that keep the resolution of the convolution before them: part of the feature map it ends
 SAME_MAP = (layers.BatchNormalization, layers.ReLU, layers.Activation, layers.LayerNormalization)
 
@@ -161,6 +162,22 @@ def correct_cases(actual: np.ndarray, outputs: np.ndarray, encoding: Encoding, p
     return frame.head(CORRECT_MAX).reset_index(drop=True)
 
 
+def grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = COLUMNS) -> None:
+    """evaluation.image_grid in smaller cells (CELL inches): a PR comment shows a page of them, not megabytes."""
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(images) // columns))
+    height = (CELL + 0.55) * rows + 0.5  # inches: three caption lines over each image, the title on top
+    fig, axes = plt.subplots(rows, columns, figsize=(CELL * columns, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text in zip(axes.flat, images, captions):
+        ax.imshow(image)
+        ax.set_title(text, fontsize=7, parse_math=False)
+    fig.suptitle(title, fontsize=10, parse_math=False)
+    evaluation.save_figure(fig, path, top=1 - 0.5 / height)
+
+
 def write(model: keras.Model, images: np.ndarray, worst: pd.DataFrame, correct: pd.DataFrame, encoding: Encoding,
           folder: Path, report: Path) -> list[str]:
     """The heatmap grids of the first MISTAKES rows of `worst` and of `correct` into `folder`; -> the review's section."""
@@ -180,7 +197,7 @@ def write(model: keras.Model, images: np.ndarray, worst: pd.DataFrame, correct: 
         classes = np.array([index[c] for c in cases["predicted"]]) if task == "classification" else None
         maps = explainer.gradcam(pictures, classes)
         path = folder / name
-        evaluation.image_grid(np.stack([overlay(p, m) for p, m in zip(pictures, maps)]) if len(rows) else pictures,
-                              [review.caption(row, task) for row in cases.itertuples()], titles[name], path, columns=review.GRID_COLUMNS)
+        grid(np.stack([overlay(p, m) for p, m in zip(pictures, maps)]) if len(rows) else pictures,
+             [review.caption(row, task) for row in cases.itertuples()], titles[name], path)
         lines += [f"![{titles[name]}]({Path(os.path.relpath(path, Path(report).parent)).as_posix()})", ""]
     return lines[:-1]
