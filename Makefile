@@ -11,7 +11,10 @@ OFFLINE_WEIGHTS := ../shared/keras/models
 NPM_PREFIX := .cache/npm
 VEGA := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 
-.PHONY: run test install keras-cache vega
+BASE ?= main
+PYTHON ?= $(BIN)/python
+
+.PHONY: run test install keras-cache vega review
 
 # Stage commands call `python`: put the venv first on PATH so they run with its packages.
 run: install keras-cache
@@ -22,6 +25,11 @@ test: install keras-cache vega
 	$(BIN)/python -m pytest
 
 install: $(BIN)/.installed
+
+# The review against a revision: reports/review-diff.md (params, metrics, plots changed vs BASE) and reports/comment.md
+# (reports/review.md followed by it), to post with `cml comment create reports/comment.md` (docs/review.md).
+review:
+	PATH="$(abspath $(dir $(PYTHON))):$$PATH" $(PYTHON) -m transfer_learning.review_diff $(BASE)
 
 # requirements.txt pins every package; then the project's own package (transfer_learning/, pyproject.toml), editable:
 # its commands (transfer-learning) go on the venv's PATH and a change to its code needs no reinstall.

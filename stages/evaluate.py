@@ -1,5 +1,6 @@
 """Stage evaluate: test-split metrics of the head-only model, the fine-tuned model and a constant baseline, and the
-review of the run (reports/review.md, and a grid of the fine-tuned model's worst test images).
+review of the run (reports/review.md, a grid of the fine-tuned model's worst test images, its Grad-CAM heatmaps).
+Calibration (calibration.py): the ECE and the reliability diagram, or the share within 5 and 10 units and the residuals.
 
 Head-only: the trained head on the stored test features (the base as ImageNet left it).
 Fine-tuned: models/model.keras on the raw test images, exactly as a user would load it.
@@ -7,7 +8,7 @@ Baseline: always the most frequent training class, or the training mean (regress
 """
 import pandas as pd
 
-from transfer_learning import batches, evaluation, files, inference, model_files, params, paths, records, review, targets
+from transfer_learning import batches, calibration, evaluation, files, heatmaps, inference, model_files, params, paths, records, review, targets
 from transfer_learning.errors import run
 
 
@@ -20,10 +21,15 @@ def main():
     test_features = batches.from_files(paths.features("test"), None, inference.BATCH_SIZE)
     test_images = batches.from_files(paths.images("test"), None, inference.BATCH_SIZE)
     head_out = model_files.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
-    fine_out = model_files.load(paths.MODEL).predict(test_images, verbose=0)
+    model = model_files.load(paths.MODEL)
+    fine_out = model.predict(test_images, verbose=0)
     predictions = {"head": targets.from_head(head_out, encoding), "fine_tuned": targets.from_model(fine_out, encoding)}
 
     summary = evaluation.summary(actual, predictions, encoding, baseline)
+    outputs = {"head": head_out, "fine_tuned": fine_out} if encoding.is_classification else predictions
+    for name, figures in calibration.metrics(actual, outputs, encoding, baseline).items():
+        summary[name] |= figures
+    calibration.write_plots(actual, outputs, encoding, paths.CALIBRATION, paths.FIGURES)
     breakdown = evaluation.breakdown(actual, predictions, encoding)
     files.write_json(paths.EVALUATE_METRICS, summary)
     files.write_csv(paths.BREAKDOWN, breakdown, escape_formulas=True)  # class names: never spreadsheet formulas
@@ -37,8 +43,11 @@ def main():
     # The review: the fine-tuned model's worst test images (with their files), and the report around them
     test_paths = files.read_manifest(paths.MANIFEST, task).loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()
     training_runs = {"head": files.read_json(paths.TRAIN_HEAD_METRICS), "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS)}
-    grid = review.write(review.worst_cases(actual, fine_out, encoding, test_paths), test_images.inputs, summary, breakdown, baseline,
-                        training_runs, records.DataReport.read(paths.DATA_REPORT), encoding)
+    worst = review.worst_cases(actual, fine_out, encoding, test_paths)
+    correct = heatmaps.correct_cases(actual, fine_out, encoding, test_paths)
+    explained = heatmaps.write(model, test_images.inputs, worst, correct, encoding, paths.HEATMAPS, paths.REVIEW)
+    grid = review.write(worst, test_images.inputs, summary, breakdown, baseline, training_runs, records.DataReport.read(paths.DATA_REPORT),
+                        encoding, extra=explained + [""] + calibration.review_lines(summary, encoding))
     for name, figures in summary.items():
         print(f"evaluate: {name}: {figures}")
     print(f"evaluate: review -> {paths.REVIEW}, {grid}")

@@ -12,7 +12,22 @@ Built, compiled and trained under train.strategy (transfer_learning/distribute.p
 Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to metrics/fine_tune.json.
 Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one.
 """
-from transfer_learning import batches, distribute, files, live, model_files, networks, packaging, params, paths, records, resume, seeding, training
+from transfer_learning import (
+    batches,
+    distribute,
+    epoch_samples,
+    files,
+    live,
+    model_files,
+    networks,
+    packaging,
+    params,
+    paths,
+    records,
+    resume,
+    seeding,
+    training,
+)
 from transfer_learning.errors import PipelineError, run
 
 
@@ -42,8 +57,10 @@ def main():
                                   ema=cfg.ema)
         training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
     backup = resume.Backup.find("fine-tune", p, strategy, paths.FINE_TUNE_LIVE)  # what an interrupted run finished
+    samples = epoch_samples.Samples.pick("fine-tune", val.inputs, files.load_npy(paths.images("val"), mmap=True),
+                                         files.load_npy(paths.targets("val")), encoding)
     history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
-                           live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch), backup)
+                           live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples), backup)
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-learning predict)
     preparation = records.Preparation(max_short_side=p.ingest.max_short_side, max_megapixels=p.ingest.max_megapixels,
                                       image_size=p.normalize.image_size, resize=p.normalize.resize)

@@ -7,7 +7,21 @@ train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train
 Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one
 (an interrupted k-fold estimate starts its folds again).
 """
-from transfer_learning import batches, crossval, distribute, files, live, model_files, params, paths, records, resume, seeding, training
+from transfer_learning import (
+    batches,
+    crossval,
+    distribute,
+    epoch_samples,
+    files,
+    live,
+    model_files,
+    params,
+    paths,
+    records,
+    resume,
+    seeding,
+    training,
+)
 from transfer_learning.errors import run
 
 
@@ -24,8 +38,10 @@ def main():
     with strategy.scope():
         head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
     backup = resume.Backup.find("train-head", p, strategy, paths.TRAIN_HEAD_LIVE)  # what an interrupted run finished
+    samples = epoch_samples.Samples.pick("train-head", val.inputs, files.load_npy(paths.images("val"), mmap=True),
+                                         files.load_npy(paths.targets("val")), encoding)  # shown with their images
     history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
-                           live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch), backup)
+                           live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples), backup)
     with distribute.only_chief_writes(strategy):
         model_files.save(head, paths.HEAD_MODEL)
     metrics = training.best_epoch(history, encoding)

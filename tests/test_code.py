@@ -118,15 +118,17 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     titled = [next(iter(plot.values())) for plot in dvc_yaml["plots"] if isinstance(plot, dict)]
     titles = [plot["title"] for plot in titled]
-    assert len(titles) == 4 and len(set(titles)) == 4, titles
+    assert len(titles) == 5 and len(set(titles)) == 5, titles
     images = [plot for plot in dvc_yaml["plots"] if isinstance(plot, str)]
-    assert images == ["plots/evaluate/figures"], "PNG figures carry their titles inside the image"
+    assert images == ["plots/evaluate/figures", "dvclive/train_head/plots/images", "dvclive/fine_tune/plots/images"], \
+        "PNG figures carry their titles inside the image"
     live = {stage: next(out for out in STAGES[stage]["outs"] if isinstance(out, dict) and "dvclive" in next(iter(out)))
             for stage in ("train-head", "fine-tune")}
     assert {stage: next(iter(out)) for stage, out in live.items()} == {"train-head": "dvclive/train_head", "fine-tune": "dvclive/fine_tune"}
     assert dvc_yaml["metrics"] == [f"{folder}/metrics.json" for folder in ("dvclive/train_head", "dvclive/fine_tune")]
     curves = [file for plot in titled if isinstance(plot.get("y"), dict) for file in plot["y"]]
-    assert all(file.startswith(("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/")) for file in curves) and len(curves) == 4
+    assert all(file.startswith(("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/", "plots/evaluate/calibration/"))
+               for file in curves) and len(curves) == 6
 
 
 STAGE_SOURCES = sorted([*(ROOT / "stages").rglob("*.py"), *(ROOT / PACKAGE).rglob("*.py")])

@@ -16,8 +16,9 @@ from pathlib import Path
 import keras
 
 
-def callbacks(folder: Path, chief: bool = True, resumed: int = 0) -> list[keras.callbacks.Callback]:
+def callbacks(folder: Path, chief: bool = True, resumed: int = 0, samples=None) -> list[keras.callbacks.Callback]:
     """The callback logging into `folder`; none on a multi_worker worker other than the chief (only the chief writes).
+    `samples` (epoch_samples.Samples): also its grid of validation predictions, every epoch (plots/images).
 
     `resumed` > 0: an interrupted run goes on after that many epochs (resume.Backup.find has put their files back):
     their rows stay and the next epoch is logged as step `resumed`, as an uninterrupted run would. dvclive's own
@@ -30,4 +31,4 @@ def callbacks(folder: Path, chief: bool = True, resumed: int = 0) -> list[keras.
     live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, resume=resumed > 0)
     if resumed:
         live.step = resumed
-    return [DVCLiveCallback(live=live)]
+    return ([samples.callback(live)] if samples is not None else []) + [DVCLiveCallback(live=live)]  # the image, then the step

@@ -42,6 +42,8 @@ RESUME = Path(".dvc/tmp/resume")
 EVALUATE_PLOTS = Path("plots/evaluate")
 PREDICTIONS = EVALUATE_PLOTS / "predictions"      # <model>.csv: actual, predicted per test image
 FIGURES = EVALUATE_PLOTS / "figures"              # confusion matrices or scatter plots, the worst test images
+HEATMAPS = FIGURES / "heatmaps"                   # Grad-CAM of the fine-tuned model: mistakes.png, correct.png
+CALIBRATION = EVALUATE_PLOTS / "calibration"      # <model>.csv: the reliability diagram per model
 REVIEW = Path("reports/review.md")              # the review of the run (evaluate), for a pull request
 
 SPLITS = ("train", "val", "test")

@@ -92,14 +92,15 @@ def number(value, task: str) -> str:
 
 
 def markdown(summary: dict, breakdown: pd.DataFrame, worst: pd.DataFrame, baseline, training: dict, data_report: DataReport,
-             encoding: Encoding, figure: Path, report: Path) -> str:
+             encoding: Encoding, figure: Path, report: Path, extra: list[str] = ()) -> str:
     """The review report (to be written to `report`). `summary` is metrics/evaluate.json, `training` maps head and
-    fine_tuned to their best-epoch metrics, `figure` is the worst-cases grid (linked relative to the report)."""
+    fine_tuned to their best-epoch metrics, `figure` is the worst-cases grid (linked relative to the report);
+    `extra`: lines after the worst cases (the heatmaps, calibration)."""
     task = encoding.task
     figure = Path(os.path.relpath(figure, Path(report).parent)).as_posix()
     lines = [f"# Review: {task} on {summary['test_images']} test images", ""]
     lines += results(summary, baseline, task) + [""] + per_group(breakdown, task) + [""]
-    lines += worst_section(worst, task, figure) + [""]
+    lines += worst_section(worst, task, figure) + [""] + (list(extra) + [""] if extra else [])
     lines += training_section(training, task) + [""] + data_section(data_report, task)
     return "\n".join(lines) + "\n"
 
@@ -168,14 +169,16 @@ def data_section(report: DataReport, task: str) -> list[str]:
 
 
 def write(worst: pd.DataFrame, images: np.ndarray, summary: dict, breakdown: pd.DataFrame, baseline, training: dict, data_report: DataReport,
-          encoding: Encoding) -> Path:
-    """The grid of the WORST_CASES first of `worst` (rows of `images`, the test images) and the report around it. -> the grid."""
+          encoding: Encoding, extra: list[str] = ()) -> Path:
+    """The grid of the WORST_CASES first of `worst` (rows of `images`, the test images) and the report around it
+    (`extra`: see markdown). -> the grid."""
     task = encoding.task
     shown = worst.head(WORST_CASES)
     grid = paths.FIGURES / figure_name(task)
     evaluation.image_grid(images[shown["index"].to_numpy()], [caption(row, task) for row in shown.itertuples()],
                           figure_title(worst, task), grid, columns=GRID_COLUMNS)
-    report = markdown(summary, breakdown, worst, baseline, training, data_report, encoding, figure=grid, report=paths.REVIEW)
+    report = markdown(summary, breakdown, worst, baseline, training, data_report, encoding, figure=grid, report=paths.REVIEW,
+                      extra=extra)
     with files.atomic_path(paths.REVIEW) as tmp:
         tmp.write_text(report, encoding="utf-8")
     return grid
