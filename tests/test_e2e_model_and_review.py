@@ -93,15 +93,20 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
     titles = {next(iter(plot)): next(iter(plot.values()))["title"]
               for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if isinstance(plot, dict)}
     vega = {plot["id"]: plot for plot in shown["vega"]}
-    assert list(vega) == ["#head-loss", "#fine-tune-loss", "#plots_evaluate_predictions_head_csv", "#plots_evaluate_predictions_fine_tuned_csv"]
+    assert list(vega) == ["#head-loss", "#fine-tune-loss", "#plots_evaluate_predictions_head_csv",
+                          "#plots_evaluate_predictions_fine_tuned_csv", "#calibration"]
     for plot in vega.values():
         assert plot["error"] is None and plot["svg"] == 1 and plot["marks"] > 20, plot  # drawn: lines, points or cells
     assert [plot["title"] for plot in vega.values()] == list(titles.values()), "each chart under its dvc.yaml title"
     images = {image["title"]: image["loaded"] for image in shown["images"]}
-    assert list(images) == ["plots/evaluate/figures/confusion.png", "plots/evaluate/figures/most_confident_mistakes.png"]
-    assert all(len(loaded) == 2 and all(size and size[0] >= 1000 for size in loaded) for loaded in images.values()), images
+    figures = [f"plots/evaluate/figures/{name}.png"
+               for name in ("confusion", "most_confident_mistakes", "heatmaps/correct", "heatmaps/mistakes")]
+    epochs = [f"dvclive/{stage}/plots/images/predictions.png" for stage in ("train_head", "fine_tune")]
+    assert sorted(images) == sorted(figures + epochs)
+    assert all(len(loaded) == 2 and all(size and size[0] >= 300 for size in loaded) for loaded in images.values()), images
+    assert all(size[0] >= 1000 for name in figures[:2] for size in images[name]), "the figures are drawn large"
     every_title = [plot["title"] for plot in vega.values()] + list(images)
-    assert all(every_title) and len(set(every_title)) == len(every_title) == 6
+    assert all(every_title) and len(set(every_title)) == len(every_title) == 11
 
     shot = review_page.screenshot(browser, page, tmp_path / "review.png", size=(2600, 3000))
     with Image.open(shot) as picture:
