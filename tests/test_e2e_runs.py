@@ -124,7 +124,8 @@ def test_an_experiment_reruns_only_the_stages_its_params_reach(fast_run, tmp_pat
 
 
 def test_plots_diff_compares_two_experiments(fast_run, tmp_path):
-    """Every plot of two experiments, each under its own title (the page as a browser shows it: test_every_plot_of_the_review_page_renders_under_its_own_title)."""
+    """Every plot of two experiments, each under its own title (the page as a browser shows it:
+    test_every_plot_of_the_review_page_renders_under_its_own_title)."""
     project = fast_run.project
     run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", str(tmp_path / "review")], project)
     assert "lower-lr_plots_evaluate_figures_confusion.png" in (tmp_path / "review/index.html").read_text()

@@ -158,3 +158,25 @@ def test_file_and_class_names_never_run_as_spreadsheet_formulas():
     rows = prediction.rows(["=cmd|' /C calc'!A0.png", "-1.png"], np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]]), encoding, 2)
     assert rows == [["'=cmd|' /C calc'!A0.png", "dog", "0.700000", "'@x", "0.200000"],
                     ["-1.png".replace("-", "'-", 1), "'=evil", "0.600000", "dog", "0.300000"]]
+
+
+def test_an_output_that_is_an_input_is_refused_and_dash_is_standard_output(tmp_path, model_folder, capsys, monkeypatch):
+    """`-o imgs/list.csv` on `imgs/list.csv` once replaced the image list with the predictions (exit 0); `-o -` wrote a
+    file named `-`."""
+    root = new_images(tmp_path / "new")
+    listing = root / "list.csv"
+    listing.write_text("file\na.png\n")
+    (tmp_path / "link.csv").symlink_to(listing)
+    model = model_folder / "model.keras"
+    for output in (listing, tmp_path / "link.csv", root / "a.png", model):
+        assert cli(listing, "--path-column", "file", "-o", output, "--model", model) == 1, output
+        assert "is an input of this prediction" in capsys.readouterr().err
+    assert listing.read_text() == "file\na.png\n" and model.stat().st_size > 1000, "nothing was replaced"
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert cli(listing, "--path-column", "file", "-o", "-", "--model", model) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("path,predicted,probability") and len(captured.out.splitlines()) == 2
+    assert "predict: 1 images -> standard output" in captured.err and not list(cwd.iterdir())

@@ -58,7 +58,7 @@ def test_the_report_compares_the_three_models_and_writes_the_data_literally():
     assert "Constant baseline: always 'cat' (the most frequent training class)." in text
     assert r"| dog\|wolf | 2 | 0.500 → 1.000 | 0.500 → 1.000 | 0.500 → 1.000 |" in text, "per class, head only → fine-tuned"
     assert "![Fine-tuned model: its 2 most confident mistakes (of 2) on the test set](../plots/evaluate/figures/m.png)" in text
-    assert r"| x/\[link\](http://a).png | cat | dog\|wolf | 0.900 |" in text, "no link, no extra table column"
+    assert "| x/\\[link\\](http:\u200b//a).png | cat | dog\\|wolf | 0.900 |" in text, "no link, no extra table column"
     assert r"| y\_1.png | \<b\>owl\</b\> | cat | 0.600 |" in text, "no HTML"
     assert "| head only | 3 of 5 | 0.800 | 0.700 | 0.6 |" in text and "| fine-tuned | not trained (0 epochs) |" in text
     assert "12 images, 1 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text
@@ -118,3 +118,17 @@ def test_class_names_with_dollar_signs_are_drawn_literally(tmp_path):
     actual = np.array(HOSTILE_CLASSES * 2)
     evaluation.confusion_figure(actual, {"head": actual, "fine_tuned": np.roll(actual, 1)}, sorted(HOSTILE_CLASSES), tmp_path / "confusion.png")
     assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_names_and_paths_from_the_data_never_become_mentions_issue_links_or_links_on_github():
+    """A class named @user, a label #123, a skipped path www.example.com or https://... would ping, link an issue or
+    link out in a pull-request comment (GitHub's autolinks, which backslash escapes do not stop)."""
+    import re
+
+    from transfer_learning.review import md
+
+    for text in ("@user", "team @org/devs", "#123", "see www.example.com", "https://example.com/x", "WWW.A.COM"):
+        shown = md(text)
+        assert shown.replace("\u200b", "") == text, "reads the same"
+        assert not re.search(r"@\w|#\d|\bwww\.|://", shown, re.IGNORECASE), shown
+    assert md("0/0051.png") == "0/0051.png" and md("a_b") == "a\\_b"

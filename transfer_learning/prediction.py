@@ -8,7 +8,10 @@ likely classes (top_2, top_2_probability, ...), or the predicted value in the ta
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,11 +30,16 @@ def predict_files(source: Path, output: Path, model_path: Path, encoding_path: P
     """Every image of `source` (a folder, nested folders too, or a CSV listing them) -> one row of `output` each.
     Exit status 0: every image predicted; SOME_SKIPPED: written, some files skipped (listed on stderr)."""
     items, skipped = new_images(source, path_column)
+    encoding_path = encoding_path or model_path.parent / "encoding.json"
+    to_stdout = str(output) == "-"  # the convention: `-o -` is standard output
+    if not to_stdout:
+        refuse_an_input(output, [source, model_path, encoding_path, *(item.file for item in items)])
     model = model_files.load(model_path)
-    encoding = model_card(encoding_path or model_path.parent / "encoding.json", model)
+    encoding = model_card(encoding_path, model)
     top_k = min(top_k, len(encoding.classes or ()))
     predicted = 0
-    with files.atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out, \
+    with (contextlib.nullcontext(None) if to_stdout else files.atomic_path(output)) as tmp, \
+            (io.StringIO() if to_stdout else open(tmp, "w", newline="", encoding="utf-8")) as out, \
             ThreadPoolExecutor(settings.workers()) as pool, tqdm(total=len(items), desc="predict", unit="img") as progress:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header(encoding, top_k))
@@ -51,11 +59,26 @@ def predict_files(source: Path, output: Path, model_path: Path, encoding_path: P
         if not predicted:  # nothing is written
             examples = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise PipelineError(f"{source}: no usable image" + (f" ({len(skipped)} skipped, e.g. {examples})" if skipped else ""))
+        if to_stdout:  # whole, once every row is known: an error above leaves standard output empty
+            sys.stdout.write(out.getvalue())
+            sys.stdout.flush()
     for s in sorted(skipped, key=lambda s: s.path):
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
-    print(f"predict: {predicted} images -> {output}" + (f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""))
+    print(f"predict: {predicted} images -> {'standard output' if to_stdout else output}"
+          + (f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""), file=sys.stderr if to_stdout else sys.stdout)
     if skipped:
         sys.exit(SOME_SKIPPED)
+
+
+def refuse_an_input(output: Path, inputs: list[Path]) -> None:
+    """-o may not be (or resolve to, through links) a file predict reads: the CSV listing the images, an image, the model
+    or its encoding.json; writing it would replace an input with the predictions."""
+    target = Path(output).resolve()
+    for source in inputs:
+        source = Path(source)
+        if source.resolve() == target or (target.exists() and source.exists() and os.path.samefile(source, target)):
+            raise PipelineError(f"-o {output} is an input of this prediction ({source}): writing it would replace the "
+                                "input; give another output file (or -o - for standard output)")
 
 
 def model_card(path: Path, model) -> Encoding:

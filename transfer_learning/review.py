@@ -77,10 +77,17 @@ def shorten(text: str, width: int) -> str:
 
 # ------------------------------------------------------------------------------------------------ Markdown
 
+# GitHub turns @user, #123, www.example.com and scheme://... in a comment into mentions, issue links and links (its
+# autolinks, which backslashes do not stop); a zero-width space after @, # and www, and inside ://, keeps the text
+# as it reads but breaks the pattern, so a class name or a file path never pings anyone or links anywhere.
+ZERO_WIDTH_SPACE = "\u200b"
+AUTOLINK = re.compile(r"(?<=[@#])|(?<=\bwww)(?=\.)|(?<=:)(?=//)", re.IGNORECASE)
+
+
 def md(text) -> str:
-    """Data as literal Markdown text, safe in a table cell: no markup, no HTML, one line."""
+    """Data as literal Markdown text, safe in a table cell: no markup, no HTML, no autolinks, one line."""
     text = " ".join(str(text).split())
-    return re.sub(r"([\\`*_\[\]<>|~&$])", r"\\\1", text)
+    return AUTOLINK.sub(ZERO_WIDTH_SPACE, re.sub(r"([\\`*_\[\]<>|~&$])", r"\\\1", text))
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:

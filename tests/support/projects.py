@@ -148,7 +148,8 @@ def run_queue(project: Path, timeout: float = 900) -> tuple[str, set]:
     """`dvc queue start -j 2` and wait until nothing is queued or running. -> the final `dvc queue status`, and what was
     seen of fine-tune's live metrics while it ran: (step in dvclive's metrics.json, rows in its eval/loss.tsv)."""
     # Not through pipes: the queue's workers would inherit them, and reading them to the end would wait for the queue
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=tool_env(), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
     seen, asked = set(), 0.0
     try:
         deadline = time.monotonic() + timeout
