@@ -26,7 +26,7 @@ def quadrant_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
-def tiny_model() -> keras.Model:
+def tiny_model(outputs: int = 2, task: str = "classification") -> keras.Model:
     """The pipeline's shape on a small scale: pixels -> rescaling -> a nested convolutional base -> pooling -> head."""
     pixels = keras.Input((None, None, 3))
     x = layers.Conv2D(8, 3, padding="same", activation="relu")(pixels)
@@ -36,7 +36,7 @@ def tiny_model() -> keras.Model:
     base = keras.Model(pixels, layers.ReLU(name="last_relu")(x), name="tiny_base")
     inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
     features = networks.pooling("avg")(base(layers.Rescaling(1 / 255)(inputs)))
-    return keras.Model(inputs, networks.build_head(16, 16, 0.0, 2, "classification")(features), name="transfer_model")
+    return keras.Model(inputs, networks.build_head(16, 16, 0.0, outputs, task)(features), name="transfer_model")
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,21 @@ def test_the_grids_show_mistakes_and_correct_images_the_same_bytes_every_run(tra
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     heatmaps.write(trained, images, worst.iloc[:0], pd.DataFrame(columns=correct.columns), ENCODING, tmp_path / "c", tmp_path / "r.md")
     assert (tmp_path / "c" / "mistakes.png").stat().st_size > 0, "no mistake: the title alone"
+
+
+def test_a_regression_model_is_explained_by_its_predicted_target(tmp_path):
+    """Regression has no classes: the gradient of the one output (the CI failure of 2026-12-02: encoding.classes None)."""
+    from transfer_learning import review
+
+    seeding.make_deterministic(0)
+    model = tiny_model(1, "regression")
+    encoding = Encoding(task="regression", mean=25.0, std=10.0)
+    images, _ = quadrant_images(6, seed=5)
+    actual = np.arange(6, dtype=float) * 10
+    outputs = np.asarray(model.predict(images.astype(np.float32), verbose=0))
+    paths = np.array([f"img_{i}.png" for i in range(6)])
+    worst = review.worst_cases(actual, outputs, encoding, paths)
+    lines = heatmaps.write(model, images, worst, heatmaps.correct_cases(actual, outputs, encoding, paths), encoding,
+                           tmp_path / "h", tmp_path / "reports" / "review.md")
+    assert "predicted target" in "\n".join(lines)
+    assert (tmp_path / "h" / "mistakes.png").stat().st_size > 0 and (tmp_path / "h" / "correct.png").stat().st_size > 0

@@ -132,3 +132,14 @@ def test_names_and_paths_from_the_data_never_become_mentions_issue_links_or_link
         assert shown.replace("\u200b", "") == text, "reads the same"
         assert not re.search(r"@\w|#\d|\bwww\.|://", shown, re.IGNORECASE), shown
     assert md("0/0051.png") == "0/0051.png" and md("a_b") == "a\\_b"
+
+
+def test_close_target_ranges_stay_distinct_rows():
+    """Targets 10000-10004 in five quantile bins once gave labels '[1e+04, 1e+04)' twice, merging their MAEs."""
+    actual = np.repeat(np.arange(10000.0, 10005.0), 4)
+    encoding = Encoding.model_validate({"task": "regression", "mean": 10002.0, "std": 1.4})
+    frame = evaluation.breakdown(actual, {"fine_tuned": actual + 1.0}, encoding)
+    assert len(frame) == 5 and frame["target_range"].is_unique and frame["count"].sum() == 20, frame
+    assert not frame["target_range"].str.contains("e+", regex=False).any(), frame["target_range"].tolist()
+    assert frame["target_range"].iloc[0].startswith("[10000, ") and frame["target_range"].iloc[-1].endswith(", 10004]")
+    assert list(evaluation.target_ranges(np.array([1.0, 12.0, 30.0]), 2).unique()) == ["[1, 12)", "[12, 30]"]

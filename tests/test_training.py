@@ -138,3 +138,19 @@ def test_a_head_trains_on_mixup_batches_and_reports_accuracy():
     history = training.fit(head, train, batches.Batches(x[256:], y[256:], 32, classes=classes), 15, 0, encoding)
     assert history["val_accuracy"].iloc[-1] > 0.8 and training.best_epoch(history, encoding)["val_accuracy"] > 0.8
     assert training.score(head, batches.Batches(x[256:], y[256:], 32), encoding) == pytest.approx(history["val_accuracy"].iloc[-1])
+
+
+def test_a_diverging_fit_stops_with_one_line_and_returns_no_model():
+    """train_head.lr: 1e30 once passed validation, every val_loss was NaN, best_epoch raised KeyError: nan, and a head
+    of NaN weights was saved. The schema now stops lr above 1; a loss that still overflows stops the fit."""
+    from transfer_learning.errors import PipelineError
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(128, 8)) * 1e3).astype("float32")
+    y = np.argmax(x[:, :3], axis=1).astype(np.int32)
+    encoding = Encoding(task="classification", classes=("a", "b", "c"))
+    keras.utils.set_random_seed(0)
+    head = networks.build_head(8, 16, 0.0, 3, "classification")
+    training.compile_for(head, encoding, "auto", training.optimizer("sgd", 1e30), 0.0)
+    with pytest.raises(PipelineError, match=r"NaN or infinite at epoch 1, so no model is saved; lower the learning rate"):
+        training.fit(head, batches.Batches(x[:96], y[:96], 32, seed=0), batches.Batches(x[96:], y[96:], 32), 5, 2, encoding)

@@ -48,10 +48,14 @@ def rounded(value):
 
 
 def target_ranges(actual: np.ndarray, n: int = 5) -> pd.Series:
-    """Quantile ranges of the target ('[1, 12)', ...), for residuals by target range."""
+    """Quantile ranges of the target ('[1, 12)', ...), for residuals by target range. Edges are written with 4
+    significant digits, or as many more as it takes to keep them apart (10000-10004 in five bins: 10000, 10001, ...,
+    not five rows of '[1e+04, 1e+04)' whose figures would merge in the breakdown)."""
     edges = np.unique(np.quantile(actual, np.linspace(0, 1, n + 1)))
+    digits = next((d for d in range(4, 18) if len({f"{e:.{d}g}" for e in edges}) == len(edges)), 17)
     bins = np.clip(np.searchsorted(edges, actual, side="right") - 1, 0, len(edges) - 2)
-    return pd.Series([f"[{edges[b]:.4g}, {edges[b + 1]:.4g}{']' if b == len(edges) - 2 else ')'}" for b in bins])
+    return pd.Series([f"[{edges[b]:.{digits}g}, {edges[b + 1]:.{digits}g}{']' if b == len(edges) - 2 else ')'}"
+                      for b in bins])
 
 
 def breakdown(actual: np.ndarray, predictions: dict, encoding: Encoding) -> pd.DataFrame:

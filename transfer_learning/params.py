@@ -180,8 +180,8 @@ class Head(Section):
 class Fit(Section):
     optimizer: Literal["adam", "sgd", "rmsprop"]
     """The optimizer."""
-    lr: float = Field(gt=0)
-    """Learning rate (the peak of the cosine schedule)."""
+    lr: float = Field(gt=0, le=1)
+    """Learning rate (the peak of the cosine schedule); above 1 no optimizer here converges."""
     epochs: int = Field(ge=0)
     """Maximum epochs."""
     batch_size: int = Field(ge=1)

@@ -138,7 +138,9 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     stopping = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
                                               mode="min")] if patience > 0 else []
     averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if model.optimizer.use_ema else []  # before the others
-    callbacks = averaging + stopping + list(callbacks)
+    # A loss that overflows (a learning rate far too high) makes every later weight NaN: stop at once, save nothing
+    diverged = [keras.callbacks.TerminateOnNaN()]
+    callbacks = averaging + diverged + stopping + list(callbacks)
     done, earlier = (backup.epoch, backup.history) if backup else (0, [])
     if done:
         ended = backup.stopped or done >= epochs
@@ -150,6 +152,11 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
                         callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []))
     frame = pd.DataFrame(earlier + [dict(zip(history.history, values)) for values in zip(*history.history.values())])
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
+    losses = frame[[c for c in ("loss", "val_loss") if c in frame]].to_numpy(dtype=float)
+    if not np.isfinite(losses).all():  # TerminateOnNaN ended the epoch it happened in, which history records
+        epoch = int(frame["epoch"].to_numpy()[~np.isfinite(losses).all(axis=1)][0])
+        raise PipelineError(f"training {model.name}: the loss became NaN or infinite at epoch {epoch}, so no model is "
+                            "saved; lower the learning rate (train_head.lr for the head, fine_tune.lr for fine-tuning)")
     return frame
 
 
