@@ -8,7 +8,21 @@ Baseline: always the most frequent training class, or the training mean (regress
 """
 import pandas as pd
 
-from transfer_learning import batches, calibration, evaluation, files, heatmaps, inference, model_files, params, paths, records, review, targets
+from transfer_learning import (
+    batches,
+    calibration,
+    evaluation,
+    files,
+    heatmaps,
+    image_sets,
+    inference,
+    model_files,
+    params,
+    paths,
+    records,
+    review,
+    targets,
+)
 from transfer_learning.errors import run
 
 
@@ -19,7 +33,7 @@ def main():
     actual = targets.decode(files.load_npy(paths.targets("test")), encoding)
     baseline = targets.constant(files.load_npy(paths.split_array(paths.NORMALIZED, "train", "targets")), encoding)
     test_features = batches.from_files(paths.features("test"), None, inference.BATCH_SIZE)
-    test_images = batches.from_files(paths.images("test"), None, inference.BATCH_SIZE)
+    test_images = batches.Batches(image_sets.load("test"), None, inference.BATCH_SIZE)  # decoded from the files
     head_out = model_files.load(paths.HEAD_MODEL).predict(test_features, verbose=0)
     model = model_files.load(paths.MODEL)
     fine_out = model.predict(test_images, verbose=0)

@@ -1,7 +1,7 @@
 """Stage extract-features: images -> the frozen pretrained base's outputs, one pass per image.
 
-Runs the base (inference mode) over the augmented training set, val and test, in batches straight
-from the memory-mapped image arrays, and stores from that one pass:
+Runs the base (inference mode) over the augmented training set, val and test, in batches decoded from the image
+files as they are read (image_sets.py: each variant made again from its seed), and stores from that one pass:
 - data/features: the pooled features the head trains on (and evaluate scores the head on: test);
 - data/activations (train, val; fine_tune.cache_activations: true): the activations at fine_tune.unfreeze_from.
   Everything below that cut stays frozen during fine-tuning and the augmented training set is fixed, so those
@@ -14,7 +14,7 @@ The base runs under train.strategy (transfer_learning/distribute.py): each batch
 """
 import numpy as np
 
-from transfer_learning import distribute, files, inference, networks, params, paths, seeding
+from transfer_learning import distribute, files, image_sets, inference, networks, params, paths, seeding
 from transfer_learning.errors import run
 
 
@@ -30,7 +30,7 @@ def main():
         extractor = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut) if cut else features_only
     info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": p.fine_tune.unfreeze_from, "dtype": "float32"}
     for split in paths.SPLITS:
-        images, targets = files.load_npy(paths.images(split), mmap=True), files.load_npy(paths.targets(split))
+        images, targets = image_sets.load(split), files.load_npy(paths.targets(split))  # decoded as read
         model, outputs = features_only, [paths.features(split)]
         if cut and split in ("train", "val"):  # fine-tune trains and validates on activations; the test set is scored on images
             model, outputs = extractor, outputs + [paths.activations(split)]

@@ -1,13 +1,14 @@
-"""Stage ingest: data.source -> a decoded, validated snapshot (manifest + pixels) and the data report.
+"""Stage ingest: data.source -> a validated manifest (one row per usable image) and the data report.
 
-Every file is hashed, then decoded once (in parallel threads): EXIF orientation applied, converted to
+Every file is hashed, then decoded (in parallel threads): EXIF orientation applied, converted to
 RGB, shrunk so its shorter side is at most ingest.max_short_side. Unusable files are skipped and
 listed with the reason in metrics/data.json. Identical pictures are recognised by their decoded
 pixels, near-duplicates by a perceptual hash (transfer_learning/duplicates.py): a picture that appears
-under two labels is left out, every copy of it (its pixels stay in pixels.u8, unreferenced), and
-copies and near-duplicates share a `group`, which split keeps in one split. A group is named by the
-smallest sha256 of its files' bytes, not of their snapshots, so the split does not move when an
-ingest param (ingest.max_short_side) changes the snapshots.
+under two labels is left out, every copy of it, and copies and near-duplicates share a `group`, which
+split keeps in one split. A group is named by the smallest sha256 of its files' bytes, not of their
+decoded pixels, so the split does not move when an ingest param (ingest.max_short_side) changes them.
+The pixels are not kept: the stages that need them decode the files again (image_sets.py), which costs
+a decode per pass and saves a decoded copy of the dataset on disk (5-50x its files' size).
 """
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,11 @@ from transfer_learning.errors import PipelineError, run
 BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dataset size
 # pixels_sha256: of the decoded snapshot; file_sha256: of the file's bytes; group: copies and near-duplicates share one
 # (duplicates.groups), named by the smallest file_sha256 among them
-COLUMNS = ["path", "label", "pixels_sha256", "file_sha256", "group", "width", "height", "stored_height", "stored_width", "offset"]
+COLUMNS = ["path", "label", "pixels_sha256", "file_sha256", "group", "width", "height"]
 
 
 def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
-    """-> (row dict, (pixels, fingerprint)) or (None, reason). The file is decoded lazily: a huge file never sits in
+    """-> (row dict, fingerprint) or (None, reason). The file is decoded lazily: a huge file never sits in
     memory whole."""
     try:
         with open(item.file, "rb") as f:
@@ -35,16 +36,15 @@ def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
         return None, f"cannot read file ({exc.strerror or exc})"
     except images.Unusable as exc:
         return None, str(exc)
-    row = {"path": item.path, "label": item.label, "file_sha256": file_sha256, "width": size[0], "height": size[1],
-           "stored_height": pixels.shape[0], "stored_width": pixels.shape[1]}
-    return row, (pixels, duplicates.fingerprint(pixels))
+    row = {"path": item.path, "label": item.label, "file_sha256": file_sha256, "width": size[0], "height": size[1]}
+    return row, duplicates.fingerprint(pixels)
 
 
 def main():
     p = params.load()
     items, skipped = sources.list_source(p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column)
-    rows, prints, offset = [], duplicates.Fingerprints(len(items)), 0  # prints: 200 bytes an image, in arrays
-    with files.atomic_path(paths.PIXELS) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(settings.workers()) as pool, \
+    rows, prints = [], duplicates.Fingerprints(len(items))  # prints: 200 bytes an image, in arrays
+    with ThreadPoolExecutor(settings.workers()) as pool, \
             tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]
@@ -53,11 +53,8 @@ def main():
                 if row is None:
                     skipped.append(entries.Skipped(item.path, result))
                     continue
-                pixels, fingerprint = result
-                rows.append(row | {"pixels_sha256": fingerprint.sha256, "offset": offset})
-                prints.append(fingerprint)
-                out.write(pixels.tobytes())
-                offset += pixels.nbytes
+                rows.append(row | {"pixels_sha256": result.sha256})
+                prints.append(result)
             progress.update(len(batch))
         if p.data.task == "classification":  # the same picture under two labels: every copy is left out
             conflicts = duplicates.conflicting_labels([r["path"] for r in rows], [r["label"] for r in rows], [r["pixels_sha256"] for r in rows])

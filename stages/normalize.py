@@ -1,48 +1,36 @@
-"""Stage normalize: snapshot + split -> fixed-size uint8 image arrays per split, encoded targets.
+"""Stage normalize: manifest + split -> per split the list of its image files and its encoded targets, and how a file
+becomes the model's input.
 
-Images are resized to normalize.image_size (aspect kept: crop or pad) and stored as raw uint8
-pixels in memory-mappable .npy files; pixel scaling happens inside the model. Class order (or the
-target's training mean/std) is saved to encoding.json.
+No pixels are stored (a decoded copy of the dataset is 5-50x its files): images.json says where the files are and how
+each is decoded (ingest.*) and resized to normalize.image_size (aspect kept: crop or pad); the readers decode them
+(transfer_learning/image_sets.py). Pixel scaling happens inside the model. Class order (or the target's training
+mean/std) is saved to encoding.json.
 """
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from transfer_learning import files, images, params, paths, settings, targets
+from transfer_learning import files, image_sets, params, paths, records, targets
 from transfer_learning.errors import PipelineError, run
-
-BATCH = 256
 
 
 def main():
     p = params.load()
     size = p.normalize.image_size
-    if p.ingest.max_short_side < size:  # the snapshot is smaller than the model input: every photo would be upscaled
+    if p.ingest.max_short_side < size:  # the decoded image is smaller than the model input: every photo would be upscaled
         raise PipelineError(f"normalize.image_size={size} is above ingest.max_short_side={p.ingest.max_short_side}, so images would be "
-                            f"upscaled from a shrunk snapshot: raise ingest.max_short_side to at least {size} (it reruns ingest)")
+                            f"upscaled from a shrunk decode: raise ingest.max_short_side to at least {size} (it reruns ingest)")
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     split = pd.read_csv(paths.SPLIT)["split"]
-    pixels = np.memmap(paths.PIXELS, dtype=np.uint8, mode="r")
     enc = targets.encoding_of(manifest.loc[split == "train", "label"], p.data.task)
     targets.check_classes(manifest["label"], split, enc)
-
-    def resized(row) -> np.ndarray:
-        h, w = row.stored_height, row.stored_width
-        return images.square(np.asarray(pixels[row.offset:row.offset + h * w * 3]).reshape(h, w, 3), size, p.normalize.resize)
-
-    with ThreadPoolExecutor(settings.workers()) as pool:
-        for name in paths.SPLITS:
-            rows = manifest[split == name]
-            with files.npy_writer(paths.split_array(paths.NORMALIZED, name, "images"), (len(rows), size, size, 3), np.uint8) as out:
-                with tqdm(range(0, len(rows), BATCH), desc=f"normalize: {name}", unit="batch") as batches:
-                    for start in batches:
-                        batch = rows.iloc[start:start + BATCH]
-                        out[start:start + len(batch)] = np.stack(list(pool.map(resized, batch.itertuples())))
-            files.save_npy(paths.split_array(paths.NORMALIZED, name, "targets"), targets.encode(rows["label"], enc))
+    for name in paths.SPLITS:
+        rows = manifest[split == name]
+        files.write_csv(paths.split_list(name), rows[image_sets.LIST_COLUMNS])
+        files.save_npy(paths.split_array(paths.NORMALIZED, name, "targets"), targets.encode(rows["label"], enc))
+    preparation = records.Preparation(max_short_side=p.ingest.max_short_side, max_megapixels=p.ingest.max_megapixels,
+                                      image_size=size, resize=p.normalize.resize)
+    records.ImageFiles(source=p.data.source, csv=p.data.csv, preparation=preparation).write(paths.IMAGE_FILES)
     enc.write(paths.ENCODING)
-    print(f"normalize: {size}x{size} ({p.normalize.resize}) -> {paths.NORMALIZED}")
+    print(f"normalize: {size}x{size} ({p.normalize.resize}), {len(manifest)} images listed -> {paths.NORMALIZED}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from transfer_learning import (
     distribute,
     epoch_samples,
     files,
+    image_sets,
     live,
     model_files,
     params,
@@ -38,7 +39,7 @@ def main():
     with strategy.scope():
         head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
     backup = resume.Backup.find("train-head", p, strategy, paths.TRAIN_HEAD_LIVE)  # what an interrupted run finished
-    samples = epoch_samples.Samples.pick("train-head", val.inputs, files.load_npy(paths.images("val"), mmap=True),
+    samples = epoch_samples.Samples.pick("train-head", val.inputs, image_sets.load("val"),
                                          files.load_npy(paths.targets("val")), encoding)  # shown with their images
     history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
                            live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples), backup)

@@ -20,13 +20,14 @@ from support.images import make_image
 from support.projects import (
     ROOT,
     run,
+    split_images,
 )
 
 pytestmark = pytest.mark.e2e
 
 def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tmp_path):
     """Test images of the run as new files (one in a nested folder), next to broken ones: the good ones get the
-    probabilities the model gives their normalized arrays, so predict prepares images exactly as the pipeline."""
+    probabilities the model gives them as the pipeline decodes them, so predict prepares images exactly as the pipeline."""
     project = fast_run.project
     manifest = pd.read_csv(project / "data/ingested/manifest.csv", dtype={"label": str})
     test = manifest[pd.read_csv(project / "data/split/split.csv")["split"] == "test"].reset_index(drop=True)
@@ -53,7 +54,7 @@ def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tm
     order = [int(Path(path).name.split("_")[0]) for path in rows["path"]]
     assert sorted(order) == list(range(6))
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
-    expected = model.predict(np.load(project / "data/normalized/test_images.npy")[chosen.index[order]].astype("float32"), verbose=0)
+    expected = model.predict(split_images(project)[chosen.index[order]], verbose=0)
     classes = json.loads((project / "models/encoding.json").read_text())["classes"]
     assert list(rows["predicted"]) == [classes[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(rows["probability"], expected.max(axis=1), atol=2e-6)

@@ -22,6 +22,7 @@ from support.projects import (
     file_events,
     make_project,
     run,
+    split_images,
     stages_run,
     status_of,
     write_params,
@@ -50,7 +51,7 @@ def test_a_first_run_runs_every_stage_and_gives_a_loadable_model(fast_run):
     assert fine["model_val_accuracy"] == pytest.approx(fine["val_accuracy"], abs=1e-6), "fine_tune.tta none: the trained weights, as saved"
 
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
-    pixels = np.load(project / "data/normalized/test_images.npy")[:8].astype("float32")
+    pixels = split_images(project)[:8]
     probabilities = model.predict(pixels, verbose=0)
     assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
     assert json.loads((project / "models/encoding.json").read_text())["classes"] == [str(d) for d in range(10)]
@@ -169,7 +170,7 @@ def test_regression_from_csv_end_to_end(tmp_path):
     fine = json.loads((project / "metrics/fine_tune.json").read_text())
     assert fine["model_val_mae"] == pytest.approx(fine["val_mae"], rel=1e-4), "the weight average validated at the best epoch is the one saved"
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(metrics["fine_tuned"]) == {"mae", "rmse", "r2"} and "mae" in metrics["baseline"]
+    assert set(metrics["fine_tuned"]) == {"mae", "rmse", "r2", "within_5", "within_10"} and "mae" in metrics["baseline"]
     report = json.loads((project / "metrics/data.json").read_text())
     reasons = {s["path"]: s["reason"] for s in report["skipped_files"]}
     assert reasons == {"images/missing.png": "row 62: file not found",
@@ -177,7 +178,7 @@ def test_regression_from_csv_end_to_end(tmp_path):
 
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
     predictions = pd.read_csv(project / "plots/evaluate/predictions/fine_tuned.csv")
-    pixels = np.load(project / "data/normalized/test_images.npy").astype("float32")
+    pixels = split_images(project)
     direct = model.predict(pixels, verbose=0).reshape(-1)
     assert np.allclose(direct, predictions["predicted"], rtol=1e-4, atol=1e-3), "the saved model outputs the target's unit"
     assert (project / "plots/evaluate/figures/predicted_vs_actual.png").stat().st_size > 0

@@ -140,7 +140,7 @@ def test_normalize_refuses_an_image_size_above_the_snapshot_before_reading_anyth
     result = run_stage(project, "normalize")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == ("error: normalize.image_size=128 is above ingest.max_short_side=64, so images would be upscaled "
-                                     "from a shrunk snapshot: raise ingest.max_short_side to at least 128 (it reruns ingest)")
+                                     "from a shrunk decode: raise ingest.max_short_side to at least 128 (it reruns ingest)")
 
 
 def test_unfreeze_from_not_a_layer_lists_the_valid_names():

@@ -170,15 +170,15 @@ def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
             make_image(tmp_path / "src" / name / f"{i}.png", (100 * c, 50, 50), noise_seed=i)
     params["data"]["source"] = str(tmp_path / "src")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    full_disk_at(project / "data/ingested/pixels.u8")
+    full_disk_at(project / "data/ingested/manifest.csv")
     result = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/pixels.u8: {DISK_FULL}"
+    assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/manifest.csv: {DISK_FULL}"
     assert os.listdir(project / "data/ingested") == [] and not (project / "metrics").exists()
     (project / "metrics").write_text("")  # now the report's folder is blocked by a file
     result = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True)
     assert result.stderr.strip().splitlines()[-1] == "error: cannot write metrics/data.json: a file is in the way where a folder is needed: move it"
-    assert sorted(os.listdir(project / "data/ingested")) == ["manifest.csv", "pixels.u8"], "complete files; DVC records nothing"
+    assert sorted(os.listdir(project / "data/ingested")) == ["manifest.csv"], "complete files; DVC records nothing"
 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
@@ -207,18 +207,21 @@ def temporary_files(project: Path) -> list[str]:
 @pytest.mark.e2e
 def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_run(fast_run, tmp_path):
     """Same inputs and params, same bytes, interruptions or not: a new project with the fast run's params, killed while
-    normalize writes (SIGKILL of DVC and the stage: a power cut, the OOM killer), interrupted while extract-features
-    writes (Ctrl-C), then resumed to the end, has the uninterrupted fast run's dvc.lock: every output byte for byte."""
+    extract-features writes its first split (SIGKILL of DVC and the stage: a power cut, the OOM killer), interrupted while
+    it writes its second (Ctrl-C), then resumed to the end, has the uninterrupted fast run's dvc.lock: every output byte
+    for byte."""
     project = make_project(tmp_path, FAST)
 
     killed = start(["dvc", "repro"], project)
-    signal_when(killed, project / "data/normalized/train_images.npy.tmp", signal.SIGKILL)
-    assert temporary_files(project) == ["data/normalized/train_images.npy.tmp"], "only the temporary file is partial"
-    assert not (project / "data/normalized/train_images.npy").exists()
-    assert "normalize" not in (project / "dvc.lock").read_text()
+    signal_when(killed, project / "data/features/train_features.npy.tmp", signal.SIGKILL)
+    partial = set(temporary_files(project))
+    assert "data/features/train_features.npy.tmp" in partial and partial <= {
+        "data/features/train_features.npy.tmp", "data/activations/train_activations.npy.tmp"}, "only temporary files are partial"
+    assert not (project / "data/features/train_features.npy").exists()
+    assert "extract-features" not in (project / "dvc.lock").read_text()
 
     interrupted = start(["dvc", "repro"], project)
-    output = signal_when(interrupted, project / "data/features/train_features.npy.tmp", signal.SIGINT)
+    output = signal_when(interrupted, project / "data/features/val_features.npy.tmp", signal.SIGINT)
     assert "error: interrupted; no output was half-written" in output and "Traceback" not in output
     assert temporary_files(project) == [], "an interrupted stage removes its temporary file"
     lock = (project / "dvc.lock").read_text()

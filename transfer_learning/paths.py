@@ -6,15 +6,18 @@ PARAMS = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")                 # the stages: what each reads (resume.fingerprint)
 
 INGESTED = Path("data/ingested")
-MANIFEST = INGESTED / "manifest.csv"        # one row per usable image
-PIXELS = INGESTED / "pixels.u8"             # decoded RGB pixels, back to back
+MANIFEST = INGESTED / "manifest.csv"        # one row per usable image: its file, label, sha256s, duplicate group
 
 SPLIT = Path("data/split/split.csv")        # manifest row -> train | val | test
 
-NORMALIZED = Path("data/normalized")        # <split>_images.npy (uint8), <split>_targets.npy
+# No stage stores pixels: lists of image files and how to decode them (image_sets.py)
+NORMALIZED = Path("data/normalized")        # <split>_images.csv (path, file_sha256), <split>_targets.npy
 ENCODING = NORMALIZED / "encoding.json"     # class order, or target mean/std
+IMAGE_FILES = NORMALIZED / "images.json"    # where the files are, and how one becomes the model's input
 
-AUGMENTED = Path("data/augmented")          # train_images.npy, train_targets.npy
+AUGMENTED = Path("data/augmented")          # train_images.csv (each image, then its variants), train_targets.npy
+AUGMENT = AUGMENTED / "augment.json"        # the variants' transform and seed
+AUGMENT_PREVIEW = AUGMENTED / "preview.png"  # a few training images with their variants
 
 FEATURES = Path("data/features")           # <split>_features.npy, <split>_targets.npy
 
@@ -53,24 +56,29 @@ OUTPUT_FOLDERS = (INGESTED, SPLIT.parent, NORMALIZED, AUGMENTED, FEATURES, ACTIV
 
 
 def split_array(folder: Path, split: str, kind: str) -> Path:
-    """<folder>/<split>_<kind>.npy, e.g. data/normalized/train_images.npy."""
+    """<folder>/<split>_<kind>.npy, e.g. data/normalized/train_targets.npy."""
     return folder / f"{split}_{kind}.npy"
 
 
-# What the models see of each split: the training set augmented (each image followed by its variants),
-# validation and test as normalize wrote them. The one place that says which folder holds which split.
+def split_list(split: str) -> Path:
+    """normalize's list of a split's image files, data/normalized/<split>_images.csv."""
+    return NORMALIZED / f"{split}_images.csv"
 
-def images(split: str) -> Path:
-    return split_array(AUGMENTED if split == "train" else NORMALIZED, split, "images")
+
+# What the models see of each split: the training set augmented (each image followed by its variants),
+# validation and test as normalize listed them. The one place that says which folder holds which split.
+
+def image_list(split: str) -> Path:
+    return AUGMENTED / "train_images.csv" if split == "train" else split_list(split)
 
 
 def targets(split: str) -> Path:
-    """The encoded targets, row for row with images(split)."""
+    """The encoded targets, row for row with image_list(split)."""
     return split_array(AUGMENTED if split == "train" else NORMALIZED, split, "targets")
 
 
 def features(split: str) -> Path:
-    """The frozen base's pooled output, row for row with images(split); beside it a copy of targets(split)."""
+    """The frozen base's pooled output, row for row with image_list(split); beside it a copy of targets(split)."""
     return split_array(FEATURES, split, "features")
 
 
@@ -79,5 +87,5 @@ def feature_targets(split: str) -> Path:
 
 
 def activations(split: str) -> Path:
-    """The frozen base's output below fine_tune.unfreeze_from, row for row with images(split) (train and val only)."""
+    """The frozen base's output below fine_tune.unfreeze_from, row for row with image_list(split) (train and val only)."""
     return split_array(ACTIVATIONS, split, "activations")

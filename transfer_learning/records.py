@@ -63,6 +63,28 @@ class Preparation(Record):
     resize: Resize
 
 
+class ImageFiles(Record):
+    """Where the images are and how a file becomes the model's input (normalize, data/normalized/images.json): the
+    manifest's paths are relative to `source` (or to the folder of its CSV, `csv`). Readers decode the files
+    (image_sets.ImageSet): no stage stores pixels."""
+    source: str
+    csv: str
+    preparation: Preparation
+
+
+class Augmentation(Record):
+    """The training set's random variants (augment, data/augmented/augment.json): the augment params, which
+    augmentation.variant applies with each variant's own seed (seed, image, copy)."""
+    copies: int
+    seed: int
+    horizontal_flip: bool
+    rotation: float
+    width_shift: float
+    height_shift: float
+    shear: float
+    zoom: float
+
+
 class Encoding(Record):
     """What the model's outputs mean: the class order (classification), or the training split's mean and std of the
     target (regression: the network learns the standardized target); beside the saved model also `input`, how images

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 # The stages in dvc.yaml's order; the data stages run no float math that depends on the CPU (docs/reproducibility.md)
@@ -103,7 +105,7 @@ def make_project(tmp_path: Path, params_override: dict) -> Path:
     run(["git", "config", "user.name", "test"], project)
     run(["dvc", "init", "-q"], project)
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")  # the task's plot templates
-    run(["dvc", "config", "core.analytics", "false"], project)
+    shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")  # analytics off, the cache linked (cache.type)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "init"], project)
     return project
@@ -186,3 +188,13 @@ def file_events(log_dir: Path) -> dict[str, set[tuple[str, Path]]]:
         record = json.loads(log.read_text())
         events.setdefault(record["stage"], set()).update((kind, Path(path)) for kind, path in record["events"])
     return events
+
+
+def split_images(project: Path, split: str = "test") -> np.ndarray:
+    """A split's images as the models of a project see them: decoded from the files (image_sets.py), float32."""
+    import contextlib
+
+    from transfer_learning import image_sets
+
+    with contextlib.chdir(project):
+        return np.asarray(image_sets.load(split)).astype("float32")
