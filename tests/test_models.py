@@ -282,3 +282,31 @@ def test_every_trained_model_saves_without_training_configuration_and_loads_in_p
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
     for path in saved:
         np.testing.assert_allclose(np.load(path + ".npy"), expected[path], rtol=0, atol=1e-5, err_msg=Path(path).name)
+
+
+def classes_named(config) -> set[tuple]:
+    """Every (module, class_name, registered_name) a config.json names: what Keras' deserializer looks up."""
+    if isinstance(config, list):
+        return set().union(*map(classes_named, config)) if config else set()
+    if not isinstance(config, dict):
+        return set()
+    named = {(config.get("module"), config.get("class_name"), config.get("registered_name"))} if "class_name" in config else set()
+    return named.union(*map(classes_named, config.values()))
+
+
+def test_the_classes_the_loader_allows_are_those_of_the_projects_models(tmp_path, mobilenet):
+    """model_files.ALLOWED is listed from real saved models: both bases, both poolings, both tasks, test-time flips, the
+    head alone (models/head.keras); every one of them loads, and the list holds nothing they do not need."""
+    vgg = networks.build_base("vgg16", 1.0, "none")
+    found = set()
+    for base, name, pooling, encoding, tta in ((vgg, "vgg16", "flatten", Encoding(task="regression", mean=3.0, std=2.0), "flip"),
+                                               (mobilenet, "mobilenet_v2", "avg", Encoding(task="classification", classes=("a", "b")), "none")):
+        extractor = networks.feature_extractor(base, name, 32, pooling)
+        head = networks.build_head(extractor.output.shape[-1], 4, 0.1, encoding.n_outputs, encoding.task)
+        training.compile_for(head, encoding, "auto", training.optimizer("adam", 1e-3), 0.1)  # as train-head saves it
+        for model, file in ((head, "head.keras"), (packaging.package(networks.assemble(extractor, head), encoding, tta), "model.keras")):
+            model_files.save(model, tmp_path / file)
+            with zipfile.ZipFile(tmp_path / file) as archive:
+                found |= classes_named(json.loads(archive.read("config.json")))
+            model_files.load(tmp_path / file)
+    assert found == model_files.ALLOWED

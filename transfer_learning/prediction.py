@@ -91,6 +91,9 @@ def model_card(path: Path, model) -> Encoding:
     if encoding.input.image_size != model.input_shape[1]:
         raise PipelineError(f"{path} is for {encoding.input.image_size} px images, the model takes {model.input_shape[1]} px: "
                             "they come from two runs; use the encoding.json written with this model")
+    if encoding.is_classification and len(encoding.classes) < 2:  # split refuses data of one class: never trained
+        raise PipelineError(f"{path} names one class ({encoding.classes[0]!r}); a model of this project tells two or more "
+                            "apart: use the encoding.json written with this model")
     outputs = model.output_shape[-1] if len(model.output_shape) == 2 else None
     if outputs != encoding.n_outputs:
         meaning = f"names {encoding.n_outputs} classes" if encoding.is_classification else "is for a regression (one output)"
