@@ -219,13 +219,13 @@ def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_
 
 # The ways fine-tune trains and packages the model: on cached activations (the saved model was never compiled) or end to
 # end (it was), each loss with label smoothing and mixup (training.compile_for), test-time flips or not
-# (packaging.package). Each training setting end to end, and each axis both ways: (cached, task, loss, smoothing, mixup, tta)
+# (packaging.package). Each loss setting end to end, each axis both ways (a product would take a minute):
+# (cached, task, loss, smoothing, mixup, tta)
 CONFIGURATIONS = [(False, "classification", "auto", 0.0, 0.0, "none"), (False, "classification", "auto", 0.1, 0.0, "none"),
                   (False, "classification", "auto", 0.1, 0.0, "flip"), (False, "classification", "auto", 0.0, 0.2, "flip"),
                   (False, "classification", "auto", 0.1, 0.2, "none"), (False, "regression", "mse", 0.0, 0.0, "flip"),
-                  (False, "regression", "huber", 0.0, 0.0, "none"), (False, "regression", "mae", 0.0, 0.0, "flip"),
-                  (True, "classification", "auto", 0.1, 0.2, "flip"), (True, "classification", "auto", 0.0, 0.0, "none"),
-                  (True, "regression", "huber", 0.0, 0.0, "flip")]
+                  (False, "regression", "huber", 0.0, 0.0, "none"), (True, "classification", "auto", 0.1, 0.2, "flip"),
+                  (True, "regression", "mae", 0.0, 0.0, "none")]
 PLAIN_KERAS_LOADS = """
 import json, sys
 import keras, numpy as np
@@ -271,6 +271,8 @@ def test_every_trained_model_saves_without_training_configuration_and_loads_in_p
             # Keras writes "compile_config": {} for a model never compiled
             assert not re.search(r'"compile_config": \{[^}]', archive.read("config.json").decode()), path.name
             assert b"optimizer" not in archive.read("model.weights.h5"), f"{path.name}: the optimizer's state is saved"
+        if tta == "flip":  # evaluate loads it so; end to end with label smoothing it once failed to deserialize
+            np.testing.assert_allclose(call(model_files.load(path), pixels), call(exported, pixels), rtol=0, atol=1e-5)
         saved.append(str(path))
         expected[str(path)] = call(exported, pixels)
     model_files.save(exported, tmp_path / "again.keras")  # the last one was compiled: still reproducible bytes
