@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -211,6 +212,9 @@ def test_a_damaged_or_foreign_model_file_is_one_line(tmp_path, model_folder, cap
     flipped = bytearray(whole)
     flipped[len(whole) // 2] ^= 0xFF  # inside the compressed weights
     damaged = {"flipped.keras": bytes(flipped), "text.keras": b"a model, honestly\n", "truncated.keras": whole[:len(whole) // 2]}
+    with zipfile.ZipFile(tmp_path / "no-model.zip", "w") as archive:  # a zip whose config.json is no model: Keras returned the string
+        archive.writestr("config.json", json.dumps("a string"))
+    damaged["no-model.keras"] = (tmp_path / "no-model.zip").read_bytes()
     root = new_images(tmp_path / "new")
     for name, content in damaged.items():
         path = tmp_path / name
@@ -221,8 +225,9 @@ def test_a_damaged_or_foreign_model_file_is_one_line(tmp_path, model_folder, cap
         lines = capsys.readouterr().err.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: cannot load the model {path}: "), lines
         assert "File not found" not in lines[0] and "Traceback" not in lines[0]
-        wanted = "the file is damaged (model.weights.h5 fails its checksum)" if name == "flipped.keras" else "not a Keras model file (a zip archive)"
-        assert wanted in lines[0], lines[0]
+        wanted = {"flipped.keras": "the file is damaged (model.weights.h5 fails its checksum)",
+                  "no-model.keras": "not a Keras model file (a zip archive): its config.json describes no Keras model"}
+        assert wanted.get(name, "not a Keras model file (a zip archive); it is damaged, truncated") in lines[0], lines[0]
     assert not (tmp_path / "out.csv").exists()
 
 

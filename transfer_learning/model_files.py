@@ -143,14 +143,16 @@ def check_archive(path: Path) -> None:
             config = json.loads(archive.read(info).decode("utf-8"))
     except KeyError:
         raise PipelineError(f"{not_keras}: it holds no config.json; {REBUILD}") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, ValueError, RecursionError, NotImplementedError,
+            RuntimeError) as exc:  # NotImplementedError: an unknown compression; RuntimeError: an encrypted member
         raise PipelineError(f"{not_keras}; it is damaged, truncated or another kind of file ({type(exc).__name__}): "
                             f"copy it again or {REBUILD}") from None
     except OSError as exc:
         raise PipelineError(f"cannot load the model {path}: cannot read it ({exc.strerror or exc})") from None
-    if isinstance(config, dict):
-        # Keras drops the model's own compile_config unread when loading with compile=False (old models carry one)
-        config = {key: value for key, value in config.items() if key != "compile_config"}
+    if not isinstance(config, dict) or (config.get("module"), config.get("class_name")) != ("keras.src.models.functional", "Functional"):
+        raise PipelineError(f"{not_keras}: its config.json describes no Keras model of this project (a Functional model); {REBUILD}")
+    # Keras drops the model's own compile_config unread when loading with compile=False (old models carry one)
+    config = {key: value for key, value in config.items() if key != "compile_config"}
     refused = first_refused_class(config)
     if refused is not None:
         module, class_name, registered_name = (str(part)[:80] if part is not None else None for part in refused)
