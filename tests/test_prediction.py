@@ -264,3 +264,12 @@ def test_a_tampered_encoding_or_one_from_another_run_is_refused_naming_the_field
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'encoding.json'} "), (case, lines)
         assert wanted in lines[0], (case, lines[0])
     assert not out.exists()
+
+    inputs = keras.Input((32, 32, 1))  # gray images in: no encoding.json of this project describes it
+    model_files.save(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))),
+                     tmp_path / "gray.keras")
+    assert cli(root, "-o", out, "--model", tmp_path / "gray.keras", "--encoding", model_folder / "encoding.json") == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: the model {tmp_path / 'gray.keras'} takes inputs of shape (None, 32, 32, 1), "
+                                                    f"not RGB images (height, width, 3) as {model_folder / 'encoding.json'} describes: "
+                                                    "use the model fine-tune wrote"]
+    assert not out.exists()
