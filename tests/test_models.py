@@ -1,7 +1,13 @@
 """The networks: base variants, preprocessing, head, unfreezing with frozen BatchNormalization, saving."""
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -161,7 +167,8 @@ def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
     keras.models.load_model(tmp_path / "evil.keras", safe_mode=False).predict(np.ones((1, 2)), verbose=0)
     assert marker.exists(), "the payload is real"
     marker.unlink()
-    with pytest.raises(PipelineError, match=r"cannot load the model .*evil.keras: .*safe_mode"):
+    with pytest.raises(PipelineError, match=r"cannot load the model .*evil.keras: it names the class keras.layers.Lambda, "
+                                            "which this project never writes"):
         model_files.load(tmp_path / "evil.keras")
     assert not marker.exists()
 
@@ -208,3 +215,100 @@ def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(square, verbose=0), want, rtol=0, atol=1e-4)
+
+
+# The ways fine-tune trains and packages the model: on cached activations (the saved model was never compiled) or end to
+# end (it was), each loss with label smoothing and mixup (training.compile_for), test-time flips or not
+# (packaging.package). Each loss setting end to end, each axis both ways (a product would take a minute):
+# (cached, task, loss, smoothing, mixup, tta)
+CONFIGURATIONS = [(False, "classification", "auto", 0.0, 0.0, "none"), (False, "classification", "auto", 0.1, 0.0, "none"),
+                  (False, "classification", "auto", 0.1, 0.0, "flip"), (False, "classification", "auto", 0.0, 0.2, "flip"),
+                  (False, "classification", "auto", 0.1, 0.2, "none"), (False, "regression", "mse", 0.0, 0.0, "flip"),
+                  (False, "regression", "huber", 0.0, 0.0, "none"), (True, "classification", "auto", 0.1, 0.2, "flip"),
+                  (True, "regression", "mae", 0.0, 0.0, "none")]
+PLAIN_KERAS_LOADS = """
+import json, sys
+import keras, numpy as np
+for path in json.loads(sys.argv[1]):
+    out = keras.models.load_model(path, safe_mode=True)(np.load(sys.argv[2]), training=False)
+    np.save(path + ".npy", np.asarray(out))
+assert not any(name.startswith("transfer_learning") for name in sys.modules), "the project was imported"
+"""
+
+
+def test_every_trained_model_saves_without_training_configuration_and_loads_in_plain_keras(tmp_path):
+    """Fine-tuning end to end with label smoothing or mixup once saved its compile config with the project's
+    SmoothedSparseCrossentropy: plain Keras could not load model.keras ("Could not locate class"), nor evaluate with
+    tta: flip. Each configuration is trained a step, packaged and saved as fine-tune does; one process that never imported
+    the project loads them all (one, not one each: importing TensorFlow takes seconds)."""
+    keras.utils.set_random_seed(0)
+    base = networks.build_base("mobilenet_v2", 0.35, "none")
+    pixels = np.random.default_rng(5).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "pixels.npy", pixels)
+    saved, expected = [], {}
+    for cached, task, loss, smoothing, mixup, tta in CONFIGURATIONS:
+        encoding = (Encoding(task="classification", classes=("a", "b", "c")) if task == "classification"
+                    else Encoding(task="regression", mean=40.0, std=10.0))
+        head = networks.build_head(1280, 4, 0.1, encoding.n_outputs, task)
+        model = networks.assemble(networks.feature_extractor(base, "mobilenet_v2", 32, "avg"), head)
+        networks.unfreeze_from(base, "block_16_expand")
+        if cached:
+            bottom, _ = networks.split_base(base, "block_16_expand")
+            inputs = np.asarray(bottom(pixels / 127.5 - 1))
+            trained = networks.top_model(base, "block_16_expand", inputs.shape[1:], "avg", head)
+        else:
+            inputs, trained = pixels, model
+        training.compile_for(trained, encoding, loss, training.optimizer("adam", 1e-3), smoothing, mixup)
+        targets = np.arange(4) % 3 if task == "classification" else np.linspace(-1, 1, 4, dtype="float32")
+        if training.one_hot_classes(encoding, mixup):
+            targets = np.eye(3, dtype="float32")[targets]
+        trained.run_eagerly = True  # one step, eagerly: the optimizer's state exists, without tracing a training function
+        trained.fit(inputs, targets, batch_size=4, epochs=1, verbose=0)
+        exported = packaging.package(model, encoding, tta)
+        path = tmp_path / f"{'cached' if cached else 'end_to_end'}-{task}-{loss}-s{smoothing}-m{mixup}-{tta}.keras"
+        model_files.save(exported, path)
+        with zipfile.ZipFile(path) as archive:
+            # Keras writes "compile_config": {} for a model never compiled
+            assert not re.search(r'"compile_config": \{[^}]', archive.read("config.json").decode()), path.name
+            assert b"optimizer" not in archive.read("model.weights.h5"), f"{path.name}: the optimizer's state is saved"
+        if tta == "flip":  # evaluate loads it so; end to end with label smoothing it once failed to deserialize
+            np.testing.assert_allclose(call(model_files.load(path), pixels), call(exported, pixels), rtol=0, atol=1e-5)
+        saved.append(str(path))
+        expected[str(path)] = call(exported, pixels)
+    model_files.save(exported, tmp_path / "again.keras")  # the last one was compiled: still reproducible bytes
+    assert (tmp_path / "again.keras").read_bytes() == Path(saved[-1]).read_bytes()
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", PLAIN_KERAS_LOADS, json.dumps(saved), str(tmp_path / "pixels.npy")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
+    for path in saved:
+        np.testing.assert_allclose(np.load(path + ".npy"), expected[path], rtol=0, atol=1e-5, err_msg=Path(path).name)
+
+
+def classes_named(config) -> set[tuple]:
+    """Every (module, class_name, registered_name) a config.json names: what Keras' deserializer looks up."""
+    if isinstance(config, list):
+        return set().union(*map(classes_named, config)) if config else set()
+    if not isinstance(config, dict):
+        return set()
+    named = {(config.get("module"), config.get("class_name"), config.get("registered_name"))} if "class_name" in config else set()
+    return named.union(*map(classes_named, config.values()))
+
+
+def test_the_classes_the_loader_allows_are_those_of_the_projects_models(tmp_path, mobilenet):
+    """model_files.ALLOWED is listed from real saved models: both bases, both poolings, both tasks, test-time flips, the
+    head alone (models/head.keras); every one of them loads, and the list holds nothing they do not need."""
+    vgg = networks.build_base("vgg16", 1.0, "none")
+    found = set()
+    for base, name, pooling, encoding, tta in ((vgg, "vgg16", "flatten", Encoding(task="regression", mean=3.0, std=2.0), "flip"),
+                                               (mobilenet, "mobilenet_v2", "avg", Encoding(task="classification", classes=("a", "b")), "none")):
+        extractor = networks.feature_extractor(base, name, 32, pooling)
+        head = networks.build_head(extractor.output.shape[-1], 4, 0.1, encoding.n_outputs, encoding.task)
+        training.compile_for(head, encoding, "auto", training.optimizer("adam", 1e-3), 0.1)  # as train-head saves it
+        for model, file in ((head, "head.keras"), (packaging.package(networks.assemble(extractor, head), encoding, tta), "model.keras")):
+            model_files.save(model, tmp_path / file)
+            with zipfile.ZipFile(tmp_path / file) as archive:
+                found |= classes_named(json.loads(archive.read("config.json")))
+            model_files.load(tmp_path / file)
+    assert found == model_files.ALLOWED

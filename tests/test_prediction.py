@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 
+from support import hostile_models
 from support.images import make_image
 from transfer_learning import cli as command_line
 from transfer_learning import errors, images, model_files, prediction
@@ -180,3 +182,94 @@ def test_an_output_that_is_an_input_is_refused_and_dash_is_standard_output(tmp_p
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0].startswith("path,predicted,probability") and len(captured.out.splitlines()) == 2
     assert "predict: 1 images -> standard output" in captured.err and not list(cwd.iterdir())
+
+
+def test_a_model_that_runs_code_is_refused_before_anything_runs(tmp_path, capsys):
+    """A .keras file around keras.layers.TFSMLayer: keras 3.12 loads its SavedModel with safe_mode=True, and calling the
+    model ran the graph, which wrote a file (`predict.py imgs --model evil/model.keras` exited 0 and wrote it)."""
+    marker = tmp_path / "written-by-the-model"
+    evil = hostile_models.tfsm_writer(tmp_path, marker)
+    # keras 3.12.0 loads it with safe_mode=True too; safe_mode=False here keeps this check true with a Keras that refuses it
+    keras.models.load_model(evil, safe_mode=False).predict(np.ones((1, 2), "float32"), verbose=0)
+    assert marker.exists(), "the payload is real: calling the model writes the file"
+    marker.unlink()
+
+    with pytest.raises(errors.PipelineError, match=r"it names the class keras.layers.TFSMLayer, which this project never writes"):
+        model_files.load(evil)
+    (tmp_path / "encoding.json").write_text(json.dumps({"task": "classification", "classes": ["a", "b"], "input": PREPARATION}))
+    root = new_images(tmp_path / "new")
+    assert cli(root, "-o", tmp_path / "out.csv", "--model", evil) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: cannot load the model {evil}: it names the class keras.layers.TFSMLayer, which this "
+                                "project never writes (its models hold only plain Keras layers); a model from elsewhere can run "
+                                "code when it is loaded or called: use a model this project trained (`dvc repro`)"]
+    assert not marker.exists() and not (tmp_path / "out.csv").exists(), "no code ran, nothing was written"
+
+
+def test_a_damaged_or_foreign_model_file_is_one_line(tmp_path, model_folder, capsys):
+    """A model.keras with one flipped byte gave a zipfile.BadZipFile traceback; a text file or a truncated copy was
+    reported as "File not found" although it exists."""
+    whole = (model_folder / "model.keras").read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF  # inside the compressed weights
+    damaged = {"flipped.keras": bytes(flipped), "text.keras": b"a model, honestly\n", "truncated.keras": whole[:len(whole) // 2]}
+    with zipfile.ZipFile(tmp_path / "no-model.zip", "w") as archive:  # a zip whose config.json is no model: Keras returned the string
+        archive.writestr("config.json", json.dumps("a string"))
+    damaged["no-model.keras"] = (tmp_path / "no-model.zip").read_bytes()
+    root = new_images(tmp_path / "new")
+    for name, content in damaged.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(errors.PipelineError, match="cannot load the model"):
+            model_files.load(path)
+        assert cli(root, "-o", tmp_path / "out.csv", "--model", path, "--encoding", model_folder / "encoding.json") == 1, name
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot load the model {path}: "), lines
+        assert "File not found" not in lines[0] and "Traceback" not in lines[0]
+        wanted = {"flipped.keras": "the file is damaged (model.weights.h5 fails its checksum)",
+                  "no-model.keras": "not a Keras model file (a zip archive): its config.json describes no Keras model"}
+        assert wanted.get(name, "not a Keras model file (a zip archive); it is damaged, truncated") in lines[0], lines[0]
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_tampered_encoding_or_one_from_another_run_is_refused_naming_the_field(tmp_path, model_folder, capsys):
+    """Each input once gave a traceback, a self-contradicting message, or exit 0 with wrong rows: a regression
+    encoding.json (or "task": "Classification") beside a 3-class model spread each image's probabilities over the next
+    images' rows; missing task/classes -> KeyError; max_megapixels "180" -> TypeError; max_short_side 0 -> exit 0
+    from 1x1 images; resize "stretch" silently padded."""
+    encoding = json.loads((model_folder / "encoding.json").read_text())
+    regression = {"task": "regression", "mean": 3.0, "std": 2.0, "input": PREPARATION}
+
+    def prepared(**change):
+        return encoding | {"input": PREPARATION | change}
+    cases = {
+        "regression for a 3-class model": (regression, "is for a regression (one output), the model has 3 outputs"),
+        "task Classification": (encoding | {"task": "Classification"}, "task: Input should be 'classification' or 'regression'"),
+        "no task": ({k: v for k, v in encoding.items() if k != "task"}, "task: Field required"),
+        "no classes": ({k: v for k, v in encoding.items() if k != "classes"}, "classification needs 'classes'"),
+        "max_megapixels text": (prepared(max_megapixels="180"), "input.max_megapixels: Input should be a valid number"),
+        "image_size text": (prepared(image_size="24"), "input.image_size: Input should be a valid integer"),
+        "max_short_side 0": (prepared(max_short_side=0), "input.max_short_side: Input should be greater than or equal to 8"),
+        "resize stretch": (prepared(resize="stretch"), "input.resize: Input should be 'crop' or 'pad'"),
+        "classes a number": (encoding | {"classes": 3}, "classes: Input should be a valid array"),
+        "one class": (encoding | {"classes": ["cat"]}, "names one class ('cat')"),
+        "std 0": (regression | {"std": 0.0}, "regression needs the target's 'mean' and a positive 'std'"),
+    }
+    root = new_images(tmp_path / "new")
+    out = tmp_path / "out.csv"
+    for case, (content, wanted) in cases.items():
+        (tmp_path / "encoding.json").write_text(json.dumps(content))
+        assert cli(root, "-o", out, "--model", model_folder / "model.keras", "--encoding", tmp_path / "encoding.json") == 1, case
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'encoding.json'} "), (case, lines)
+        assert wanted in lines[0], (case, lines[0])
+    assert not out.exists()
+
+    inputs = keras.Input((32, 32, 1))  # gray images in: no encoding.json of this project describes it
+    model_files.save(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))),
+                     tmp_path / "gray.keras")
+    assert cli(root, "-o", out, "--model", tmp_path / "gray.keras", "--encoding", model_folder / "encoding.json") == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: the model {tmp_path / 'gray.keras'} takes inputs of shape (None, 32, 32, 1), "
+                                                    f"not RGB images (height, width, 3) as {model_folder / 'encoding.json'} describes: "
+                                                    "use the model fine-tune wrote"]
+    assert not out.exists()

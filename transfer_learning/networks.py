@@ -2,7 +2,9 @@
 
 The trained network takes raw RGB pixels (0-255) of shape (image_size, image_size, 3):
     preprocessing -> base (top cut off) -> pooling -> head
-No Lambda layers anywhere, so every saved model loads with keras.models.load_model(..., safe_mode=True).
+No Lambda layers anywhere, so every saved model loads with keras.models.load_model(..., safe_mode=True). A layer class
+new to the project's models must join model_files.ALLOWED, which model_files.load checks first (tests/test_models.py
+lists the classes of real saved models against it).
 How the trained network becomes the file users load (test-time augmentation, the target's unit) is packaging.py;
 saving and loading .keras files is model_files.py.
 """

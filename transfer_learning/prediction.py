@@ -35,7 +35,7 @@ def predict_files(source: Path, output: Path, model_path: Path, encoding_path: P
     if not to_stdout:
         refuse_an_input(output, [source, model_path, encoding_path, *(item.file for item in items)])
     model = model_files.load(model_path)
-    encoding = model_card(encoding_path, model)
+    encoding = model_card(encoding_path, model, model_path)
     top_k = min(top_k, len(encoding.classes or ()))
     predicted = 0
     with (contextlib.nullcontext(None) if to_stdout else files.atomic_path(output)) as tmp, \
@@ -81,16 +81,23 @@ def refuse_an_input(output: Path, inputs: list[Path]) -> None:
                                 "input; give another output file (or -o - for standard output)")
 
 
-def model_card(path: Path, model) -> Encoding:
+def model_card(path: Path, model, model_path: Path) -> Encoding:
     """The model's encoding.json (class order or target unit, and image preparation), validated (records.Encoding) and
     checked against the model: its input size and its number of outputs (classes, or one target)."""
     encoding = Encoding.read(path, "use the encoding.json fine-tune wrote beside this model (or give its place with --encoding)")
     if encoding.input is None:
         raise PipelineError(f"{path} does not say how images are prepared for the model (its 'input'); "
                             "models trained before predict existed lack it: run `dvc repro` to rewrite it")
-    if encoding.input.image_size != model.input_shape[1]:
-        raise PipelineError(f"{path} is for {encoding.input.image_size} px images, the model takes {model.input_shape[1]} px: "
+    size = encoding.input.image_size
+    if not isinstance(model.input_shape, tuple) or len(model.input_shape) != 4 or model.input_shape[3] != 3:
+        raise PipelineError(f"the model {model_path} takes inputs of shape {model.input_shape}, not RGB images "
+                            f"(height, width, 3) as {path} describes: use the model fine-tune wrote")
+    if model.input_shape[1:3] != (size, size):
+        raise PipelineError(f"{path} is for {size} px images, the model takes {model.input_shape[1]} px: "
                             "they come from two runs; use the encoding.json written with this model")
+    if encoding.is_classification and len(encoding.classes) < 2:  # split refuses data of one class: never trained
+        raise PipelineError(f"{path} names one class ({encoding.classes[0]!r}); a model of this project tells two or more "
+                            "apart: use the encoding.json written with this model")
     outputs = model.output_shape[-1] if len(model.output_shape) == 2 else None
     if outputs != encoding.n_outputs:
         meaning = f"names {encoding.n_outputs} classes" if encoding.is_classification else "is for a regression (one output)"
