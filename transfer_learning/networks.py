@@ -141,7 +141,8 @@ def unfreeze_from(base: keras.Model, cut: str | int) -> int:
     BatchNormalization layers.
 
     Frozen BN layers run in inference mode in Keras 3 (`trainable=False` implies it), which keeps their moving statistics
-    intact while the convolutions around them adapt; this holds in every family. LayerNormalization (ConvNeXt) has no
+    intact while the convolutions around them adapt; this holds in every family. Dropout layers below the cut are
+    turned off (EfficientNet's stochastic depth), so the frozen bottom is the same function every epoch. LayerNormalization (ConvNeXt) has no
     statistics to keep, it normalizes each image by itself: above the cut it trains (its scale and offset) like any
     layer, below it is frozen. Returns the number of trainable weights.
     """
@@ -149,6 +150,12 @@ def unfreeze_from(base: keras.Model, cut: str | int) -> int:
     base.trainable = True
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
+        if i < start and isinstance(layer, layers.Dropout):
+            # The frozen bottom computes as at inference, like its BatchNormalization: EfficientNet's blocks end in a
+            # Dropout (stochastic depth) that a training step would run, though its layers are frozen (Keras passes
+            # training=True down to every layer). Off below the cut, the bottom gives the same activations every epoch,
+            # so the cached ones are what end-to-end fine-tuning computes; above the cut it still drops.
+            layer.rate = 0.0
         if layer.trainable and isinstance(layer, keras.Model):  # a nested block (ConvNeXt's stem and downsampling)
             for inner in layer._flatten_layers(include_self=False):
                 inner.trainable = not isinstance(inner, layers.BatchNormalization)
