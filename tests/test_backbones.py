@@ -175,3 +175,23 @@ def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut, lr):
             np.testing.assert_allclose(wa, wb, rtol=0, atol=3e-6, err_msg=a.name)
     np.testing.assert_allclose(np.asarray(cached(images, training=False)), np.asarray(end_to_end(images, training=False)),
                                rtol=0, atol=1e-5)
+
+
+def test_the_cuts_command_lists_the_valid_cuts_with_their_sizes(capsys):
+    """python -m transfer_learning.cuts / transfer-learning cuts: each row a cut split_base accepts, the activations' shape
+    at the given size, the family's default marked; the table in docs/backbones.md names every family and its default."""
+    from support.projects import ROOT
+    from transfer_learning import cli, cuts
+
+    rows = cuts.rows("mobilenet_v2", 96, alpha=0.35)
+    by_name = {row["layer"]: row for row in rows}
+    assert by_name["block_10_expand"]["default"] and sum(row["default"] for row in rows) == 1
+    assert by_name["block_10_expand"]["shape"] == (6, 6, 32) and by_name["block_10_expand"]["kib"] == 6 * 6 * 32 * 4 / 1024
+    assert "block_11_depthwise" not in by_name and "block_11_expand" in by_name
+    args = cli.parser().parse_args(["cuts", "vgg16", "64"])  # transfer-learning cuts vgg16 64, without errors.run's exit
+    cli.COMMANDS[args.command][1](args)
+    printed = capsys.readouterr().out
+    assert "vgg16 at 64x64" in printed and "   15  block5_conv1" in printed and "4x4x512" in printed and "<- default" in printed
+    page = (ROOT / "docs" / "backbones.md").read_text(encoding="utf-8")
+    for family in backbones.FAMILIES.values():
+        assert f"| `{family.name}` | {family.constructor} |" in page and str(family.default_cut) in page

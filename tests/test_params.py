@@ -65,9 +65,9 @@ CASES = [
      "base.alpha=0.75 has no ImageNet weights for mobilenet_v3_small (minimalistic); use one of 1"),
     ({"base.name": "resnet50", "base.minimalistic": True}, "base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, "
                                                            "not resnet50; set it to false"),
-    ({"fine_tune.unfreeze_from": 0}, "fine_tune.unfreeze_from: must be a layer name, `default`, or a number N >= 1 of layers to freeze (got 0)"),
-    ({"fine_tune.unfreeze_from": True}, "fine_tune.unfreeze_from: must be a layer name, `default`, or a number N >= 1 of layers to freeze"),
-    ({"fine_tune.unfreeze_from": 1.5}, "fine_tune.unfreeze_from: must be a layer name, `default`, or a number N >= 1 of layers to freeze"),
+    ({"fine_tune.unfreeze_from": 0}, "fine_tune.unfreeze_from: must be a layer name, 'default', or a number N >= 1 of layers to freeze (got 0)"),
+    ({"fine_tune.unfreeze_from": True}, "fine_tune.unfreeze_from: must be a layer name, 'default', or a number N >= 1 of layers to freeze"),
+    ({"fine_tune.unfreeze_from": 1.5}, "fine_tune.unfreeze_from: must be a layer name, 'default', or a number N >= 1 of layers to freeze"),
     ({"data.task": "ranking"}, "data.task: Input should be 'classification' or 'regression' (got 'ranking')"),
     ({"normalize.resize": "stretch"}, "normalize.resize: Input should be 'crop' or 'pad' (got 'stretch')"),
     ({"fine_tune.optimizer": "adamw"}, "fine_tune.optimizer: Input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')"),

@@ -256,7 +256,7 @@ class FineTune(Fit):
     @classmethod
     def a_layer_or_a_number(cls, value):
         if isinstance(value, bool) or not isinstance(value, (int, str)) or value in ("", 0) or (isinstance(value, int) and value < 0):
-            raise ValueError("must be a layer name, `default`, or a number N >= 1 of layers to freeze")
+            raise ValueError("must be a layer name, 'default', or a number N >= 1 of layers to freeze")
         return value
 
 
