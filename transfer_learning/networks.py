@@ -3,6 +3,8 @@
 The trained network takes raw RGB pixels (0-255) of shape (image_size, image_size, 3):
     preprocessing -> base (top cut off) -> pooling -> head
 No Lambda layers anywhere, so every saved model loads with keras.models.load_model(..., safe_mode=True).
+The base is any ImageNet family of keras.applications: the table of families (constructor, preprocessing, sizes,
+default cut) is backbones.py, docs/backbones.md.
 How the trained network becomes the file users load (test-time augmentation, the target's unit) is packaging.py;
 saving and loading .keras files is model_files.py.
 """
@@ -128,11 +130,6 @@ def cut_index(base: keras.Model, cut: str | int) -> int:
         raise PipelineError(f"fine_tune.unfreeze_from {cut!r} is not a layer of {base.name}; for example: {', '.join(blocks[:40])} "
                             f"(or a number of layers to freeze; `python -m transfer_learning.cuts <base.name>` lists the cuts)")
     return names.index(cut)
-
-
-
-def check_layer(base: keras.Model, layer_name: str | int) -> None:
-    cut_index(base, layer_name)
 
 
 
