@@ -189,7 +189,7 @@ def test_the_cuts_command_lists_the_valid_cuts_with_their_sizes(capsys):
     rows = cuts.rows("mobilenet_v2", 96, alpha=0.35)
     by_name = {row["layer"]: row for row in rows}
     assert by_name["block_10_expand"]["default"] and sum(row["default"] for row in rows) == 1
-    assert by_name["block_10_expand"]["shape"] == (6, 6, 32) and by_name["block_10_expand"]["kib"] == 6 * 6 * 32 * 4 / 1024
+    assert by_name["block_10_expand"]["shape"] == (6, 6, 24) and by_name["block_10_expand"]["kib"] == 6 * 6 * 24 * 4 / 1024
     assert "block_11_depthwise" not in by_name and "block_11_expand" in by_name
     args = cli.parser().parse_args(["cuts", "vgg16", "64"])  # transfer-learning cuts vgg16 64, without errors.run's exit
     cli.COMMANDS[args.command][1](args)
