@@ -14,18 +14,18 @@ The base runs under train.strategy (transfer_learning/distribute.py): each batch
 """
 import numpy as np
 
-from transfer_learning import distribute, files, image_sets, inference, networks, params, paths, seeding
+from transfer_learning import backbones, distribute, files, image_sets, inference, networks, params, paths, seeding
 from transfer_learning.errors import run
 
 
 def main():
     p = params.load()
-    cut = p.fine_tune.unfreeze_from if p.fine_tune.cache_activations else None
+    cut = backbones.cut(p.base.name, p.fine_tune.unfreeze_from) if p.fine_tune.cache_activations else None
     strategy = distribute.strategy(p.train.strategy)
     seeding.make_deterministic(0)
     networks.set_precision(p.base.precision)
     with strategy.scope():
-        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights)
+        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights, p.base.minimalistic, p.normalize.image_size)
         features_only = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
         extractor = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut) if cut else features_only
     info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": p.fine_tune.unfreeze_from, "dtype": "float32"}

@@ -15,6 +15,7 @@ Each finished epoch is backed up (transfer_learning/resume.py): rerun after an i
 import numpy as np
 
 from transfer_learning import (
+    backbones,
     batches,
     distribute,
     epoch_samples,
@@ -37,6 +38,7 @@ from transfer_learning.errors import PipelineError, run
 def main():
     p = params.load()
     cfg = p.fine_tune
+    cut = backbones.cut(p.base.name, cfg.unfreeze_from)  # a layer name or a number of layers to freeze
     seeding.make_deterministic(cfg.seed, threads=cfg.threads)
     strategy = distribute.strategy(p.train.strategy)
     encoding = records.Encoding.read(paths.ENCODING)
@@ -48,15 +50,15 @@ def main():
                             classes=classes, mixup=cfg.mixup)
     val = batches.Batches(inputs("val"), files.load_npy(paths.targets("val")), cfg.batch_size, replicas=replicas, classes=classes)
     with strategy.scope():
-        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights)
+        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights, p.base.minimalistic, p.normalize.image_size)
         head = model_files.load(paths.HEAD_MODEL)
         model = networks.assemble(networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling), head)
-        n_trainable = networks.unfreeze_from(base, cfg.unfreeze_from)
+        n_trainable = networks.unfreeze_from(base, cut)
         if cfg.cache_activations:  # shares its layers with `model`: training it trains the model
-            trained = networks.top_model(base, cfg.unfreeze_from, activation_shape(), p.base.pooling, head)
+            trained = networks.top_model(base, cut, activation_shape(), p.base.pooling, head)
         else:
             trained = model
-        print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cfg.unfreeze_from} up "
+        print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cut} up "
               f"(BatchNormalization frozen), trained on {'cached activations' if cfg.cache_activations else 'images'}")
         opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train),
                                   ema=cfg.ema)

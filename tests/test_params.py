@@ -50,7 +50,24 @@ CASES = [
     ({"ingest.max_megapixels": 5000}, "ingest.max_megapixels: Input should be less than or equal to 1000 (got 5000)"),
     ({"ingest.workers": 4}, "unknown key ingest.workers; ingest keys: max_short_side, max_megapixels"),
     # allowed values
-    ({"base.name": "resnet"}, "base.name: Input should be 'mobilenet_v2' or 'vgg16' (got 'resnet')"),
+    ({"base.name": "resnet"}, "base.name 'resnet' is not a keras.applications base; did you mean resnet50 or resnet101 or resnet152? "
+                              "the bases: vgg16, vgg19, xception, inception_v3,"),
+    ({"base.name": "ResNet50V2"}, "base.name 'ResNet50V2' is not a keras.applications base; did you mean"),
+    ({"base.name": "inception_v3", "normalize.image_size": 64}, "normalize.image_size=64 is below 75, the smallest input inception_v3 "
+                                                                "takes; raise it to at least 75"),
+    ({"base.name": "xception", "normalize.image_size": 70}, "normalize.image_size=70 is below 71, the smallest input xception takes"),
+    ({"base.name": "nasnet_mobile", "normalize.image_size": 96}, "normalize.image_size=96: nasnet_mobile with base.weights=imagenet "
+                                                                 "takes only 224 (the size its weights were made for); set "
+                                                                 "normalize.image_size to it, or base.weights: none"),
+    ({"base.name": "nasnet_large", "normalize.image_size": 224}, "normalize.image_size=224: nasnet_large with base.weights=imagenet takes only 331"),
+    ({"base.name": "mobilenet", "base.alpha": 0.35}, "base.alpha=0.35 has no ImageNet weights for mobilenet; use one of 0.25, 0.5, 0.75, 1"),
+    ({"base.name": "mobilenet_v3_small", "base.alpha": 0.75, "base.minimalistic": True},
+     "base.alpha=0.75 has no ImageNet weights for mobilenet_v3_small (minimalistic); use one of 1"),
+    ({"base.name": "resnet50", "base.minimalistic": True}, "base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, "
+                                                           "not resnet50; set it to false"),
+    ({"fine_tune.unfreeze_from": 0}, "fine_tune.unfreeze_from: must be a layer name, 'default', or a number N >= 1 of layers to freeze (got 0)"),
+    ({"fine_tune.unfreeze_from": True}, "fine_tune.unfreeze_from: must be a layer name, 'default', or a number N >= 1 of layers to freeze"),
+    ({"fine_tune.unfreeze_from": 1.5}, "fine_tune.unfreeze_from: must be a layer name, 'default', or a number N >= 1 of layers to freeze"),
     ({"data.task": "ranking"}, "data.task: Input should be 'classification' or 'regression' (got 'ranking')"),
     ({"normalize.resize": "stretch"}, "normalize.resize: Input should be 'crop' or 'pad' (got 'stretch')"),
     ({"fine_tune.optimizer": "adamw"}, "fine_tune.optimizer: Input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')"),
@@ -85,6 +102,17 @@ CASES = [
 def test_the_committed_params_are_valid():
     p = params.load(ROOT / "params.yaml")
     assert p.data.source == "data/raw/digits" and p.data.csv == "" and p.base.name == "mobilenet_v2"
+
+
+def test_other_bases_and_numeric_cuts_load(tmp_path):
+    """Any family (the default alpha 0.35 is ignored where there is no width multiplier), at its smallest size; a cut by
+    number stays a number, a name a name."""
+    p = params.load(write_params(tmp_path, {"base.name": "inception_v3", "normalize.image_size": 75, "fine_tune.unfreeze_from": 249}))
+    assert p.fine_tune.unfreeze_from == 249 and isinstance(p.fine_tune.unfreeze_from, int)
+    p = params.load(write_params(tmp_path, {"base.name": "nasnet_mobile", "base.weights": "none", "fine_tune.unfreeze_from": "default"}))
+    assert p.fine_tune.unfreeze_from == "default"
+    p = params.load(write_params(tmp_path, {"base.name": "mobilenet_v3_large", "base.alpha": 1.0, "base.minimalistic": True}))
+    assert p.base.minimalistic
 
 
 @pytest.mark.parametrize("change, message", [case for case in CASES if case[1]], ids=lambda v: "" if isinstance(v, str) else str(v))
@@ -172,9 +200,11 @@ def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activat
     with pytest.raises(PipelineError) as info:
         networks.feature_extractor(base, "mobilenet_v2", 32, "avg", layer)
     text = str(info.value)
-    assert text.startswith(f"fine_tune.unfreeze_from {layer!r} {why}; pick one of ") and "\n" not in text, text
-    valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")
-    assert "block_16_expand" in valid and not [name for name in valid if name.endswith("_add") or name.startswith("input_layer")]
+    assert text.startswith(f"fine_tune.unfreeze_from {layer!r} {why}; the nearest cuts that can be cached: ") and "\n" not in text, text
+    assert text.endswith("(all: python -m transfer_learning.cuts <base.name> <image size>; or set fine_tune.cache_activations: false)")
+    valid = re.findall(r"(\d+) \((\w+)\)", text.split("can be cached: ")[1])
+    assert len(valid) >= 3 and not [name for _, name in valid if name.endswith("_add") or name.startswith("input_layer")], valid
+    assert all(base.layers[int(number)].name == name for number, name in valid), "each cut by its number and its name"
     with pytest.raises(PipelineError, match=f"^fine_tune.unfreeze_from {layer!r} {re.escape(why)}"):
         networks.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))
 

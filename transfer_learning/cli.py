@@ -1,6 +1,7 @@
 """The project's command line: `transfer-learning <command>` (installed by `pip install -e .`, see pyproject.toml).
 
     transfer-learning predict new_images/ -o predictions.csv     # the trained model on new images, one CSV row each
+    transfer-learning cuts inception_v3 299                      # a base's valid fine-tune cuts (docs/backbones.md)
 
 Argument parsing imports nothing heavy: TensorFlow (about 5 s to import) loads only when a command needs it.
 """
@@ -30,7 +31,21 @@ def predict(args: argparse.Namespace) -> None:
     prediction.predict_files(args.source, args.output, args.model, args.encoding, args.path_column, args.top_k)
 
 
-COMMANDS = {"predict": (predict_arguments, predict, "nothing to resume: run it again", "the trained model on new images: one CSV row each")}
+def cuts_arguments(parser: argparse.ArgumentParser) -> None:
+    from transfer_learning import cuts  # the table of bases only: no TensorFlow yet
+
+    cuts.arguments(parser)
+
+
+def cuts(args: argparse.Namespace) -> None:
+    from transfer_learning import cuts  # imports TensorFlow when it builds the base
+
+    cuts.main(args)
+
+
+COMMANDS = {"predict": (predict_arguments, predict, "nothing to resume: run it again", "the trained model on new images: one CSV row each"),
+            "cuts": (cuts_arguments, cuts, "nothing to resume: run it again", "where fine_tune.unfreeze_from can cut a base, with cached "
+                                                                                "activations, and their sizes (docs/backbones.md)")}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
 """Where the fine-tuned model looked: Grad-CAM class-activation heatmaps (Selvaraju et al., 2017) of the saved model.
 
 The saved model (raw pixels in) is read as it is: the network in it whose layers include a convolutional base (a nested
-model with a 4-D output, whatever the base), and in the base its last convolutional feature map: the output of its
-last convolution with the normalization and activation layers right after it (MobileNetV2: out_relu; VGG16:
-block5_conv3, before the last max pooling). Grad-CAM weighs each channel of that map by the mean gradient of the
+model with a 4-D output, whatever the base), and in the base its last convolutional feature map: its last layer with
+a 4-D output that is not a pooling layer (MobileNetV2: out_relu; VGG16: block5_conv3, before the last max pooling;
+every keras.applications family, docs/backbones.md). Grad-CAM weighs each channel of that map by the mean gradient of the
 score (the class's logit, before the softmax; regression: the predicted target) and keeps the positive part, so the
 map shows what raised the score. With test-time augmentation (fine_tune.tta: flip) the network inside the flip
 average is explained, on the image as it is.
@@ -33,8 +33,8 @@ CORRECT_PER_CLASS = 2   # most confident correct test images per class (regressi
 CORRECT_MAX = 24        # at most this many correct images (many classes: the first classes)
 BATCH = 16              # images per gradient pass
 COLUMNS, CELL = 6, 1.6  # the grids: images per row, inches per image (160 pixels)
-# Layers that keep the resolution of the convolution before them: part of the feature map it ends
-SAME_MAP = (layers.BatchNormalization, layers.ReLU, layers.Activation, layers.LayerNormalization)
+# Layers after the last feature map, skipped in the search for it
+POOLING = (layers.MaxPooling2D, layers.AveragePooling2D)
 
 
 class Explainer:
@@ -119,13 +119,14 @@ def network_and_base(model: keras.Model):
 
 
 def last_feature_map(base: keras.Model) -> layers.Layer:
-    """The base's last convolution, or the last of the normalization/activation layers right after it."""
-    convolutions = [i for i, layer in enumerate(base.layers) if hasattr(layer, "kernel_size") and len(layer.output.shape) == 4]
-    if not convolutions:
+    """The base's last feature map: its last layer with a 4-D output that is not a pooling layer (VGG: block5_conv3
+    before the last max pooling; MobileNetV2: out_relu; ResNet V2: post_relu; ConvNeXt: its final LayerNormalization),
+    which every keras.applications family ends with after its last convolution."""
+    if not any(hasattr(layer, "kernel_size") for layer in base._flatten_layers(include_self=False)):
         raise PipelineError(f"base {base.name}: no convolution in it; heatmaps need a convolutional base")
-    end = convolutions[-1]
-    while end + 1 < len(base.layers) and isinstance(base.layers[end + 1], SAME_MAP) and base.layers[end + 1].input is base.layers[end].output:
-        end += 1
+    end = len(base.layers) - 1
+    while end > 0 and (isinstance(base.layers[end], POOLING) or len(base.layers[end].output.shape) != 4):
+        end -= 1
     return base.layers[end]
 
 

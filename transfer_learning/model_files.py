@@ -34,7 +34,7 @@ def _layers(*names: str) -> set[tuple]:
 # flips and the regression's target unit (packaging.py), in float32 or mixed_bfloat16 (tests/test_models.py lists them
 # from real saved models). The project registers no layer of its own; its loss (training.SmoothedSparseCrossentropy)
 # is training configuration, which `save` leaves out.
-ALLOWED = {
+CORE = {
     ("keras.src.models.functional", "Functional", "Functional"),
     (None, "__keras_tensor__", None),  # a layer's input, by the name of the layer that makes it
     ("keras", "DTypePolicy", None),
@@ -42,6 +42,21 @@ ALLOWED = {
     *_layers("InputLayer", "Rescaling", "Dense", "Dropout", "GlobalAveragePooling2D", "Flatten", "Permute", "Average",
              "Conv2D", "DepthwiseConv2D", "BatchNormalization", "ReLU", "Add", "ZeroPadding2D", "MaxPooling2D"),
 }
+# What the other keras.applications families add (backbones.py; listed from a saved model of one family per
+# keras.applications module, tests/test_backbones.py loads them through `load`): plain layers, two of Keras' own
+# application layers (ConvNeXt's LayerScale, InceptionResNetV2's CustomScaleLayer: a weight times the input) and the
+# ops that `x + y` and `x * y` between tensors become. None holds code or a file name.
+APPLICATIONS = {
+    ("keras", "Sequential", None),
+    *{("keras.initializers", name, None) for name in ("HeNormal", "VarianceScaling")},
+    *_layers("Activation", "AveragePooling2D", "Concatenate", "Cropping2D", "LayerNormalization", "Multiply", "Normalization",
+             "Reshape", "SeparableConv2D"),
+    ("keras.src.applications.convnext", "LayerScale", "LayerScale"),
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer", "CustomScaleLayer"),
+    ("keras.src.ops.numpy", "Add", "Add"),
+    ("keras.src.ops.numpy", "Multiply", "Multiply"),
+}
+ALLOWED = CORE | APPLICATIONS
 
 
 def save(model: keras.Model, path: Path) -> None:

@@ -11,19 +11,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from transfer_learning import paths
+from transfer_learning import backbones, paths
 from transfer_learning.errors import PipelineError
 
-BASE_NAMES = ("mobilenet_v2", "vgg16")
+BASE_NAMES = backbones.NAMES  # every ImageNet family of keras.applications (backbones.py)
 SEED_LIMIT = 2**32         # NumPy and TensorFlow seeds are 32-bit: a larger one would crash train-head with a traceback
 MIN_FRACTION = 0.001       # least split.val, split.test and training share: each split needs one image per class, so
                            # smaller fractions would need thousands of images per class (and a long loop to say so)
 MAX_AUGMENT_COPIES = 100   # the augmented training set is copies + 1 times the normalized one, on disk and in every epoch
 MAX_MIXUP = 10            # mixup's Beta(alpha, alpha): larger alphas all blend about half and half
 MAX_FOLDS = 20            # train_head.folds: each fold trains a head
-MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras has ImageNet weights for
 
 
 # How an image file becomes the model's input: params of ingest and normalize that the saved model's encoding.json
@@ -141,10 +140,15 @@ class Augment(Section):
 
 
 class Base(Section):
-    name: Literal[BASE_NAMES]
-    """The pretrained convolutional base, its classifier cut off."""
+    name: str
+    """The pretrained convolutional base, its classifier cut off: any ImageNet family of keras.applications in snake case
+    (`mobilenet_v2`, `vgg16`, `resnet50_v2`, `inception_v3`, `efficientnet_v2_b0`, `convnext_tiny`, ...; the table, its
+    input sizes and default cuts: docs/backbones.md)."""
     alpha: float = Field(gt=0)
-    """MobileNetV2 width multiplier (ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)."""
+    """Width multiplier of MobileNet, MobileNetV2 and MobileNetV3 (ImageNet weights: MobileNet 0.25, 0.5, 0.75, 1;
+    MobileNetV2 0.35, 0.5, 0.75, 1, 1.3, 1.4; MobileNetV3 0.75, 1, minimalistic 1); the other families ignore it."""
+    minimalistic: bool
+    """MobileNetV3 only: the minimalistic variant (no squeeze-and-excite, hard-swish or 5x5 convolutions)."""
     weights: str
     """`imagenet` (Keras' cache, ~/.keras/models), `none` (random), or `weights/<name>.weights.h5`: your own, in the
     project's `weights/` folder, a dependency of every stage that builds the base."""
@@ -157,9 +161,14 @@ class Base(Section):
 
     @model_validator(mode="after")
     def weights_exist(self):
-        if self.name == "mobilenet_v2" and self.weights == "imagenet" and self.alpha not in MOBILENET_V2_ALPHAS:
-            raise ValueError(f"base.alpha={self.alpha:g} has no ImageNet weights for mobilenet_v2; "
-                             f"use one of {', '.join(f'{a:g}' for a in MOBILENET_V2_ALPHAS)}")
+        family = backbones.get(self.name)  # a ValueError naming the closest bases
+        if self.minimalistic and not family.minimalistic:
+            raise ValueError(f"base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, not {self.name}; set it to false")
+        alphas = family.imagenet_alphas(self.minimalistic)
+        if alphas is not None and self.weights == "imagenet" and self.alpha not in alphas:
+            variant = f"{self.name}{' (minimalistic)' if self.minimalistic else ''}"
+            raise ValueError(f"base.alpha={self.alpha:g} has no ImageNet weights for {variant}; "
+                             f"use one of {', '.join(f'{a:g}' for a in alphas)}")
         if self.weights not in ("imagenet", "none"):
             weights = Path(self.weights)
             if not self.weights.endswith(".weights.h5") or weights.is_absolute() or leaves(self.weights) or weights.parts[0] != paths.WEIGHTS.name:
@@ -222,9 +231,12 @@ class FineTune(Fit):
     mixup: float = Field(ge=0, le=MAX_MIXUP)
     """As for train_head; on the cached activations the rows are blended inside the network ("manifold mixup"), end to
     end the images are."""
-    unfreeze_from: str
-    """First base layer to train; every layer above it trains too, BatchNormalization stays frozen. With cached
-    activations it must start a block (no residual connection may jump over it): the error lists the valid names."""
+    unfreeze_from: int | str
+    """First base layer to train, by name, or a number N: the first N layers of the base stay frozen, layer N and above
+    train (InceptionV3: 249, as the Keras notes write it); `default`: the family's default cut (docs/backbones.md).
+    BatchNormalization stays frozen in every family. With cached activations the frozen bottom's output must be one
+    tensor (no residual connection may jump over the cut): the error lists the nearest valid cuts, and
+    `python -m transfer_learning.cuts <base.name> <image size>` lists them all with their activation sizes."""
     momentum: float = Field(ge=0, lt=1)
     """SGD momentum."""
     cache_activations: bool
@@ -239,6 +251,13 @@ class FineTune(Fit):
     ema: float = Field(ge=0, lt=1)
     """Weight averaging: an exponential moving average of the weights over the steps (Keras' use_ema, e.g. 0.99) is
     validated, restored and saved; `0` is off."""
+
+    @field_validator("unfreeze_from", mode="before")
+    @classmethod
+    def a_layer_or_a_number(cls, value):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value in ("", 0) or (isinstance(value, int) and value < 0):
+            raise ValueError("must be a layer name, 'default', or a number N >= 1 of layers to freeze")
+        return value
 
 
 class Train(Section):
@@ -258,6 +277,19 @@ class Params(Section):
     train_head: TrainHead
     fine_tune: FineTune
     train: Train
+
+    @model_validator(mode="after")
+    def base_takes_the_image_size(self):
+        """normalize.image_size against the base's input-size rules (Keras' own check would fail only in extract-features)."""
+        family, size = backbones.FAMILIES[self.base.name], self.normalize.image_size
+        if size < family.min_size:
+            raise ValueError(f"normalize.image_size={size} is below {family.min_size}, the smallest input {self.base.name} takes; "
+                             f"raise it to at least {family.min_size}")
+        if family.imagenet_sizes and self.base.weights == "imagenet" and size not in family.imagenet_sizes:
+            raise ValueError(f"normalize.image_size={size}: {self.base.name} with base.weights=imagenet takes only "
+                             f"{' or '.join(map(str, family.imagenet_sizes))} (the size its weights were made for); "
+                             "set normalize.image_size to it, or base.weights: none")
+        return self
 
 
 def load(path: Path = paths.PARAMS) -> Params:

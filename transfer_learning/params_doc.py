@@ -29,7 +29,7 @@ def allowed(field) -> str:
         return ", ".join(shown[:-1]) + f" or {shown[-1]}"
     if field.annotation is bool:
         return "`true` or `false`"
-    kind = {int: "a whole number", float: "a number", str: "text"}[field.annotation]
+    kind = {int: "a whole number", float: "a number", str: "text", int | str: "a layer name, `default` or a whole number ≥ 1"}[field.annotation]
     bounds = [f"{symbol} {number(getattr(meta, name))}" for meta in field.metadata for cls, symbol in BOUNDS.items()
               if isinstance(meta, cls) for name in ("ge", "gt", "le", "lt") if hasattr(meta, name)]
     bounds += ["not empty" for meta in field.metadata if isinstance(meta, annotated_types.MinLen)]
