@@ -131,17 +131,21 @@ def unfreeze_from(base: keras.Model, layer_name: str) -> int:
 def split_base(base: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
     """The base cut at the input of `layer_name`: base(x) == top(bottom(x)), sharing its layers.
 
-    The cut must be a single tensor: not the input layer (nothing below it), not a layer joining
-    branches (an Add of a residual connection takes two), and no layer above it may read an
-    activation from below it (a residual connection jumping over the cut), which is true at the
+    The cut must be a single tensor: not the input layer or the first layer (nothing below them), not a
+    layer joining branches (an Add of a residual connection takes two), and no layer above it may read
+    an activation from below it (a residual connection jumping over the cut), which is true at the
     first layer of every block.
     """
     check_layer(base, layer_name)
     top = _top(base, layer_name)
     if top is None:
         inputs = base.get_layer(layer_name).input
+        below = base.layers[:[layer.name for layer in base.layers].index(layer_name)]
         if isinstance(base.get_layer(layer_name), layers.InputLayer):
             why = " is the input layer of the base, with nothing below it to cache"
+        elif all(isinstance(layer, layers.InputLayer) for layer in below):  # VGG16's block1_conv1, MobileNetV2's Conv1
+            why = (" is the first layer of the base: nothing lies below it, so there is nothing to cache or keep frozen "
+                   "(every layer would train)")
         elif isinstance(inputs, (list, tuple)):
             why = f" takes {len(inputs)} inputs (it joins the branches of a residual connection), so what enters it is not one activation"
         else:
