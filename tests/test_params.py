@@ -261,3 +261,28 @@ def test_an_error_line_is_at_most_2000_characters(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: params.yaml: data.target_column: Input should be") and err.endswith("…\n")
     assert len(err) == len("error: ") + errors.MAX_MESSAGE + 1
+
+
+def test_check_params_applies_overrides_as_dvc_exp_run_does(tmp_path, monkeypatch, capsys):
+    """`transfer-learning check-params -S key=value`: the stages' check in the workspace, before queueing."""
+    from transfer_learning import cli
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    (tmp_path / "images").mkdir()
+
+    def check(*overrides: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["check-params", *[arg for text in overrides for arg in ("-S", text)]])
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return info.value.code, out.out + out.err
+
+    assert check("fine_tune.lr=0.001", "augment.horizontal_flip=true") == (
+        0, "params.yaml: valid with fine_tune.lr=0.001, augment.horizontal_flip=true\n")
+    code, line = check("data.source=../images")
+    assert code == 1 and line.startswith("error: params.yaml: data.source ../images is a relative path outside the project: "
+                                         f"give its absolute path ({tmp_path.parent / 'images'})")
+    assert check("fine_tune.lr=fast")[1].startswith("error: params.yaml: fine_tune.lr: Input should be a valid number")
+    assert check("lr=1") == (1, "error: -S lr=1: expected section.key=value, e.g. -S fine_tune.lr=0.0001\n")
+    assert check("head.units=[1")[1].startswith("error: -S head.units=[1: the value is not YAML (")

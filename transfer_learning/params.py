@@ -261,8 +261,11 @@ class Params(Section):
     train: Train
 
 
-def load(path: Path = paths.PARAMS) -> Params:
-    """params.yaml (yaml.safe_load: no Python tags) validated against the schema, or a one-line PipelineError."""
+def load(path: Path = paths.PARAMS, overrides: dict | None = None) -> Params:
+    """params.yaml (yaml.safe_load: no Python tags) validated against the schema, or a one-line PipelineError.
+
+    overrides: {"section.key": value}, applied as `dvc exp run -S section.key=value` would (`transfer-learning
+    check-params`)."""
     try:
         raw = read_yaml(path.read_text(encoding="utf-8"), path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -271,10 +274,28 @@ def load(path: Path = paths.PARAMS) -> Params:
         raise PipelineError(f"{path}: cannot read params (nested too deeply); params.yaml needs a few levels of sections") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected sections {', '.join(Params.model_fields)}, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(raw.get(section, {}), dict):
+            raise PipelineError(f"-S {dotted}: {path} has no section {section} to set it in")
+        raw[section] = {**raw.get(section, {}), key: value}
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise PipelineError(f"{path}: {describe(exc)}") from None
+
+
+def override(text: str, path: Path = paths.PARAMS) -> tuple[str, object]:
+    """`section.key=value` as `dvc exp run -S` reads it (the value is YAML: 0.1 a number, true a boolean) ->
+    ("section.key", value)."""
+    dotted, equals, value = text.partition("=")
+    section, _, key = dotted.partition(".")
+    if not equals or not section or not key or "." in key:
+        raise PipelineError(f"-S {text}: expected section.key=value, e.g. -S fine_tune.lr=0.0001")
+    try:
+        return dotted, read_yaml(value, path)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PipelineError(f"-S {text}: the value is not YAML ({' '.join(str(exc).split())})") from None
 
 
 # The most values params.yaml may hold once its YAML aliases are expanded: the real file holds about a hundred.
