@@ -60,21 +60,26 @@ def tag_of(overrides: dict) -> str:
 def smoke_configs() -> dict:
     """CONFIGS on a few generated images (classes; ages for the regression) with the smallest params."""
     return {"flowers": harness.smoke_flowers_params(),
-            "utkface": CONFIGS["utkface"] | harness.SMOKE_PARAMS | {"data.source": str(harness.smoke_images("ages"))}}
+            "utkface": CONFIGS["utkface"] | harness.SMOKE_PARAMS | {"data.source": str(harness.smoke_images("ages")),
+                                                                     "split.bins": 3}}  # 24 ages: 8 a bin
 
 
 def prepare(project_arg: str | None, baseline: dict | None = None) -> Path:
     """baseline: params set and committed in a fresh clone before its first `dvc repro` (--smoke: not the digits run)."""
     if project_arg is None:
         project = harness.clone("quality")
-        if baseline:
+        if baseline:  # its run committed as the baseline: the committed dvc.lock then names what the cache holds
             harness.set_params(project, baseline)
-            subprocess.run(["git", "commit", "-qam", "smoke baseline"], cwd=project, check=True)
-        # the committed run (digits) into the clone's DVC cache: an experiment whose data stages come from the run cache
-        # still loads the committed dvc.lock's output folders, and fails where the cache lacks them
-        print(f"dvc repro of the committed params (digits) in {project} ...", flush=True)
-        harness.run(["dvc", "repro"], project)
-        subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)  # the workspace as committed (the cache keeps the run)
+            print(f"dvc repro of the smoke baseline in {project} ...", flush=True)
+            harness.run(["dvc", "repro"], project)
+            subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+            subprocess.run(["git", "commit", "-qm", "smoke baseline"], cwd=project, check=True)
+        else:
+            # the committed run (digits) into the clone's DVC cache: an experiment whose data stages come from the run
+            # cache still loads the committed dvc.lock's output folders, and fails where the cache lacks them
+            print(f"dvc repro of the committed params (digits) in {project} ...", flush=True)
+            harness.run(["dvc", "repro"], project)
+            subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)  # the workspace as committed (the cache keeps the run)
     else:
         project = Path(project_arg).resolve()
         subprocess.run(["git", "pull", "-q", "--ff-only"], cwd=project, check=True)
