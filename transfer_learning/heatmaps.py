@@ -184,7 +184,7 @@ def write(model: keras.Model, images: np.ndarray, worst: pd.DataFrame, correct: 
     explainer = Explainer(model)
     task = encoding.task
     shown = {"mistakes.png": worst.head(MISTAKES), "correct.png": correct}
-    index = {name: i for i, name in enumerate(encoding.classes)}
+    index = {name: i for i, name in enumerate(encoding.classes or ())}  # a regression has no classes (None)
     titles = {"mistakes.png": review.figure_title(worst, task, MISTAKES).replace("Fine-tuned model:", "Grad-CAM of the fine-tuned model:"),
               "correct.png": "Grad-CAM of the fine-tuned model: its most confident correct test images" if task == "classification"
               else "Grad-CAM of the fine-tuned model: the test images with the smallest errors"}
