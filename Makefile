@@ -14,7 +14,7 @@ VEGA := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 BASE ?= main
 PYTHON ?= $(BIN)/python
 
-.PHONY: run test install keras-cache vega review
+.PHONY: run test benchmarks-smoke install keras-cache vega review
 
 # Stage commands call `python`: put the venv first on PATH so they run with its packages.
 run: install keras-cache
@@ -23,6 +23,10 @@ run: install keras-cache
 test: install keras-cache vega
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Every benchmark script at its smallest size (tests/test_benchmarks.py, about 20 minutes): before changing a benchmark
+benchmarks-smoke: install keras-cache
+	$(BIN)/python -m pytest -m benchmarks tests/test_benchmarks.py
 
 install: $(BIN)/.installed
 

@@ -1,6 +1,7 @@
 """Benchmark 1: fine-tuning on cached activations vs end to end, same data, epochs and model.
 
     python benchmarks/finetune.py              # Flowers-17, 224 px, MobileNetV2-0.35, 4 augmented copies
+    python benchmarks/finetune.py --smoke      # a few generated images at 32 px, 2 epochs: that it runs (tests)
 
 Prepares the data and the head once (`dvc repro train-head` in a fresh clone), then runs
 extract-features + fine-tune + evaluate with fine_tune.cache_activations true and false (extract-features then stores
@@ -20,13 +21,19 @@ def main():
     parser.add_argument("--epochs", type=int, default=6, help="fine-tune epochs (no early stopping), same for both")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--unfreeze-from", help="fine_tune.unfreeze_from (the cut), same for both; default: params.yaml's")
+    parser.add_argument("--smoke", action="store_true", help="a few generated images, smallest params: that it runs")
     args = parser.parse_args()
 
     project = harness.clone("finetune")
     cut_override = {"fine_tune.unfreeze_from": args.unfreeze_from} if args.unfreeze_from else {}
-    harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": args.source, "normalize.image_size": args.image_size,
-                                                          "augment.copies": args.copies, "fine_tune.epochs": args.epochs,
-                                                          "fine_tune.patience": 0} | cut_override)
+    if args.smoke:
+        smoke = harness.smoke_flowers_params()
+        args.source, args.image_size, args.copies, args.epochs = (smoke["data.source"], smoke["normalize.image_size"],
+                                                                  smoke["augment.copies"], smoke["fine_tune.epochs"])
+        cut_override = {key: smoke[key] for key in harness.SMOKE_PARAMS} | cut_override
+    harness.set_params(project, harness.FLOWERS_PARAMS | cut_override | {"data.source": args.source, "normalize.image_size": args.image_size,
+                                                                         "augment.copies": args.copies, "fine_tune.epochs": args.epochs,
+                                                                         "fine_tune.patience": 0})
     cut = harness.read_params(project)["fine_tune"]["unfreeze_from"]
     print(f"preparing data and head in {project} ...", flush=True)
     harness.run(["dvc", "repro", "train-head"], project)

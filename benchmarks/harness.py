@@ -29,6 +29,39 @@ FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 256, "aug
                   "fine_tune.tta": "flip"}
 
 
+# --smoke (every benchmark has it; tests/test_benchmarks.py runs each so): the same script, its commands and its
+# printing, on a few generated images with the smallest params that still run every stage, in about a minute at most.
+# Its figures mean nothing; it proves the benchmark still runs to its end.
+SMOKE_PARAMS = {"normalize.image_size": 32, "ingest.max_short_side": 32, "augment.copies": 1, "train_head.epochs": 2,
+                "train_head.folds": 0, "fine_tune.epochs": 2, "fine_tune.patience": 0, "fine_tune.unfreeze_from": "block_16_expand"}
+
+
+def smoke_images(kind: str = "classes") -> Path:
+    """A few small generated images: `classes`, 3 class folders of 8 (noisy colours, each image its own); `ages`, the
+    same 24 in one folder with labels.csv (path, age) for a regression."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(tempfile.mkdtemp(prefix=f"bench-smoke-{kind}-")) / "images"
+    rng = np.random.default_rng(0)
+    rows = ["image,age"]
+    for c, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        for i in range(8):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            name = f"c{c}_{i}.png" if kind == "ages" else f"class_{c}/{i}.png"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / name)
+            rows.append(f"{name},{20 + 10 * c + i}")
+    if kind == "ages":
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def smoke_flowers_params() -> dict:
+    """FLOWERS_PARAMS (smoothing, flip averaging, Adam: the configuration the figures are for) at smoke size."""
+    return FLOWERS_PARAMS | SMOKE_PARAMS | {"data.source": str(smoke_images())}
+
+
 @dataclass
 class Timed:
     seconds: float

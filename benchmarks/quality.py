@@ -4,6 +4,7 @@
     python benchmarks/quality.py --dataset flowers --seeds 0      # one dataset, one seed
     python benchmarks/quality.py -S fine_tune.epochs=16           # the README configurations plus an override
     python benchmarks/quality.py --project /tmp/q/project -S ...  # reuse a clone: its DVC cache skips unchanged stages
+    python benchmarks/quality.py --smoke                          # generated images for both, one seed, smallest params (tests)
 
 In one clone (fresh, after a `dvc repro` of the committed params that fills its DVC cache; or --project, brought up to
 this repository's commit with `git pull`), queues one
@@ -56,14 +57,29 @@ def tag_of(overrides: dict) -> str:
     return hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def prepare(project_arg: str | None) -> Path:
+def smoke_configs() -> dict:
+    """CONFIGS on a few generated images (classes; ages for the regression) with the smallest params."""
+    return {"flowers": harness.smoke_flowers_params(),
+            "utkface": CONFIGS["utkface"] | harness.SMOKE_PARAMS | {"data.source": str(harness.smoke_images("ages")),
+                                                                     "split.bins": 3}}  # 24 ages: 8 a bin
+
+
+def prepare(project_arg: str | None, baseline: dict | None = None) -> Path:
+    """baseline: params set and committed in a fresh clone before its first `dvc repro` (--smoke: not the digits run)."""
     if project_arg is None:
         project = harness.clone("quality")
-        # the committed run (digits) into the clone's DVC cache: an experiment whose data stages come from the run cache
-        # still loads the committed dvc.lock's output folders, and fails where the cache lacks them
-        print(f"dvc repro of the committed params (digits) in {project} ...", flush=True)
-        harness.run(["dvc", "repro"], project)
-        subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)  # the workspace as committed (the cache keeps the run)
+        if baseline:  # its run committed as the baseline: the committed dvc.lock then names what the cache holds
+            harness.set_params(project, baseline)
+            print(f"dvc repro of the smoke baseline in {project} ...", flush=True)
+            harness.run(["dvc", "repro"], project)
+            subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+            subprocess.run(["git", "commit", "-qm", "smoke baseline"], cwd=project, check=True)
+        else:
+            # the committed run (digits) into the clone's DVC cache: an experiment whose data stages come from the run
+            # cache still loads the committed dvc.lock's output folders, and fails where the cache lacks them
+            print(f"dvc repro of the committed params (digits) in {project} ...", flush=True)
+            harness.run(["dvc", "repro"], project)
+            subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)  # the workspace as committed (the cache keeps the run)
     else:
         project = Path(project_arg).resolve()
         subprocess.run(["git", "pull", "-q", "--ff-only"], cwd=project, check=True)
@@ -84,7 +100,7 @@ def experiments(project: Path) -> dict:
     return found
 
 
-def queue_tasks(project: Path, attempts: int = 5) -> list[tuple[str, str, str]]:
+def queue_tasks(project: Path, attempts: int = 5, poll: float = POLL) -> list[tuple[str, str, str]]:
     """`dvc queue status`: (task, name, state) of every task, old ones included. It sometimes fails while a worker
     writes a task's state file ("unexpected error - Expecting value"): asked again after a poll interval, up to `attempts` times."""
     for attempt in range(attempts):
@@ -94,11 +110,11 @@ def queue_tasks(project: Path, attempts: int = 5) -> list[tuple[str, str, str]]:
         except SystemExit:
             if attempt == attempts - 1:
                 raise
-            time.sleep(POLL)
+            time.sleep(poll)
     return re.findall(r"^([0-9a-f]+)\s+(\S+)\s.*?\b(Queued|Running|Success|Failed)\b", status, re.M)
 
 
-def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tasks: set[str]) -> None:
+def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tasks: set[str], poll: float = POLL) -> None:
     """Start the queue and wait for it, noting when each experiment starts and stops running (wall time). Tasks from
     before (old_tasks: a failed run of the same name) are not looked at."""
     seconds = {name: s for name, s in (json.loads(timings.read_text()) if timings.exists() else {}).items() if name not in names}
@@ -106,7 +122,7 @@ def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tas
     started = {}
     while True:
         now = time.monotonic()
-        states = {name: state for task, name, state in queue_tasks(project) if task not in old_tasks and name in names}
+        states = {name: state for task, name, state in queue_tasks(project, poll=poll) if task not in old_tasks and name in names}
         for name, state in states.items():
             if state == "Running" and name not in started:
                 started[name] = now
@@ -120,7 +136,7 @@ def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tas
             if failed:
                 raise SystemExit(f"failed: {', '.join(failed)}; see `dvc queue logs <name>` in {project}")
             return
-        time.sleep(POLL)
+        time.sleep(poll)
 
 
 def figures(metrics: dict, task: str) -> dict:
@@ -157,10 +173,15 @@ def main():
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="params override for every run")
     parser.add_argument("-j", dest="jobs", type=int, default=1, help="queue workers (1: one run at a time, honest wall times)")
     parser.add_argument("--project", help="an existing clone to reuse (its DVC cache and experiments)")
+    parser.add_argument("--smoke", action="store_true", help="generated images, smallest params, seed 0, a fresh clone "
+                                                             "whose baseline is the smoke flowers run: that it runs")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     datasets = ["flowers", "utkface"] if args.dataset == "both" else [args.dataset]
-    project = prepare(args.project)
+    configs, poll = CONFIGS, POLL
+    if args.smoke:
+        configs, poll, args.seeds, args.project = smoke_configs(), 1, [0], None
+    project = prepare(args.project, configs["flowers"] if args.smoke else None)
     timings = project.parent / "quality_timings.json"  # wall time per experiment name, kept beside the clone
 
     tag = tag_of(overrides)
@@ -168,14 +189,14 @@ def main():
     harness.run(["dvc", "queue", "remove", "--failed"], project)  # failed runs of these names, if any: queued again
     done = experiments(project)
     queued = [name for name in names.values() if name not in done]
-    old_tasks = {task for task, _, _ in queue_tasks(project)}
+    old_tasks = {task for task, _, _ in queue_tasks(project, poll=poll)}
     for (dataset, seed), name in names.items():
         if name in queued:
-            params = CONFIGS[dataset] | overrides | {"split.seed": seed}
+            params = configs[dataset] | overrides | {"split.seed": seed}
             harness.run(["dvc", "exp", "run", "--queue", "-n", name, *[a for k, v in params.items() for a in ("-S", f"{k}={v}")]], project)
     if queued:
         print(f"running {len(queued)} experiment(s), {args.jobs} at a time: {', '.join(queued)}", flush=True)
-        run_queue(project, queued, args.jobs, timings, old_tasks)
+        run_queue(project, queued, args.jobs, timings, old_tasks, poll)
         done = experiments(project)
     seconds = json.loads(timings.read_text()) if timings.exists() else {}
     for dataset in datasets:

@@ -1,6 +1,7 @@
 """Benchmark 5: three queued experiments run one at a time vs two at a time (DVC's experiment queue).
 
     python benchmarks/queue_experiments.py                 # the embedded default (digits)
+    python benchmarks/queue_experiments.py --smoke         # a few generated images, one experiment a batch (tests)
 
 In a fresh clone: `dvc repro` once (the baseline, which fills the DVC cache) and a commit, then
 three `dvc exp run --queue -S train_head.seed=...` + `dvc queue start -j 1`, and three more (other
@@ -34,21 +35,26 @@ def run_queued(project, seeds: list[int], jobs: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="a few generated images, smallest params, one experiment "
+                                                             "per batch: that it runs")
+    args = parser.parse_args()
 
     project = harness.clone("queue")
+    if args.smoke:  # committed below: queued experiments run from the commit
+        harness.set_params(project, harness.smoke_flowers_params())
     print(f"baseline dvc repro in {project} ...", flush=True)
     baseline = harness.run(["dvc", "repro"], project)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "baseline", "--allow-empty"], cwd=project, check=True)
 
-    one = run_queued(project, [1, 2, 3], jobs=1)
-    two = run_queued(project, [4, 5, 6], jobs=2)
+    one = run_queued(project, [1] if args.smoke else [1, 2, 3], jobs=1)
+    two = run_queued(project, [4] if args.smoke else [4, 5, 6], jobs=2)
     table = harness.run(["dvc", "exp", "show", "--csv", "--only-changed"], project).output
 
-    print(f"\ndigits, {os.cpu_count()} CPU cores; baseline dvc repro {baseline.seconds:.0f} s")
-    print(f"3 queued experiments, dvc queue start -j 1: {one:7.1f} s")
-    print(f"3 queued experiments, dvc queue start -j 2: {two:7.1f} s   ({one / two:.2f}x faster)")
+    n = 1 if args.smoke else 3
+    print(f"\n{'smoke' if args.smoke else 'digits'}, {os.cpu_count()} CPU cores; baseline dvc repro {baseline.seconds:.0f} s")
+    print(f"{n} queued experiments, dvc queue start -j 1: {one:7.1f} s")
+    print(f"{n} queued experiments, dvc queue start -j 2: {two:7.1f} s   ({one / two:.2f}x faster)")
     print(f"\n{table}")
 
 

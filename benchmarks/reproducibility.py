@@ -2,6 +2,7 @@
 
     python benchmarks/reproducibility.py             # Flowers-17 at 224, 2 augmented copies, 3 fine-tune epochs
     python benchmarks/reproducibility.py --digits    # the embedded default
+    python benchmarks/reproducibility.py --smoke     # a few generated images, the project's settings and 1 core (tests)
 
 The project runs TensorFlow with oneDNN on every CPU, limited to its AVX2 kernels
 (transfer_learning/__init__.py), and fine-tune with a fixed pool of fine_tune.threads threads. This runs
@@ -54,10 +55,13 @@ def md5(paths: list[Path]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--digits", action="store_true", help="the embedded default instead of Flowers-17")
+    parser.add_argument("--smoke", action="store_true", help="a few generated images, smallest params, two settings: that it runs")
     args = parser.parse_args()
 
     project = harness.clone("reproducibility")
-    if not args.digits:
+    if args.smoke:
+        harness.set_params(project, harness.smoke_flowers_params())
+    elif not args.digits:
         harness.set_params(project, harness.FLOWERS_PARAMS | {"normalize.image_size": 224, "augment.copies": 2, "fine_tune.epochs": 3,
                                                               "fine_tune.patience": 0})
     threads = harness.read_params(project)["fine_tune"]["threads"]
@@ -65,7 +69,8 @@ def main():
     harness.run(["dvc", "repro", "augment"], project)
 
     results = {}
-    for name, (env, fine_tune_threads, prefix) in configurations(threads).items():
+    chosen = {name: c for name, c in configurations(threads).items() if not args.smoke or name in ("project", "1 core")}
+    for name, (env, fine_tune_threads, prefix) in chosen.items():
         harness.set_params(project, {"fine_tune.threads": fine_tune_threads})
         seconds = {}
         for stage in STAGES:
@@ -80,7 +85,7 @@ def main():
         print(f"{name}: done", flush=True)
 
     reference = results["project"]
-    print(f"\n{'Flowers-17 at 224' if not args.digits else 'digits'}, {CORES} cores; seconds per stage "
+    print(f"\n{'smoke' if args.smoke else 'Flowers-17 at 224' if not args.digits else 'digits'}, {CORES} cores; seconds per stage "
           f"(ratio to the project's settings), and whether its output is byte-identical to the project's:")
     header = ["settings"] + [s.replace("_", "-") for s in STAGES] + ["fine-tune epoch", "head / fine-tuned test acc."]
     print(" | ".join(header))
@@ -93,7 +98,7 @@ def main():
         cells.append(f"{result['accuracy'][0]:.4f} / {result['accuracy'][1]:.4f}")
         print(" | ".join(cells))
     print("\n= byte-identical to the project's output, ≠ different bits. fine-tune threads: "
-          + ", ".join(f"{name} {t}" for name, (_, t, _) in configurations(threads).items()))
+          + ", ".join(f"{name} {t}" for name, (_, t, _) in chosen.items()))
 
 
 if __name__ == "__main__":

@@ -23,16 +23,14 @@ from keras import layers
 
 import harness
 
-SIZE = 224
 
-
-def dataset(frame: pd.DataFrame, root: Path, classes: list[str], shuffle: bool) -> tf.data.Dataset:
+def dataset(frame: pd.DataFrame, root: Path, classes: list[str], shuffle: bool, size: int) -> tf.data.Dataset:
     files = [str(root / p) for p in frame["path"]]
     labels = [classes.index(label) for label in frame["label"]]
 
     def load(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return tf.image.resize(image, (SIZE, SIZE)), label
+        return tf.image.resize(image, (size, size)), label
 
     ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if shuffle:
@@ -65,6 +63,7 @@ def main():
     parser.add_argument("--target", type=float, required=True)
     parser.add_argument("--head-epochs", type=int, default=25)
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=224, help="pixels a side (default: %(default)s, keras.io's)")
     parser.add_argument("--fine-tune-optimizer", choices=["keras-io", "project"], default="keras-io",
                         help="keras-io: Adam(1e-5) as keras.io's guide fine-tunes; project: SGD at the project's fine_tune.lr, momentum 0.9")
     args = parser.parse_args()
@@ -74,13 +73,14 @@ def main():
     source = Path(params["data"]["source"])
     frame = pd.read_csv(args.project / "data/ingested/manifest.csv").merge(pd.read_csv(args.project / "data/split/split.csv"), on="path")
     classes = sorted(frame["label"].unique())
-    train, val, test = (dataset(frame[frame["split"] == s], source, classes, s == "train") for s in ("train", "val", "test"))
+    train, val, test = (dataset(frame[frame["split"] == s], source, classes, s == "train", args.image_size) for s in ("train", "val", "test"))
 
     augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(10 / 360),
                                      layers.RandomTranslation(0.1, 0.1), layers.RandomZoom(0.1)])
-    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False, weights="imagenet", alpha=0.35)
+    size = args.image_size
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights="imagenet", alpha=0.35)
     base.trainable = False
-    inputs = keras.Input((SIZE, SIZE, 3))
+    inputs = keras.Input((size, size, 3))
     x = layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs))
     x = layers.GlobalAveragePooling2D()(base(x, training=False))
     x = layers.Dropout(0.5)(layers.Dense(256, activation="relu")(x))

@@ -121,3 +121,27 @@ def test_a_dataset_under_dvc_reaches_a_teammate_and_a_change_reruns_from_ingest(
 
 
 # ---------------------------------------------------------------- a fresh clone reproduces the committed run
+
+
+def test_a_failed_params_check_in_ingest_keeps_the_git_tracked_data_report(tmp_path, class_folder):
+    """DVC removes a stage's outputs before running it, and metrics/data.json (cache: false, tracked by git) cannot
+    be restored by `dvc checkout`: a bad ingest param deleted it (` D metrics/data.json`). The report persists; the
+    stage still replaces it atomically when it runs through, and the cached data/ingested comes back with checkout."""
+    project = make_project(tmp_path, FAST | {"data.source": str(class_folder)})
+    run(["dvc", "repro", "ingest"], project)
+    commit(project)
+    report = (project / "metrics/data.json").read_bytes()
+
+    write_params(project, {"ingest.max_short_side": 4})
+    failed = run(["dvc", "repro", "ingest"], project, check=False)
+    assert failed.returncode != 0 and "error: params.yaml: ingest.max_short_side: Input should be greater than or equal to 8" \
+        in failed.stdout + failed.stderr
+    assert run(["git", "status", "--porcelain"], project).stdout == " M params.yaml\n", "nothing else changed or deleted"
+    assert (project / "metrics/data.json").read_bytes() == report
+
+    run(["git", "checkout", "params.yaml"], project)
+    run(["dvc", "checkout", "ingest"], project)
+    assert status_of(project, "ingest") == {} and (project / "metrics/data.json").read_bytes() == report
+    (class_folder / "red" / "img_00.png").unlink()  # a real rerun still writes the new report
+    run(["dvc", "repro", "ingest"], project)
+    assert json.loads((project / "metrics/data.json").read_text())["images"] == 35

@@ -114,3 +114,24 @@ def test_the_registered_model_is_fetched_by_name(fast_run, tmp_path):
     run(["dvc", "artifacts", "get", str(project), "fine-tuned-model", "--stage", "prod", "-o", str(fetched)], tmp_path)
     assert fetched.read_bytes() == (project / "models/model.keras").read_bytes()
     assert keras.models.load_model(fetched, safe_mode=True).output_shape == (None, 10)
+
+
+def test_a_queued_experiment_with_a_relative_source_outside_the_project_fails_as_the_docs_say(tmp_path, class_folder):
+    """The real input: `dvc exp run --queue -S data.source=../images`. In the queue's copy of the project DVC hashes the
+    folder before ingest runs and fails with its own message (docs/data.md and docs/troubleshooting.md quote it); in
+    the workspace, `transfer-learning check-params` with the same override gives the stages' one-line error naming
+    the absolute path."""
+    from support.projects import FAST, make_project, run_queue
+
+    project = make_project(tmp_path, FAST | {"data.source": str(class_folder)})
+    assert class_folder == project.parent / "images"
+    run(["dvc", "exp", "run", "--queue", "-n", "outside", "-S", "data.source=../images", "ingest"], project)
+    status, _ = run_queue(project, timeout=120)
+    assert re.search(r"outside\s.*\bFailed\b", status), status
+    logs = run(["dvc", "queue", "logs", "outside"], project, check=False).stdout
+    assert f"ERROR: failed to reproduce 'ingest': [Errno 2] No such file or directory: '{project}/.dvc/tmp/exps/images'" in logs, logs
+
+    one_line = (f"error: params.yaml: data.source ../images is a relative path outside the project: give its absolute path "
+                f"({class_folder}) or bring the data in with `dvc import-url` or `dvc add` (docs/data.md)")
+    checked = run(["transfer-learning", "check-params", "-S", "data.source=../images"], project, check=False)
+    assert checked.returncode == 1 and checked.stderr.startswith(one_line) and checked.stderr.count("\n") == 1, checked.stderr

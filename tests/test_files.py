@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from transfer_learning.errors import PipelineError
     lambda p: files.write_json(p, {"a": 1}),
     lambda p: files.write_csv(p, __import__("pandas").DataFrame({"a": [1.5]})),
 ], ids=["npy", "json", "csv"])
-def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, write):
-    out = full_disk_at(tmp_path / "out" / "result")
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, write):
+    out = tmp_path / "out" / "result"
+    monkeypatch.setattr(files, "temporary_sibling", full_disk_at(out))
     with pytest.raises(PipelineError) as info:
         write(out)
     assert str(info.value) == f"cannot write {out}: {DISK_FULL}"
@@ -47,7 +49,8 @@ def test_disk_full_when_reserving_a_memory_mapped_array(tmp_path, monkeypatch):
 def test_reserving_really_allocates_the_file(tmp_path):
     out = tmp_path / "images.npy"
     with files.npy_writer(out, (64, 32, 32, 3), np.uint8) as array:
-        blocks = os.stat(out.with_name("images.npy.tmp")).st_blocks * 512
+        [tmp] = tmp_path.glob("images.npy.*.tmp")
+        blocks = os.stat(tmp).st_blocks * 512
         array[:] = 3
     assert blocks >= 64 * 32 * 32 * 3, "the space is on disk before any pixel is written"
     assert files.load_npy(out).sum() == 3 * 64 * 32 * 32 * 3
@@ -81,7 +84,8 @@ def test_outputs_reach_the_disk_before_they_are_renamed_into_place(tmp_path, mon
     monkeypatch.setattr(os, "replace", replace)
     out = tmp_path / "out" / "result"
     write(out)
-    tmp = str(out.with_name("result.tmp"))
+    tmp = events[0][1]
+    assert re.fullmatch(re.escape(str(out)) + r"\.[0-9a-f]{8}\.tmp", tmp), tmp
     assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(out.parent))], events
 
 
@@ -181,7 +185,7 @@ def test_a_signalled_stage_says_so_in_one_line_and_removes_its_temporary_file(tm
     (tmp_path / "out.txt").write_text("previous run")
     stage = subprocess.Popen([sys.executable, "-c", SLOW_STAGE], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert stage.stdout.readline() == "writing\n" and (tmp_path / "out.txt.tmp").exists()
+    assert stage.stdout.readline() == "writing\n" and len(list(tmp_path.glob("out.txt.*.tmp"))) == 1
     stage.send_signal(signum)
     _, stderr = stage.communicate(timeout=30)
     assert stage.returncode == 130
@@ -213,3 +217,49 @@ def test_an_array_file_with_pickled_objects_is_refused(tmp_path):
     (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
     with pytest.raises(PipelineError, match="garbage.npy is not a valid .npy array"):
         files.load_npy(tmp_path / "garbage.npy")
+
+
+def test_a_link_at_a_guessable_temporary_name_is_never_written_through(tmp_path, monkeypatch):
+    """In a shared folder (/tmp) someone plants links to a victim file at the names a write could use: the old fixed
+    `out.csv.tmp`, a hidden variant, and (the random part guessed) the very name drawn first. The victim is untouched,
+    out.csv is a regular file with the new content, and the planted links are left as they were (not ours to delete)."""
+    import pandas as pd
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    planted = ["out.csv.tmp", ".out.csv.tmp", "out.csv.0000000a.tmp"]
+    for name in planted:
+        (shared / name).symlink_to(victim)
+    draws = iter(["0000000a", "0000000b"])
+    monkeypatch.setattr("secrets.token_hex", lambda nbytes: next(draws))
+    files.write_csv(shared / "out.csv", pd.DataFrame({"a": [1]}))
+    assert victim.read_text() == "precious"
+    assert not (shared / "out.csv").is_symlink() and (shared / "out.csv").read_text() == "a\n1\n"
+    assert sorted(os.listdir(shared)) == sorted(planted + ["out.csv"])
+    assert all((shared / name).is_symlink() for name in planted)
+
+
+def test_two_writers_of_one_output_each_publish_a_whole_file(tmp_path):
+    """Two runs writing one output at once (two `predict.py` with the default -o predictions.csv): each fills its own
+    temporary file, so the output is exactly one run's complete content, and neither fails. The barrier makes both
+    write at the same time, half before and half after the other has started."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "predictions.csv"
+    both_writing = threading.Barrier(2)
+
+    def write(run: str) -> None:
+        with files.atomic_path(out) as tmp, open(tmp, "w") as f:
+            f.write(f"{run}: first half\n")
+            f.flush()
+            both_writing.wait(timeout=30)
+            f.write(f"{run}: second half\n")
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(write, run) for run in ("run A", "run B")]:
+            future.result()  # no exception in either writer
+    assert out.read_text() in {f"{run}: first half\n{run}: second half\n" for run in ("run A", "run B")}
+    assert os.listdir(tmp_path) == ["predictions.csv"], "no temporary file is left"

@@ -2,7 +2,9 @@
 naming the key and what is allowed."""
 from __future__ import annotations
 
+import functools
 import re
+import time
 
 import numpy as np
 import pytest
@@ -209,6 +211,25 @@ def test_unfreeze_from_a_layer_without_one_input_is_one_line_with_cached_activat
         networks.top_model(base, layer, (4, 4, 8), "avg", keras.Sequential([keras.layers.Dense(2)]))
 
 
+@pytest.mark.parametrize("base_name, layer", [("vgg16", "block1_conv1"), ("mobilenet_v2", "Conv1")])
+def test_unfreeze_from_the_first_layer_with_cached_activations_says_nothing_lies_below_it(base_name, layer):
+    """The first layer after the input: nothing below it to cache (it said "a residual connection jumps over this
+    layer", and VGG16 has none)."""
+    keras = pytest.importorskip("keras")
+    from transfer_learning import networks
+
+    build = keras.applications.VGG16 if base_name == "vgg16" else functools.partial(keras.applications.MobileNetV2, alpha=0.35)
+    base = build(input_shape=(32, 32, 3), include_top=False, weights=None)
+    with pytest.raises(PipelineError) as info:
+        networks.feature_extractor(base, base_name, 32, "avg", layer)
+    text = str(info.value)
+    assert text.startswith(f"fine_tune.unfreeze_from {layer!r} is the first layer of the base: nothing lies below it, so there "
+                           "is nothing to cache or keep frozen (every layer would train); pick one of "), text
+    assert "residual" not in text and text.endswith(" (or set fine_tune.cache_activations: false)") and "\n" not in text
+    valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")
+    assert ("block1_conv2" if base_name == "vgg16" else "block_1_expand") in valid and layer not in valid
+
+
 def test_params_yaml_with_python_tags_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     evil = f"data: !!python/object/apply:builtins.open [{str(marker)!r}, w]\n"
@@ -219,3 +240,79 @@ def test_params_yaml_with_python_tags_is_refused(tmp_path):
     with pytest.raises(PipelineError, match="params.yaml: cannot read params .*could not determine a constructor for the tag"):
         params.load(tmp_path / "params.yaml")
     assert not marker.exists()
+
+
+def billion_laughs(levels: int = 10, aliases: int = 10) -> str:
+    """The committed params.yaml with data.target_column set to nested aliases: each level lists the one below
+    `aliases` times, so the value stands for aliases**levels strings (10**10 here) in a few KB."""
+    lines = [f"    - &laughing_out_loud_level_0 [{', '.join(['lol_lol_lol_lol_lol_lol'] * aliases)}]"]
+    lines += [f"    - &laughing_out_loud_level_{i} [{', '.join([f'*laughing_out_loud_level_{i - 1}'] * aliases)}]" for i in range(1, levels)]
+    text = (ROOT / "params.yaml").read_text().replace("  target_column: label\n", "  target_column:\n" + "\n".join(lines) + "\n")
+    assert "laughing_out_loud_level_9" in text
+    return text
+
+
+def test_params_yaml_with_nested_aliases_is_refused_fast_in_one_short_line(tmp_path):
+    """The real input: 4.5 KB whose aliases stand for 10**10 values. Refused before any value is built, in well under a
+    second, in one line (it produced a 72 MB error line and 253 MB of memory). A small alias still works."""
+    text = billion_laughs()
+    assert 4000 < len(text.encode()) < 5000
+    start = time.monotonic()
+    with pytest.raises(PipelineError) as info:
+        params.load(write_params(tmp_path, text=text))
+    assert time.monotonic() - start < 2
+    assert str(info.value) == (f"{tmp_path / 'params.yaml'}: its YAML aliases (*name) expand to more than 10,000 values; "
+                               "params.yaml needs about a hundred: write the values out instead of nesting aliases")
+    recursive = (ROOT / "params.yaml").read_text().replace("  target_column: label\n", "  target_column: &me [*me]\n")
+    with pytest.raises(PipelineError, match="params.yaml: a YAML alias .*name. is used inside the value its anchor"):
+        params.load(write_params(tmp_path, text=recursive))
+    shared = (ROOT / "params.yaml").read_text().replace("seed: 0", "seed: *seed").replace("seed: *seed", "seed: &seed 0", 1)
+    assert shared.count("*seed") == 3 and params.load(write_params(tmp_path, text=shared)).fine_tune.seed == 0
+
+
+def test_a_stage_given_nested_aliases_prints_one_short_line(tmp_path):
+    """The same file through a real stage: one line, quickly, nothing written."""
+    project = stage_project(tmp_path, {})
+    (project / "params.yaml").write_text(billion_laughs())
+    result = run_stage(project, "ingest")
+    assert result.returncode == 1 and result.stdout == "" and len(result.stderr) < 300, result.stderr[:3000]
+    assert result.stderr.startswith("error: params.yaml: its YAML aliases (*name) expand to more than 10,000 values")
+
+
+def test_an_error_line_is_at_most_2000_characters(capsys):
+    """Whatever a message quotes (a huge param value), the line printed stays short; it keeps its start."""
+    from transfer_learning import errors
+
+    def main():
+        raise PipelineError("params.yaml: data.target_column: Input should be a valid string (got " + "['lol', " * 10**6 + ")")
+
+    with pytest.raises(SystemExit):
+        errors.run(main)
+    err = capsys.readouterr().err
+    assert err.startswith("error: params.yaml: data.target_column: Input should be") and err.endswith("…\n")
+    assert len(err) == len("error: ") + errors.MAX_MESSAGE + 1
+
+
+def test_check_params_applies_overrides_as_dvc_exp_run_does(tmp_path, monkeypatch, capsys):
+    """`transfer-learning check-params -S key=value`: the stages' check in the workspace, before queueing."""
+    from transfer_learning import cli
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    (tmp_path / "images").mkdir()
+
+    def check(*overrides: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["check-params", *[arg for text in overrides for arg in ("-S", text)]])
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return info.value.code, out.out + out.err
+
+    assert check("fine_tune.lr=0.001", "augment.horizontal_flip=true") == (
+        0, "params.yaml: valid with fine_tune.lr=0.001, augment.horizontal_flip=true\n")
+    code, line = check("data.source=../images")
+    assert code == 1 and line.startswith("error: params.yaml: data.source ../images is a relative path outside the project: "
+                                         f"give its absolute path ({tmp_path.parent / 'images'})")
+    assert check("fine_tune.lr=fast")[1].startswith("error: params.yaml: fine_tune.lr: Input should be a valid number")
+    assert check("lr=1") == (1, "error: -S lr=1: expected section.key=value, e.g. -S fine_tune.lr=0.0001\n")
+    assert check("head.units=[1")[1].startswith("error: -S head.units=[1: the value is not YAML (")

@@ -19,7 +19,7 @@ import yaml
 
 from support.bad_files import (
     DISK_FULL,
-    full_disk_at,
+    FULL_DISK_STAGE,
     gray16_png,
     hostile_additions,
     jpeg_bytes,
@@ -170,8 +170,8 @@ def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
             make_image(tmp_path / "src" / name / f"{i}.png", (100 * c, 50, 50), noise_seed=i)
     params["data"]["source"] = str(tmp_path / "src")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    full_disk_at(project / "data/ingested/manifest.csv")
-    result = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_STAGE, "stages.ingest", "data/ingested/manifest.csv"], cwd=project,
+                            capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/manifest.csv: {DISK_FULL}"
     assert os.listdir(project / "data/ingested") == [] and not (project / "metrics").exists()
@@ -187,17 +187,18 @@ def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def signal_when(proc: subprocess.Popen, partial: Path, signum: int) -> str:
-    """Send `signum` to the whole group as soon as `partial` (a temporary output) exists: mid-write."""
+def signal_when(proc: subprocess.Popen, folder: Path, partial: str, signum: int) -> tuple[str, Path]:
+    """Send `signum` to the whole group as soon as a file matching `partial` (a temporary output, whose name has a
+    random part) exists in `folder`: mid-write. Returns the run's output and that file."""
     deadline = time.monotonic() + 120
-    while not partial.exists():
-        assert proc.poll() is None, f"the run ended before {partial.name} appeared:\n{proc.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{partial} never appeared"
+    while not (found := list(folder.glob(partial))):
+        assert proc.poll() is None, f"the run ended before {partial} appeared:\n{proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"{partial} never appeared in {folder}"
         time.sleep(0.003)
     os.killpg(proc.pid, signum)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    return output
+    return output, found[0]
 
 
 def temporary_files(project: Path) -> list[str]:
@@ -213,15 +214,16 @@ def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_
     project = make_project(tmp_path, FAST)
 
     killed = start(["dvc", "repro"], project)
-    signal_when(killed, project / "data/features/train_features.npy.tmp", signal.SIGKILL)
-    partial = set(temporary_files(project))
-    assert "data/features/train_features.npy.tmp" in partial and partial <= {
-        "data/features/train_features.npy.tmp", "data/activations/train_activations.npy.tmp"}, "only temporary files are partial"
+    _, partial = signal_when(killed, project / "data/features", "train_features.npy.*.tmp", signal.SIGKILL)
+    left = temporary_files(project)
+    assert str(partial.relative_to(project)) in left and all(p.startswith(("data/features/train_features.npy.",
+                                                                            "data/activations/train_activations.npy.")) for p in left), \
+        "only the temporary files are partial"
     assert not (project / "data/features/train_features.npy").exists()
     assert "extract-features" not in (project / "dvc.lock").read_text()
 
     interrupted = start(["dvc", "repro"], project)
-    output = signal_when(interrupted, project / "data/features/val_features.npy.tmp", signal.SIGINT)
+    output, _ = signal_when(interrupted, project / "data/features", "val_features.npy.*.tmp", signal.SIGINT)
     assert "error: interrupted; no output was half-written" in output and "Traceback" not in output
     assert temporary_files(project) == [], "an interrupted stage removes its temporary file"
     lock = (project / "dvc.lock").read_text()

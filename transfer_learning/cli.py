@@ -2,6 +2,7 @@
 
     transfer-learning predict new_images/ -o predictions.csv     # the trained model on new images, one CSV row each
     transfer-learning cuts inception_v3 299                      # a base's valid fine-tune cuts (docs/backbones.md)
+    transfer-learning check-params -S data.source=../images      # params.yaml as a stage checks it, before queueing
 
 Argument parsing imports nothing heavy: TensorFlow (about 5 s to import) loads only when a command needs it.
 """
@@ -43,9 +44,27 @@ def cuts(args: argparse.Namespace) -> None:
     cuts.main(args)
 
 
+def check_params_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Check params.yaml, with the overrides `dvc exp run -S` would apply, as every stage does before any work; "
+                          "run it from the project's root before queueing an experiment: a queued one runs in a copy of the project, "
+                          "where DVC can fail before any stage runs (a relative data.source outside the project).")
+    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="section.key=value",
+                        help="as for dvc exp run (repeatable)")
+
+
+def check_params(args: argparse.Namespace) -> None:
+    from transfer_learning import params
+
+    overrides = dict(params.override(text) for text in args.overrides)
+    params.load(overrides=overrides)
+    print(f"{params.paths.PARAMS}: valid" + (f" with {', '.join(args.overrides)}" if overrides else ""))
+
+
 COMMANDS = {"predict": (predict_arguments, predict, "nothing to resume: run it again", "the trained model on new images: one CSV row each"),
             "cuts": (cuts_arguments, cuts, "nothing to resume: run it again", "where fine_tune.unfreeze_from can cut a base, with cached "
-                                                                                "activations, and their sizes (docs/backbones.md)")}
+                                                                                "activations, and their sizes (docs/backbones.md)"),
+            "check-params": (check_params_arguments, check_params, "nothing to resume: run it again",
+                             "check params.yaml (with -S overrides), e.g. before dvc exp run --queue")}
 
 
 def parser() -> argparse.ArgumentParser:

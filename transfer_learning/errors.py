@@ -68,6 +68,16 @@ def run(main: Callable[[], None], again: str = "run `dvc repro` again to finish"
         fail(f"{OS_HINTS[errno.ENOSPC]} ({exc.__class__.__name__})")
 
 
+# The longest error line printed: a message quotes inputs (a param's value, a file's text), which can be huge; a
+# line this long still names the file or param and what to do, which come first.
+MAX_MESSAGE = 2000
+
+
 def fail(message: str, status: int = 1) -> None:
-    print(f"error: {' '.join(message.splitlines())}", file=sys.stderr)
+    print(f"error: {shorten(' '.join(message.splitlines()))}", file=sys.stderr)
     sys.exit(status)
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message`, or its first `limit` - 1 characters and "…"."""
+    return message if len(message) <= limit else message[:limit - 1] + "…"

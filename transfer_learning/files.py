@@ -1,7 +1,9 @@
 """Writing outputs atomically (temp file, then rename) and reading arrays without pickle.
 
 A stage killed half-way (SIGINT, SIGTERM or SIGKILL) leaves at most a `*.tmp` file, which no stage
-reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. The
+reads and DVC ignores (.dvcignore), never a truncated output that a later stage could read. Each write
+has its own temporary file (`<name>.<random>.tmp`, created exclusively): a symbolic link planted at a
+guessable name is never followed, and two writers of one output never share a file. The
 temporary file is flushed to the disk (fsync) before the rename and the folder after it, so that
 after a power loss an output DVC recorded as done is there in full, not empty. A full disk or a
 read-only folder is a PipelineError naming the file, not a traceback.
@@ -13,6 +15,7 @@ import errno
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -25,20 +28,42 @@ from transfer_learning.errors import OS_HINTS, PipelineError, os_error
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(path)
         yield tmp
         to_disk(tmp)  # the bytes first: a rename can reach the disk before the data it names
         os.replace(tmp, path)
         to_disk(path.parent)  # then the rename itself
     except OSError as exc:
-        if exc.errno in OS_HINTS and concerns(exc, path, tmp):
+        if exc.errno in OS_HINTS and (tmp is None or concerns(exc, path, tmp)):  # None: making the folder or the file failed
             raise os_error(exc, path) from None
         raise
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if tmp is not None:  # only the file this write created: never a link someone else put there
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """Create a new empty file `<name>.<random>.tmp` beside `path` and return its name.
+
+    O_CREAT|O_EXCL fails on any existing name, a symbolic link included (dangling or not), so a link planted in a
+    shared folder is never written through; O_NOFOLLOW says the same again. A random part per write: two writers of
+    one output (two `predict.py -o predictions.csv`) each fill their own file, and the last rename wins whole. Not
+    tempfile.mkstemp: it creates the file with mode 0600, and outputs keep the usual mode (0666 less the umask).
+    The name ends in `.tmp` so that .gitignore, .dvcignore and users still know a leftover for what it is.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue  # taken (a leftover, another writer, or a planted link): draw another name
+        return tmp
+    raise PipelineError(f"cannot write {path}: no free temporary name beside it; remove the *.tmp files in {path.parent}")
 
 
 def to_disk(path: Path) -> None:

@@ -211,9 +211,9 @@ def nearest_cuts(base: keras.Model, start: int, count: int = 3) -> str:
 def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Model]:
     """The base cut at the input of the layer at `cut` (a name or a number): base(x) == top(bottom(x)), sharing its layers.
 
-    The cut must be a single tensor: not the input layer (nothing below it), not a layer joining
-    branches (an Add of a residual connection takes two), and no layer above it may read an
-    activation from below it (a residual connection jumping over the cut), which is true at the
+    The cut must be a single tensor: not the input layer or the first layer (nothing below them), not a
+    layer joining branches (an Add of a residual connection takes two), and no layer above it may read
+    an activation from below it (a residual connection jumping over the cut), which is true at the
     first layer of every block.
     """
     start = cut_index(base, cut)
@@ -224,6 +224,9 @@ def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Mo
         inputs = layer.input
         if start == 0:
             why = " is the input layer of the base, with nothing below it to cache"
+        elif all(isinstance(below, layers.InputLayer) for below in base.layers[:start]):  # VGG16's block1_conv1, MobileNetV2's Conv1
+            why = (" is the first layer of the base: nothing lies below it, so there is nothing to cache or keep frozen "
+                   "(every layer would train)")
         elif isinstance(inputs, (list, tuple)) and len(inputs) > 1:
             why = f" takes {len(inputs)} inputs (it joins the branches of a residual connection), so what enters it is not one activation"
         else:

@@ -235,7 +235,7 @@ class FineTune(Fit):
     """First base layer to train, by name, or a number N: the first N layers of the base stay frozen, layer N and above
     train (InceptionV3: 249, as the Keras notes write it); `default`: the family's default cut (docs/backbones.md).
     BatchNormalization stays frozen in every family. With cached activations the frozen bottom's output must be one
-    tensor (no residual connection may jump over the cut): the error lists the nearest valid cuts, and
+    tensor (no residual connection may jump over the cut, and something frozen must lie below it): the error lists the nearest valid cuts, and
     `python -m transfer_learning.cuts <base.name> <image size>` lists them all with their activation sizes."""
     momentum: float = Field(ge=0, lt=1)
     """SGD momentum."""
@@ -292,18 +292,83 @@ class Params(Section):
         return self
 
 
-def load(path: Path = paths.PARAMS) -> Params:
-    """params.yaml (yaml.safe_load: no Python tags) validated against the schema, or a one-line PipelineError."""
+def load(path: Path = paths.PARAMS, overrides: dict | None = None) -> Params:
+    """params.yaml (yaml.safe_load: no Python tags) validated against the schema, or a one-line PipelineError.
+
+    overrides: {"section.key": value}, applied as `dvc exp run -S section.key=value` would (`transfer-learning
+    check-params`)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"), path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PipelineError(f"{path}: cannot read params ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise PipelineError(f"{path}: cannot read params (nested too deeply); params.yaml needs a few levels of sections") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected sections {', '.join(Params.model_fields)}, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(raw.get(section, {}), dict):
+            raise PipelineError(f"-S {dotted}: {path} has no section {section} to set it in")
+        raw[section] = {**raw.get(section, {}), key: value}
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise PipelineError(f"{path}: {describe(exc)}") from None
+
+
+def override(text: str, path: Path = paths.PARAMS) -> tuple[str, object]:
+    """`section.key=value` as `dvc exp run -S` reads it (the value is YAML: 0.1 a number, true a boolean) ->
+    ("section.key", value)."""
+    dotted, equals, value = text.partition("=")
+    section, _, key = dotted.partition(".")
+    if not equals or not section or not key or "." in key:
+        raise PipelineError(f"-S {text}: expected section.key=value, e.g. -S fine_tune.lr=0.0001")
+    try:
+        return dotted, read_yaml(value, path)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PipelineError(f"-S {text}: the value is not YAML ({' '.join(str(exc).split())})") from None
+
+
+# The most values params.yaml may hold once its YAML aliases are expanded: the real file holds about a hundred.
+# An alias (*name) repeats what an anchor (&name) names; aliases of aliases multiply, so a few KB of nested ones
+# (`&a [x, x, x...]`, `&b [*a, *a, *a...]`, ...) stand for billions of values: "billion laughs". PyYAML shares one
+# object among the repeats, but anything that walks the values (the schema check, its error message, DVC writing the
+# params to dvc.lock) expands them, to gigabytes.
+MAX_YAML_VALUES = 10_000
+
+
+def read_yaml(text: str, path: Path):
+    """yaml.safe_load, but the document is composed first (nodes, aliases still shared) and measured before any Python
+    object is made: more than MAX_YAML_VALUES values once aliases are expanded, or an alias inside itself, is refused."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            expanded_values(node, {}, path)
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def expanded_values(node: yaml.Node, counted: dict, path: Path) -> int:
+    """How many values `node` stands for, each alias counted as often as it is used (counted: id -> count, None while
+    a node is being counted). A shared node is counted once and its count reused, so the walk is as long as the file."""
+    if id(node) in counted:
+        if counted[id(node)] is None:
+            raise PipelineError(f"{path}: a YAML alias (*name) is used inside the value its anchor (&name) names; "
+                                "write the values out")
+        return counted[id(node)]
+    counted[id(node)] = None
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    total = 1 + sum(expanded_values(child, counted, path) for child in children)
+    if total > MAX_YAML_VALUES:
+        raise PipelineError(f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
+                            "params.yaml needs about a hundred: write the values out instead of nesting aliases")
+    counted[id(node)] = total
+    return total
 
 
 def describe(exc: ValidationError) -> str:

@@ -185,8 +185,30 @@ needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="need
 DISK_FULL = "no space left on the device: free disk space"
 
 
-def full_disk_at(path: Path) -> Path:
-    """Make the next write of `path` (through its temporary file) hit a full disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(path.name + ".tmp").symlink_to("/dev/full")
-    return path
+def full_disk_at(path: Path):
+    """A stand-in for files.temporary_sibling under which every write of `path` hits a full disk: its temporary file is
+    a link to /dev/full (atomic_path creates its temporary file exclusively, never through a link, so the link cannot
+    simply be planted beside it). Use it with monkeypatch, or in a stage's process through FULL_DISK_STAGE."""
+    from transfer_learning import files
+
+    real, target = files.temporary_sibling, Path(path).absolute()
+
+    def to_dev_full(out: Path) -> Path:
+        if Path(out).absolute() != target:
+            return real(out)
+        tmp = Path(out).with_name(Path(out).name + ".full.tmp")
+        tmp.symlink_to("/dev/full")
+        return tmp
+
+    return to_dev_full
+
+
+# `python -c FULL_DISK_STAGE <stage module> <output>`: runs the stage with a full disk under that one output.
+FULL_DISK_STAGE = f"""
+import runpy, sys
+sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+from support.bad_files import full_disk_at
+from transfer_learning import files
+files.temporary_sibling = full_disk_at(sys.argv[2])
+runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
+"""
