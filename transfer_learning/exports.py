@@ -9,8 +9,11 @@ Formats, all in models/export/ (beside them a copy of encoding.json, so the fold
                         uint8 pixels in (scale 1, zero point 0 when the sample spans 0-255), float32 out
     model.onnx          ONNX (tf2onnx, opset 17): float32 pixels in, float32 out
 
-Every converter here is byte-reproducible for the same model, except the SavedModel's fingerprint.pb, which holds a
-random UUID: it is cleared (the file's hashes of the rest stay), so reruns give the same bytes everywhere.
+Reruns give the same bytes for the SavedModel (its fingerprint.pb holds a random UUID: it is cleared, the hashes of
+the rest stay) and both TFLite files. model.onnx is not byte-reproducible: tf2onnx merges equal constants (the 0 and
+6 of every ReLU6) into one of them picked in an order that changes from process to process, which renames tensors
+and reorders the graph; the same network, outputs equal to float rounding. What is compared for it instead is its
+outputs: metrics/export.json (test figures, agreement and largest difference to the Keras model) is byte-identical.
 Each runner has what predict needs of a Keras model: input_shape, output_shape and predict_on_batch(float32 pixels).
 """
 from __future__ import annotations
