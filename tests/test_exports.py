@@ -199,3 +199,21 @@ def test_each_export_loads_and_predicts_with_no_project_code(exported, tmp_path)
         labels.append(result.stdout.strip().splitlines()[-1])
     saved_model, int8, onnx, keras_label = labels  # the TFLite snippet prints the int8 model's label, its last file
     assert saved_model == onnx == keras_label in CLASSES and int8 in CLASSES, labels
+
+
+def test_a_model_trained_in_mixed_bfloat16_is_exported_computing_in_float32():
+    """TFLite and ONNX do not run bfloat16 ops: the export rebuilds such a model (base.precision bfloat16) in float32,
+    with the same weights."""
+    from transfer_learning import networks
+
+    networks.set_precision("bfloat16")
+    try:
+        mixed = tiny_model(3, "classification")
+    finally:
+        networks.set_precision("float32")
+    rebuilt = exports.in_float32(mixed)
+    assert {layer.dtype_policy.name for layer in mixed.layers[1:]} == {"mixed_bfloat16"}
+    assert {layer.dtype_policy.name for layer in rebuilt.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(mixed.get_weights(), rebuilt.get_weights()))
+    float32 = tiny_model(3, "classification")
+    assert exports.in_float32(float32) is float32

@@ -18,6 +18,7 @@ Each runner has what predict needs of a Keras model: input_shape, output_shape a
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -128,9 +129,32 @@ def calibration_sample(images: np.ndarray, count: int = CALIBRATION_IMAGES, seed
     return np.asarray(images[rows])
 
 
+def in_float32(model):
+    """The model computing in float32. One trained under base.precision bfloat16 (mixed precision: float32 variables,
+    bfloat16 computation) has bfloat16 ops, which TFLite and ONNX do not run: the same layers and weights, rebuilt
+    with every layer's dtype policy float32. A float32 model is returned as it is."""
+    import keras
+
+    config = keras.saving.serialize_keras_object(model)
+    if '"mixed_bfloat16"' not in json.dumps(config):
+        return model
+
+    def float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and node.get("config", {}).get("name") == "mixed_bfloat16":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {key: float32(value) for key, value in node.items()}
+        return [float32(value) for value in node] if isinstance(node, list) else node
+
+    rebuilt = keras.saving.deserialize_keras_object(float32(config), safe_mode=True)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 def export_all(model, encoding: Encoding, calibration: np.ndarray, folder: Path) -> dict[str, Path]:
     """Every format into `folder` -> format: its path. Each file is written atomically."""
     folder = Path(folder)
+    model = in_float32(model)
     saved_model = folder / FILES["saved_model"]
     save_saved_model(model, encoding, saved_model)
     written = {"saved_model": saved_model}
