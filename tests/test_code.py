@@ -114,6 +114,15 @@ def test_the_model_is_registered_as_an_artifact_of_the_stage_that_writes_it():
     assert "keras" in artifact["labels"] and "models/encoding.json" in artifact["desc"]
 
 
+def test_every_export_is_registered_as_an_artifact_of_the_export_stage():
+    from transfer_learning import exports
+
+    artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
+    registered = {spec["path"]: spec for name, spec in artifacts.items() if name != "fine-tuned-model"}
+    assert set(registered) == {f"models/export/{file}" for file in exports.FILES.values()}
+    assert all(spec["type"] == "model" and spec["labels"] and path in STAGES["export"]["outs"] for path, spec in registered.items())
+
+
 def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     titled = [next(iter(plot.values())) for plot in dvc_yaml["plots"] if isinstance(plot, dict)]

@@ -65,7 +65,8 @@ def test_the_python_snippet_of_using_the_model_runs_on_a_real_model(fast_run, tm
 
     from PIL import Image
 
-    [snippet] = python_blocks(ROOT / "docs" / "using-the-model.md")
+    [snippet] = [block for block in python_blocks(ROOT / "docs" / "using-the-model.md") if "transfer_learning" in block]  # the
+    # exports' snippets, with no project code: test_exports.py
     (tmp_path / "models").mkdir()
     for name in ("model.keras", "encoding.json"):
         shutil.copy(fast_run.project / "models" / name, tmp_path / "models" / name)

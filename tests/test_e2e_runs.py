@@ -115,8 +115,9 @@ def test_a_second_run_runs_nothing(fast_run):
 
 
 def test_an_experiment_reruns_only_the_stages_its_params_reach(fast_run, tmp_path):
-    assert stages_run(fast_run.outputs["more-head-epochs"]) == ["train-head", "fine-tune", "evaluate"]
-    assert stages_run(fast_run.outputs["lower-lr"]) == ["fine-tune", "evaluate"], "the cached activations do not depend on the learning rate"
+    assert stages_run(fast_run.outputs["more-head-epochs"]) == ["train-head", "fine-tune", "evaluate", "export"]
+    assert stages_run(fast_run.outputs["lower-lr"]) == ["fine-tune", "evaluate", "export"], \
+        "the cached activations do not depend on the learning rate"
     copy = copy_project(fast_run.project, tmp_path / "copy")
     write_params(copy, {"fine_tune.unfreeze_from": "block_15_expand"})
     assert set(status_of(copy, "evaluate")) == {"extract-features", "fine-tune"}, "a new cut needs new activations"

@@ -29,11 +29,14 @@ WEIGHTS = Path("weights")                   # your own base weights (base.weight
 HEAD_MODEL = Path("models/head.keras")
 MODEL = Path("models/model.keras")
 MODEL_ENCODING = Path("models/encoding.json")
+EXPORT = Path("models/export")             # the deployable formats (exports.py), and a copy of encoding.json
 
 DATA_REPORT = Path("metrics/data.json")
 TRAIN_HEAD_METRICS = Path("metrics/train_head.json")
 FINE_TUNE_METRICS = Path("metrics/fine_tune.json")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
+EXPORT_METRICS = Path("metrics/export.json")         # per export format: test figures, agreement with the Keras model
+EXPORT_SPEED = Path("metrics/export_speed.json")     # per export format: images/s (changes from run to run)
 BREAKDOWN = Path("metrics/breakdown.csv")        # per class, or per target range
 
 # dvclive's folders (live.py): metrics.json (the last epoch) and plots/metrics/{train,eval}/<metric>.tsv, epoch by epoch

@@ -34,7 +34,7 @@ def predict_files(source: Path, output: Path, model_path: Path, encoding_path: P
     to_stdout = str(output) == "-"  # the convention: `-o -` is standard output
     if not to_stdout:
         refuse_an_input(output, [source, model_path, encoding_path, *(item.file for item in items)])
-    model = model_files.load(model_path)
+    model = model_runner(model_path)
     encoding = model_card(encoding_path, model, model_path)
     top_k = min(top_k, len(encoding.classes or ()))
     predicted = 0
@@ -68,6 +68,16 @@ def predict_files(source: Path, output: Path, model_path: Path, encoding_path: P
           + (f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""), file=sys.stderr if to_stdout else sys.stdout)
     if skipped:
         sys.exit(SOME_SKIPPED)
+
+
+def model_runner(path: Path):
+    """The model to run, by its kind: a .keras file (Keras, safe_mode), or an export of the export stage: a SavedModel
+    folder, a .tflite or an .onnx file (runners in exports.py, with the same input_shape, output_shape, predict_on_batch)."""
+    if Path(path).suffix.lower() == ".keras" or not Path(path).exists():
+        return model_files.load(path)
+    from transfer_learning import exports  # the runtimes load only when an export is run
+
+    return exports.runner(Path(path), threads=settings.workers())
 
 
 def refuse_an_input(output: Path, inputs: list[Path]) -> None:

@@ -1,0 +1,153 @@
+"""Benchmark 7: the default base's forward pass (MobileNetV2-0.35, ImageNet weights, 96 px, average pooling: what
+extract-features runs) in each CPU runtime, side by side in one run.
+
+    pip install -r requirements-bench.txt     # OpenVINO (the other runtimes come with requirements.txt)
+    python benchmarks/runtimes.py             # about 3 minutes on 2 cores
+    python benchmarks/runtimes.py --quick     # fewer timed calls
+
+Runtimes: TensorFlow under the project's settings (oneDNN on, AVX2 kernels: transfer_learning/__init__.py),
+TensorFlow with oneDNN's native ISA (ONEDNN_MAX_CPU_ISA=ALL: AVX-512/AMX where present) in float32 and in mixed
+bfloat16, TFLite/LiteRT with XNNPACK (the float32 export of exports.py), ONNX Runtime and OpenVINO (the ONNX export).
+Each runs in its own process (the oneDNN ISA and TensorFlow's thread pools are fixed when it starts), with 1 and with
+2 threads, at batch 1 and 64, on the same 64 seeded images. Per runtime: images/s, the largest absolute difference of
+its features to the project's (TensorFlow, its settings, 2 threads), and whether its features are identical with 1
+and 2 threads. Prints a Markdown table (benchmarks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 96
+IMAGES = 64
+RUNTIMES = {  # name -> (environment, description)
+    "tf_project": ({}, "TensorFlow, the project's settings (oneDNN AVX2)"),
+    "tf_native": ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "TensorFlow, oneDNN native ISA, float32"),
+    "tf_native_bf16": ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "TensorFlow, oneDNN native ISA, mixed bfloat16"),
+    "tflite_xnnpack": ({}, "TFLite/LiteRT float32, XNNPACK"),
+    "onnxruntime": ({}, "ONNX Runtime (CPU), float32"),
+    "openvino": ({}, "OpenVINO (CPU), its default precision"),
+    "openvino_f32": ({}, "OpenVINO (CPU), f32 precision hint"),
+}
+
+
+def images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (IMAGES, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def base_model(precision: str = "float32"):
+    from transfer_learning import networks
+
+    networks.set_precision(precision)
+    base = networks.build_base("mobilenet_v2", 0.35, "imagenet")
+    return networks.feature_extractor(base, "mobilenet_v2", SIZE, "avg")
+
+
+def convert(folder: Path) -> None:
+    """The float32 TFLite and the ONNX file of the base, made as the export stage makes a model's."""
+    from transfer_learning import exports
+    from transfer_learning.records import Encoding
+
+    model, encoding = base_model(), Encoding(task="classification", classes=("features",))
+    exports.save_saved_model(model, encoding, folder / "saved_model")
+    (folder / "base.tflite").write_bytes(exports.tflite_float32(folder / "saved_model"))
+    (folder / "base.onnx").write_bytes(exports.onnx_bytes(model, encoding))
+
+
+def predictor(name: str, folder: Path, threads: int):
+    """A function: float32 pixels -> features, in runtime `name` on `threads` threads."""
+    if name.startswith("tf_"):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        model = base_model("bfloat16" if name.endswith("bf16") else "float32")
+        return lambda x: np.asarray(model.predict_on_batch(x), np.float32)
+    if name == "tflite_xnnpack":
+        from transfer_learning import exports
+
+        return exports.TFLiteRunner(folder / "base.tflite", threads).predict_on_batch
+    if name == "onnxruntime":
+        from transfer_learning import exports
+
+        return exports.OnnxRunner(folder / "base.onnx", threads).predict_on_batch
+    import openvino
+
+    config = {"INFERENCE_NUM_THREADS": threads} | ({"INFERENCE_PRECISION_HINT": "f32"} if name == "openvino_f32" else {})
+    compiled = openvino.Core().compile_model(str(folder / "base.onnx"), "CPU", config)
+    return lambda x: np.asarray(compiled(x)[0], np.float32)
+
+
+def worker(name: str, folder: Path, threads: int, calls: dict[int, int]) -> None:
+    """One runtime on `threads` threads: its features (features-<threads>.npy) and images/s per batch size (JSON)."""
+    import transfer_learning  # noqa: F401  the project's TensorFlow settings (unless the environment overrides them)
+
+    predict = predictor(name, folder, threads)
+    pixels = images().astype(np.float32)
+    features = np.concatenate([predict(pixels[i:i + 1]) for i in range(len(pixels))])  # batch 1, as extract-features' last rows
+    np.save(folder / f"{name}-{threads}.npy", features)
+    np.save(folder / f"{name}-{threads}-64.npy", predict(pixels))
+    speed = {}
+    for batch, count in calls.items():
+        x = pixels[:batch]
+        predict(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(count):
+            predict(x)
+        speed[batch] = batch * count / (time.perf_counter() - start)
+    print(json.dumps(speed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timed calls")
+    parser.add_argument("--only", nargs="*", default=list(RUNTIMES), help="runtimes to measure")
+    parser.add_argument("--worker", nargs=3, metavar=("RUNTIME", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    calls = {1: 20, 64: 2} if args.quick else {1: 100, 64: 8}
+    if args.worker:
+        worker(args.worker[0], Path(args.worker[1]), int(args.worker[2]), calls)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import runtimes; "
+                    f"import transfer_learning; runtimes.convert(__import__('pathlib').Path({str(folder)!r}))"],
+                   check=True, cwd=ROOT, capture_output=True)
+    results = {}
+    for name in args.only:
+        env, _ = RUNTIMES[name]
+        for threads in (1, 2):
+            done = subprocess.run([sys.executable, __file__, "--worker", name, str(folder), str(threads)] + (["--quick"] if args.quick else []),
+                                  cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+            if done.returncode != 0:
+                results[name, threads] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                continue
+            results[name, threads] = {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    reference = np.load(folder / "tf_project-2.npy")
+    print("| runtime | images/s, batch 1 (1 / 2 threads) | images/s, batch 64 (1 / 2 threads) "
+          "| largest difference to the project's features | identical with 1 and 2 threads |")
+    print("|---|---|---|---|---|")
+    for name in args.only:
+        one, two = results.get((name, 1)), results.get((name, 2))
+        if not isinstance(one, dict) or not isinstance(two, dict):
+            print(f"| {RUNTIMES[name][1]} | failed: {one if not isinstance(one, dict) else two} | | | |")
+            continue
+        a, b = np.load(folder / f"{name}-1.npy"), np.load(folder / f"{name}-2.npy")
+        batched = np.load(folder / f"{name}-2-64.npy")
+        difference = max(np.abs(b - reference).max(), np.abs(batched - reference).max())
+        print(f"| {RUNTIMES[name][1]} | {one[1]:.0f} / {two[1]:.0f} | {one[64]:.0f} / {two[64]:.0f} | {difference:.2g} "
+              f"| {'yes' if np.array_equal(a, b) else f'no ({np.abs(a - b).max():.2g})'} |")
+    print(f"features: {reference.shape[1]} per image, largest {np.abs(reference).max():.3g}; files in {folder}")
+
+
+if __name__ == "__main__":
+    main()
