@@ -85,7 +85,7 @@ def test_outputs_reach_the_disk_before_they_are_renamed_into_place(tmp_path, mon
     out = tmp_path / "out" / "result"
     write(out)
     tmp = events[0][1]
-    assert re.fullmatch(re.escape(str(out)) + r"\.[0-9a-f]{8}\.tmp", tmp), tmp
+    assert re.fullmatch(re.escape(str(out)) + rf"\.{os.getpid()}-[0-9a-f]{{8}}\.tmp", tmp), tmp
     assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(out.parent))], events
 
 
@@ -229,7 +229,7 @@ def test_a_link_at_a_guessable_temporary_name_is_never_written_through(tmp_path,
     victim.write_text("precious")
     shared = tmp_path / "shared"
     shared.mkdir()
-    planted = ["out.csv.tmp", ".out.csv.tmp", "out.csv.0000000a.tmp"]
+    planted = ["out.csv.tmp", ".out.csv.tmp", f"out.csv.{os.getpid()}-0000000a.tmp", "out.csv.999999999-0000000c.tmp"]
     for name in planted:
         (shared / name).symlink_to(victim)
     draws = iter(["0000000a", "0000000b"])
@@ -263,3 +263,21 @@ def test_two_writers_of_one_output_each_publish_a_whole_file(tmp_path):
             future.result()  # no exception in either writer
     assert out.read_text() in {f"{run}: first half\n{run}: second half\n" for run in ("run A", "run B")}
     assert os.listdir(tmp_path) == ["predictions.csv"], "no temporary file is left"
+
+
+def test_a_killed_writers_leftover_is_removed_by_the_next_write_and_a_live_ones_kept(tmp_path):
+    """A writer killed mid-write (SIGKILL, a power cut) leaves its `<name>.<pid>-<random>.tmp`; the next write of that
+    output removes it, as its process is gone, but never the file of a writer still running (this process)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f"out.txt.{int(dead.stdout)}-0123abcd.tmp"
+    leftover.write_text("half")
+    live = tmp_path / f"out.txt.{os.getpid()}-89abcdef.tmp"
+    live.write_text("in progress")
+    other = tmp_path / "other.txt.1-0123abcd.tmp"  # another output's
+    other.write_text("x")
+    with files.atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.txt", live.name, other.name])

@@ -224,10 +224,10 @@ def test_unfreeze_from_the_first_layer_with_cached_activations_says_nothing_lies
         networks.feature_extractor(base, base_name, 32, "avg", layer)
     text = str(info.value)
     assert text.startswith(f"fine_tune.unfreeze_from {layer!r} is the first layer of the base: nothing lies below it, so there "
-                           "is nothing to cache or keep frozen (every layer would train); pick one of "), text
-    assert "residual" not in text and text.endswith(" (or set fine_tune.cache_activations: false)") and "\n" not in text
-    valid = text.split("pick one of ")[1].split(" (or set")[0].split(", ")
-    assert ("block1_conv2" if base_name == "vgg16" else "block_1_expand") in valid and layer not in valid
+                           "is nothing to cache or keep frozen (every layer would train); the nearest cuts that can be cached: "), text
+    assert "residual" not in text and text.endswith("or set fine_tune.cache_activations: false)") and "\n" not in text
+    valid = text.split("the nearest cuts that can be cached: ")[1].split(" (all:")[0]
+    assert ("block1_conv2" if base_name == "vgg16" else "expanded_conv_depthwise") in valid and f"({layer})" not in valid
 
 
 def test_params_yaml_with_python_tags_is_refused(tmp_path):

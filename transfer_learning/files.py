@@ -47,7 +47,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def temporary_sibling(path: Path) -> Path:
-    """Create a new empty file `<name>.<random>.tmp` beside `path` and return its name.
+    """Create a new empty file `<name>.<pid>-<random>.tmp` beside `path` and return its name; first remove the
+    leftovers of writers of `path` that died (killed mid-write: their process id is gone), see remove_leftovers.
 
     O_CREAT|O_EXCL fails on any existing name, a symbolic link included (dangling or not), so a link planted in a
     shared folder is never written through; O_NOFOLLOW says the same again. A random part per write: two writers of
@@ -55,15 +56,36 @@ def temporary_sibling(path: Path) -> Path:
     tempfile.mkstemp: it creates the file with mode 0600, and outputs keep the usual mode (0666 less the umask).
     The name ends in `.tmp` so that .gitignore, .dvcignore and users still know a leftover for what it is.
     """
+    remove_leftovers(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
             os.close(os.open(tmp, flags, 0o666))
         except FileExistsError:
             continue  # taken (a leftover, another writer, or a planted link): draw another name
         return tmp
     raise PipelineError(f"cannot write {path}: no free temporary name beside it; remove the *.tmp files in {path.parent}")
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete `<name>.<pid>-<random>.tmp` files beside `path` that a writer killed mid-write left (SIGKILL, a power
+    cut): only regular files (never a link), of this user, whose process no longer runs. A live writer's file, another
+    user's and anything else are left alone. (On a folder shared by several machines a writer on another machine looks
+    dead here: write one output from one machine at a time.)"""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d+)-[0-9a-f]{8}\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            found = pattern.fullmatch(entry.name)
+            if not found or not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            try:
+                os.kill(int(found.group(1)), 0)
+            except ProcessLookupError:  # gone: its file will never be renamed
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except (PermissionError, OverflowError):  # alive under another user, or not a process id
+                pass
 
 
 def to_disk(path: Path) -> None:
