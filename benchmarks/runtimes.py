@@ -112,8 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed calls")
     parser.add_argument("--only", nargs="*", default=list(RUNTIMES), help="runtimes to measure")
+    parser.add_argument("--smoke", action="store_true", help="--quick with the runtimes of requirements.txt only (the test)")
     parser.add_argument("--worker", nargs=3, metavar=("RUNTIME", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:  # no benchmark-only package (OpenVINO): what tests/test_benchmarks.py can run anywhere
+        args.quick, args.only = True, ["tf_project", "tflite_xnnpack", "onnxruntime"]
     calls = {1: 20, 64: 2} if args.quick else {1: 100, 64: 8}
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), int(args.worker[2]), calls)

@@ -28,6 +28,7 @@ SMOKE = {
     "vs_tutorial.py": "tutorial: ",
     "disk.py": "first experiment:",
     "scale.py": "dvc status",
+    "runtimes.py": "features: ",
 }
 # Not benchmarks of their own: the shared harness, the old duplicate search (run by duplicates.py and its tests), the
 # tutorial script (run by vs_tutorial.py); duplicates.py runs at its smallest size in tests/test_duplicates.py.

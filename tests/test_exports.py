@@ -20,8 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from support.projects import ROOT, run_stage, split_images, stage_project
-from transfer_learning import cli as command_line
+from support.projects import ROOT, predict_cli, run_stage, split_images, stage_project
 from transfer_learning import exports, model_files, packaging
 from transfer_learning.records import Encoding, ImageFiles, Preparation
 
@@ -108,12 +107,7 @@ def test_every_format_is_written_the_same_bytes_twice_and_measured(exported):
     assert list(speed) == ["keras", *FORMATS] and set(speed["onnx"]) == {"images_per_second_batch_1", "images_per_second_batch_32", "size_bytes"}
 
 
-def cli(*argv) -> int:
-    try:
-        command_line.main(["predict", *(str(a) for a in argv)])
-    except SystemExit as exc:
-        return exc.code
-    return 0
+cli = predict_cli  # transfer-learning predict, in this process: its exit status
 
 
 def read(path: Path) -> list[list[str]]:

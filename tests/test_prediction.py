@@ -17,7 +17,7 @@ import pytest
 
 from support import hostile_models
 from support.images import make_image
-from transfer_learning import cli as command_line
+from support.projects import predict_cli
 from transfer_learning import errors, images, model_files, prediction
 from transfer_learning.records import Encoding
 
@@ -49,13 +49,7 @@ def new_images(root):
     return root
 
 
-def cli(*argv) -> int:
-    """`transfer-learning predict`'s exit status, run in this process (errors.run turns errors into `error: ...` and status 1)."""
-    try:
-        command_line.main(["predict", *(str(a) for a in argv)])
-    except SystemExit as exc:
-        return exc.code
-    return 0
+cli = predict_cli  # transfer-learning predict, in this process: its exit status
 
 
 def read(path):

@@ -113,19 +113,21 @@ def regression_figures(actual, predictions: dict, folder: Path) -> None:
     save_figure(fig, folder / "residuals_by_range.png")
 
 
-def image_grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = 4) -> None:
+def image_grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = 4, cell: float = 3,
+               row_height: float = 3.7, title_height: float = 0.6, fontsizes: tuple = (9, 13)) -> None:
     """(n, H, W, 3) uint8 images in a grid, each with its caption (drawn literally: a `$` is a dollar), under `title`.
-    No image: the title alone (e.g. no mistake to show)."""
+    No image: the title alone (e.g. no mistake to show). Sizes in inches: `cell` wide, `row_height` a row with its
+    caption, the title on top; fontsizes: (caption, title)."""
     rows = max(1, -(-len(images) // columns))
-    height = 3.7 * rows + 0.6  # inches: the title takes the top 0.6
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, height), squeeze=False)
+    height = row_height * rows + title_height
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, text in zip(axes.flat, images, captions):
         ax.imshow(image)
-        ax.set_title(text, fontsize=9, parse_math=False)
-    fig.suptitle(title, fontsize=13, parse_math=False)
-    save_figure(fig, path, top=1 - 0.6 / height)
+        ax.set_title(text, fontsize=fontsizes[0], parse_math=False)
+    fig.suptitle(title, fontsize=fontsizes[1], parse_math=False)
+    save_figure(fig, path, top=1 - title_height / height)
 
 
 def save_figure(fig, path: Path, top: float = 1.0) -> None:

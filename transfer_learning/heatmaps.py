@@ -164,19 +164,10 @@ def correct_cases(actual: np.ndarray, outputs: np.ndarray, encoding: Encoding, p
 
 
 def grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = COLUMNS) -> None:
-    """evaluation.image_grid in smaller cells (CELL inches): a PR comment shows a page of them, not megabytes."""
-    import matplotlib.pyplot as plt
-
-    rows = max(1, -(-len(images) // columns))
-    height = (CELL + 0.55) * rows + 0.5  # inches: three caption lines over each image, the title on top
-    fig, axes = plt.subplots(rows, columns, figsize=(CELL * columns, height), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, text in zip(axes.flat, images, captions):
-        ax.imshow(image)
-        ax.set_title(text, fontsize=7, parse_math=False)
-    fig.suptitle(title, fontsize=10, parse_math=False)
-    evaluation.save_figure(fig, path, top=1 - 0.5 / height)
+    """evaluation.image_grid in smaller cells (CELL inches, three caption lines over each image): a PR comment shows a
+    page of them, not megabytes."""
+    evaluation.image_grid(images, captions, title, path, columns, cell=CELL, row_height=CELL + 0.55, title_height=0.5,
+                          fontsizes=(7, 10))
 
 
 def write(model: keras.Model, images: np.ndarray, worst: pd.DataFrame, correct: pd.DataFrame, encoding: Encoding,

@@ -214,3 +214,14 @@ def split_images(project: Path, split: str = "test") -> np.ndarray:
 
     with contextlib.chdir(project):
         return np.asarray(image_sets.load(split)).astype("float32")
+
+
+def predict_cli(*argv) -> int:
+    """`transfer-learning predict`'s exit status, run in this process (errors.run turns errors into `error: ...` and status 1)."""
+    from transfer_learning import cli
+
+    try:
+        cli.main(["predict", *(str(a) for a in argv)])
+    except SystemExit as exc:
+        return exc.code
+    return 0
