@@ -11,6 +11,7 @@ each file once however many links lead to it (DVC links the cache into the works
 prints them against the source folder's size. Epochs and folds change no file's size (only dvclive's per-epoch rows),
 so --quick measures the same layout in a fraction of the time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,19 @@ from pathlib import Path
 
 import harness
 
-OUTPUTS = ("data/ingested", "data/split", "data/normalized", "data/augmented", "data/features", "data/activations",
-           "models", "metrics", "plots", "dvclive", "reports")
+OUTPUTS = (
+    "data/ingested",
+    "data/split",
+    "data/normalized",
+    "data/augmented",
+    "data/features",
+    "data/activations",
+    "models",
+    "metrics",
+    "plots",
+    "dvclive",
+    "reports",
+)
 QUICK = {"train_head.epochs": 1, "train_head.folds": 0, "fine_tune.epochs": 1}
 
 
@@ -72,8 +84,15 @@ def main():
     overrides = {} if args.digits else dict(harness.FLOWERS_PARAMS)
     if args.smoke:
         source = smoke_source(Path(tempfile.mkdtemp(prefix="bench-disk-src-")))
-        overrides = {"data.source": str(source), "normalize.image_size": 32, "split.val": 0.25, "split.test": 0.25,
-                     "base.weights": "none", "fine_tune.unfreeze_from": "block_16_expand", "head.units": 8} | QUICK
+        overrides = {
+            "data.source": str(source),
+            "normalize.image_size": 32,
+            "split.val": 0.25,
+            "split.test": 0.25,
+            "base.weights": "none",
+            "fine_tune.unfreeze_from": "block_16_expand",
+            "head.units": 8,
+        } | QUICK
     elif args.quick:
         overrides |= QUICK
     source = Path(overrides.get("data.source", project / harness.read_params(project)["data"]["source"]))
@@ -87,16 +106,20 @@ def main():
     after_second = measure(project)
 
     mb = 1e6
-    print(f"\nsource {source}: {source_bytes / mb:.1f} MB; cache.type: "
-          f"{harness.run(['dvc', 'config', 'cache.type'], project).output.strip() or 'copy (DVC default)'}")
+    print(
+        f"\nsource {source}: {source_bytes / mb:.1f} MB; cache.type: "
+        f"{harness.run(['dvc', 'config', 'cache.type'], project).output.strip() or 'copy (DVC default)'}"
+    )
     print(f"{'output':38}{'1st experiment':>16}{'after 2nd':>12}")
     for name in after_first:
         print(f"{name:38}{after_first[name] / mb:13.1f} MB{after_second[name] / mb:9.1f} MB")
     total_first, total_second = sum(after_first.values()), sum(after_second.values())
     print(f"{'total':38}{total_first / mb:13.1f} MB{total_second / mb:9.1f} MB")
-    print(f"first experiment: {total_first / source_bytes:.2f}x the source ({first.seconds:.0f} s); the second "
-          f"(augment.seed=1, ran: {', '.join(harness.stages_run(second.output))}) added "
-          f"{(total_second - total_first) / source_bytes:.2f}x ({second.seconds:.0f} s)")
+    print(
+        f"first experiment: {total_first / source_bytes:.2f}x the source ({first.seconds:.0f} s); the second "
+        f"(augment.seed=1, ran: {', '.join(harness.stages_run(second.output))}) added "
+        f"{(total_second - total_first) / source_bytes:.2f}x ({second.seconds:.0f} s)"
+    )
     if args.smoke:
         shutil.rmtree(source, ignore_errors=True)
     shutil.rmtree(project.parent, ignore_errors=True)

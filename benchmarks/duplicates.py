@@ -15,6 +15,7 @@ what the process held before the call: the grouping's own memory (scipy.sparse, 
 first merge, 23 MB, is imported before, in both). The old search runs under an address-space limit (--old-limit-gb):
 past it, it is reported as out of memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,24 +73,37 @@ def measure(implementation: str, case: str, n: int) -> dict:
     start = time.perf_counter()
     result = duplicates.groups(prints, keys) if implementation == "new" else exact_groups(prints, keys)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_mb": memory_mb("VmHWM"), "before_mb": before, "groups": len(set(result)),
-            "digest": hashlib.sha256("\n".join(result).encode()).hexdigest()}
+    return {
+        "seconds": seconds,
+        "peak_mb": memory_mb("VmHWM"),
+        "before_mb": before,
+        "groups": len(set(result)),
+        "digest": hashlib.sha256("\n".join(result).encode()).hexdigest(),
+    }
 
 
 def run(implementation: str, case: str, n: int, limit_gb: float | None, timeout: float) -> dict:
     """One measurement in a child process (under an address-space limit of `limit_gb`, if given)."""
+
     def limit():
         if limit_gb:
             resource.setrlimit(resource.RLIMIT_AS, (int(limit_gb * 2**30),) * 2)
 
     start = time.perf_counter()
     try:
-        child = subprocess.run([sys.executable, __file__, "--child", implementation, case, str(n)],
-                               capture_output=True, text=True, preexec_fn=limit, timeout=timeout)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", implementation, case, str(n)],
+            capture_output=True,
+            text=True,
+            preexec_fn=limit,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"failed": f"over {timeout:.0f} s"}
     if child.returncode != 0:
-        out_of_memory = any(text in child.stderr for text in ("MemoryError", "Unable to allocate")) or child.returncode < 0
+        out_of_memory = (
+            any(text in child.stderr for text in ("MemoryError", "Unable to allocate")) or child.returncode < 0
+        )
         if out_of_memory and limit_gb:
             return {"failed": f"over {limit_gb:g} GB (stopped after {time.perf_counter() - start:.0f} s)"}
         return {"failed": " ".join(child.stderr.strip().splitlines()[-1:])}

@@ -1,6 +1,7 @@
 """The near-duplicate search as it was before it was grouped tile by tile, and the pictures both are measured on:
 the reference that tests/test_duplicates.py holds the new search to (group for group, name for name) and that
 benchmarks/duplicates.py measures it against. Plain NumPy and Pillow, no test framework."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,7 +56,7 @@ def exact_near_pairs(dhashes: list[int], thumbnails: np.ndarray | None) -> list[
         starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
         for bucket in np.split(order, starts[1:]):
             for start in range(0, len(bucket), EXACT_BLOCK):
-                rows = bucket[start:start + EXACT_BLOCK]
+                rows = bucket[start : start + EXACT_BLOCK]
                 close = np.bitwise_count(hashes[rows][:, None] ^ hashes[bucket][None, :])
                 close = close <= duplicates.NEAR_BITS
                 i, j = np.nonzero(close)
@@ -63,7 +64,7 @@ def exact_near_pairs(dhashes: list[int], thumbnails: np.ndarray | None) -> list[
                 keep = i < j
                 i, j = i[keep], j[keep]
                 for at in range(0, len(i), EXACT_PAIRS):
-                    a, b = i[at:at + EXACT_PAIRS], j[at:at + EXACT_PAIRS]
+                    a, b = i[at : at + EXACT_PAIRS], j[at : at + EXACT_PAIRS]
                     similar = np.abs(thumbs[a] - thumbs[b]).mean(axis=1) <= duplicates.NEAR_LEVELS
                     pairs.update(zip(a[similar].tolist(), b[similar].tolist()))
     return sorted(pairs)
@@ -72,12 +73,17 @@ def exact_near_pairs(dhashes: list[int], thumbnails: np.ndarray | None) -> list[
 def photo(seed: int, size=(120, 90)) -> Image.Image:
     """A smooth picture (gradients and soft blobs), as photos are: what JPEG and resizing are made for."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size[1], 0:size[0]] / max(size)
-    pixels = np.stack([rng.uniform(40, 200) + 50 * np.sin(rng.uniform(2, 9) * x + rng.uniform(0, 6) * y + rng.uniform(0, 6))
-                       for _ in range(3)], axis=-1)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]] / max(size)
+    pixels = np.stack(
+        [
+            rng.uniform(40, 200) + 50 * np.sin(rng.uniform(2, 9) * x + rng.uniform(0, 6) * y + rng.uniform(0, 6))
+            for _ in range(3)
+        ],
+        axis=-1,
+    )
     for _ in range(4):
         cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 0.75), rng.uniform(0.05, 0.2)
-        pixels += rng.uniform(-80, 80, 3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / r ** 2)[..., None]
+        pixels += rng.uniform(-80, 80, 3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / r**2)[..., None]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -88,5 +94,5 @@ def frames(n: int, seed: int = 3):
     scene = np.asarray(photo(seed, (100, 75)), dtype=np.int16)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        frame = scene[10:58, 10 + i % 3:74 + i % 3]
+        frame = scene[10:58, 10 + i % 3 : 74 + i % 3]
         yield np.clip(frame + rng.integers(-2, 3, frame.shape), 0, 255).astype(np.uint8)

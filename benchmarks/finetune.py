@@ -8,6 +8,7 @@ extract-features + fine-tune + evaluate with fine_tune.cache_activations true an
 the activations at the cut beside the features, or not), and prints the time per epoch, the one-off cost of
 caching (the difference of the two extract-features), and val/test accuracy of both.
 """
+
 import argparse
 import statistics
 
@@ -20,7 +21,9 @@ def main():
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tune epochs (no early stopping), same for both")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--unfreeze-from", help="fine_tune.unfreeze_from (the cut), same for both; default: params.yaml's")
+    parser.add_argument(
+        "--unfreeze-from", help="fine_tune.unfreeze_from (the cut), same for both; default: params.yaml's"
+    )
     parser.add_argument("--smoke", action="store_true", help="a few generated images, smallest params: that it runs")
     args = parser.parse_args()
 
@@ -28,12 +31,25 @@ def main():
     cut_override = {"fine_tune.unfreeze_from": args.unfreeze_from} if args.unfreeze_from else {}
     if args.smoke:
         smoke = harness.smoke_flowers_params()
-        args.source, args.image_size, args.copies, args.epochs = (smoke["data.source"], smoke["normalize.image_size"],
-                                                                  smoke["augment.copies"], smoke["fine_tune.epochs"])
+        args.source, args.image_size, args.copies, args.epochs = (
+            smoke["data.source"],
+            smoke["normalize.image_size"],
+            smoke["augment.copies"],
+            smoke["fine_tune.epochs"],
+        )
         cut_override = {key: smoke[key] for key in harness.SMOKE_PARAMS} | cut_override
-    harness.set_params(project, harness.FLOWERS_PARAMS | cut_override | {"data.source": args.source, "normalize.image_size": args.image_size,
-                                                                         "augment.copies": args.copies, "fine_tune.epochs": args.epochs,
-                                                                         "fine_tune.patience": 0})
+    harness.set_params(
+        project,
+        harness.FLOWERS_PARAMS
+        | cut_override
+        | {
+            "data.source": args.source,
+            "normalize.image_size": args.image_size,
+            "augment.copies": args.copies,
+            "fine_tune.epochs": args.epochs,
+            "fine_tune.patience": 0,
+        },
+    )
     cut = harness.read_params(project)["fine_tune"]["unfreeze_from"]
     print(f"preparing data and head in {project} ...", flush=True)
     harness.run(["dvc", "repro", "train-head"], project)
@@ -56,19 +72,27 @@ def main():
             "test": harness.read_json(project / "metrics/evaluate.json")["fine_tuned"]["accuracy"],
         }
     cached, e2e = results[True], results[False]
-    print(f"\nfine-tune on {args.source}: {args.image_size} px, {args.copies} augmented copies, {args.epochs} epochs, "
-          f"trained from {cut} up")
+    print(
+        f"\nfine-tune on {args.source}: {args.image_size} px, {args.copies} augmented copies, {args.epochs} epochs, "
+        f"trained from {cut} up"
+    )
     print(f"{'':24}{'cached':>12}{'end to end':>12}")
     print(f"{'seconds per epoch':24}{cached['epoch']:12.2f}{e2e['epoch']:12.2f}   (median of epochs 2-{args.epochs})")
     print(f"{'fastest epoch, s':24}{cached['fastest']:12.2f}{e2e['fastest']:12.2f}")
-    print(f"{'every epoch, s':24}{' '.join(f'{s:.1f}' for s in cached['epochs'])} | {' '.join(f'{s:.1f}' for s in e2e['epochs'])}")
-    print(f"{'extract-features, s':24}{cached['extract']:12.1f}{e2e['extract']:12.1f}   (the difference: caching the activations)")
+    print(
+        f"{'every epoch, s':24}{' '.join(f'{s:.1f}' for s in cached['epochs'])} | {' '.join(f'{s:.1f}' for s in e2e['epochs'])}"
+    )
+    print(
+        f"{'extract-features, s':24}{cached['extract']:12.1f}{e2e['extract']:12.1f}   (the difference: caching the activations)"
+    )
     print(f"{'fine-tune stage, s':24}{cached['stage']:12.1f}{e2e['stage']:12.1f}")
     print(f"{'val accuracy':24}{cached['val']:12.4f}{e2e['val']:12.4f}")
     print(f"{'test accuracy':24}{cached['test']:12.4f}{e2e['test']:12.4f}")
-    print(f"\nper-epoch speed-up: {e2e['epoch'] / cached['epoch']:.1f}x (fastest epochs: {e2e['fastest'] / cached['fastest']:.1f}x)   "
-          f"stage speed-up incl. caching: {e2e['stage'] / (cached['stage'] + cached['extract'] - e2e['extract']):.1f}x   "
-          f"test accuracy difference: {100 * (cached['test'] - e2e['test']):+.2f} points")
+    print(
+        f"\nper-epoch speed-up: {e2e['epoch'] / cached['epoch']:.1f}x (fastest epochs: {e2e['fastest'] / cached['fastest']:.1f}x)   "
+        f"stage speed-up incl. caching: {e2e['stage'] / (cached['stage'] + cached['extract'] - e2e['extract']):.1f}x   "
+        f"test accuracy difference: {100 * (cached['test'] - e2e['test']):+.2f} points"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Each benchmark works in its own temporary clone (only git-tracked files, like a user's fresh
 checkout), so it never touches the workspace, and times commands with their peak memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,34 @@ FLOWERS = ROOT.parent / "shared" / "datasets" / "flowers17"
 # Flowers-17 at 256 px with MobileNetV2-0.35 and ImageNet weights (the README's flowers line; benchmarks 1-5 in
 # benchmarks/README.md were measured with an earlier line: 224 px, fine_tune.lr 0.001 with SGD, no smoothing, no flip
 # averaging; reproducibility.py and throughput_memory.py keep 224 px).
-FLOWERS_PARAMS = {"data.source": str(FLOWERS), "normalize.image_size": 256, "augment.horizontal_flip": True,
-                  "augment.copies": 4, "train_head.label_smoothing": 0.1, "fine_tune.label_smoothing": 0.1,
-                  "fine_tune.optimizer": "adam", "fine_tune.lr": 0.0001, "fine_tune.epochs": 10, "fine_tune.patience": 6,
-                  "fine_tune.tta": "flip"}
+FLOWERS_PARAMS = {
+    "data.source": str(FLOWERS),
+    "normalize.image_size": 256,
+    "augment.horizontal_flip": True,
+    "augment.copies": 4,
+    "train_head.label_smoothing": 0.1,
+    "fine_tune.label_smoothing": 0.1,
+    "fine_tune.optimizer": "adam",
+    "fine_tune.lr": 0.0001,
+    "fine_tune.epochs": 10,
+    "fine_tune.patience": 6,
+    "fine_tune.tta": "flip",
+}
 
 
 # --smoke (every benchmark has it; tests/test_benchmarks.py runs each so): the same script, its commands and its
 # printing, on a few generated images with the smallest params that still run every stage, in about a minute at most.
 # Its figures mean nothing; it proves the benchmark still runs to its end.
-SMOKE_PARAMS = {"normalize.image_size": 32, "ingest.max_short_side": 32, "augment.copies": 1, "train_head.epochs": 2,
-                "train_head.folds": 0, "fine_tune.epochs": 2, "fine_tune.patience": 0, "fine_tune.unfreeze_from": "block_16_expand"}
+SMOKE_PARAMS = {
+    "normalize.image_size": 32,
+    "ingest.max_short_side": 32,
+    "augment.copies": 1,
+    "train_head.epochs": 2,
+    "train_head.folds": 0,
+    "fine_tune.epochs": 2,
+    "fine_tune.patience": 0,
+    "fine_tune.unfreeze_from": "block_16_expand",
+}
 
 
 def smoke_images(kind: str = "classes") -> Path:
@@ -65,7 +83,7 @@ def smoke_flowers_params() -> dict:
 @dataclass
 class Timed:
     seconds: float
-    peak_mb: float        # peak resident memory (wait4's ru_maxrss): includes the pages of memory-mapped files
+    peak_mb: float  # peak resident memory (wait4's ru_maxrss): includes the pages of memory-mapped files
     output: str
     peak_anon_mb: float = 0.0  # peak anonymous memory (heap, tensors) of the command and its descendants,
     #                            sampled every 0.1 s: what the process itself holds, not reclaimable file pages
@@ -146,8 +164,10 @@ def stages_run(output: str) -> list[str]:
 
 def epoch_seconds(output: str) -> list[float]:
     """Per-epoch training time from Keras' `fit(verbose=2)` lines: `128/128 - 5s - 40ms/step - ...`."""
-    return [int(steps) * float(ms) / (1000 if unit == "ms" else 1)
-            for steps, ms, unit in re.findall(r"^(\d+)/\1 - \d+s - ([\d.]+)(ms|s)/step", output, re.M)]
+    return [
+        int(steps) * float(ms) / (1000 if unit == "ms" else 1)
+        for steps, ms, unit in re.findall(r"^(\d+)/\1 - \d+s - ([\d.]+)(ms|s)/step", output, re.M)
+    ]
 
 
 def read_json(path: Path) -> dict:

@@ -7,6 +7,7 @@
 Times, in one fresh clone: the full `dvc repro`, a no-op `dvc repro`, and `dvc repro` after
 changing one train-head param (train_head.lr), and prints each as a fraction of the full run.
 """
+
 import argparse
 
 import harness
@@ -31,7 +32,9 @@ def main():
     print(f"\n{'smoke' if args.smoke else 'digits' if args.digits else 'Flowers-17'}:")
     for name, timed in (("full dvc repro", full), ("no-op dvc repro", noop), ("train_head.lr changed", head)):
         ran = ", ".join(harness.stages_run(timed.output)) or "nothing"
-        print(f"{name:24}{timed.seconds:8.1f} s  {100 * timed.seconds / full.seconds:5.1f} % of the full run  (ran: {ran})")
+        print(
+            f"{name:24}{timed.seconds:8.1f} s  {100 * timed.seconds / full.seconds:5.1f} % of the full run  (ran: {ran})"
+        )
 
 
 if __name__ == "__main__":

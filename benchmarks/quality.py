@@ -16,6 +16,7 @@ wall time of each run (from `dvc queue status`, polled every 10 s; with -j 1 one
 the same name (same dataset, seed and overrides) made on the clone's current commit is reported, not run again; after
 `git pull` brings a new commit it runs again (its stages come from DVC's run cache where their code and params did not change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,21 @@ import harness
 UTKFACE = harness.ROOT.parent / "shared" / "datasets" / "utkface-age"
 CONFIGS = {
     "flowers": harness.FLOWERS_PARAMS,
-    "utkface": {"data.task": "regression", "data.source": str(UTKFACE), "data.csv": "labels.csv", "data.target_column": "age",
-                "normalize.image_size": 128, "augment.horizontal_flip": True, "fine_tune.unfreeze_from": "block_6_expand",
-                "fine_tune.optimizer": "adam", "fine_tune.lr": 0.0003, "fine_tune.loss": "mae", "fine_tune.epochs": 30,
-                "fine_tune.patience": 10, "fine_tune.tta": "flip"},  # the README's UTKFace line
+    "utkface": {
+        "data.task": "regression",
+        "data.source": str(UTKFACE),
+        "data.csv": "labels.csv",
+        "data.target_column": "age",
+        "normalize.image_size": 128,
+        "augment.horizontal_flip": True,
+        "fine_tune.unfreeze_from": "block_6_expand",
+        "fine_tune.optimizer": "adam",
+        "fine_tune.lr": 0.0003,
+        "fine_tune.loss": "mae",
+        "fine_tune.epochs": 30,
+        "fine_tune.patience": 10,
+        "fine_tune.tta": "flip",
+    },  # the README's UTKFace line
 }
 POLL = 10  # seconds between two `dvc queue status`
 
@@ -59,9 +71,12 @@ def tag_of(overrides: dict) -> str:
 
 def smoke_configs() -> dict:
     """CONFIGS on a few generated images (classes; ages for the regression) with the smallest params."""
-    return {"flowers": harness.smoke_flowers_params(),
-            "utkface": CONFIGS["utkface"] | harness.SMOKE_PARAMS | {"data.source": str(harness.smoke_images("ages")),
-                                                                     "split.bins": 3}}  # 24 ages: 8 a bin
+    return {
+        "flowers": harness.smoke_flowers_params(),
+        "utkface": CONFIGS["utkface"]
+        | harness.SMOKE_PARAMS
+        | {"data.source": str(harness.smoke_images("ages")), "split.bins": 3},
+    }  # 24 ages: 8 a bin
 
 
 def prepare(project_arg: str | None, baseline: dict | None = None) -> Path:
@@ -79,11 +94,14 @@ def prepare(project_arg: str | None, baseline: dict | None = None) -> Path:
             # cache still loads the committed dvc.lock's output folders, and fails where the cache lacks them
             print(f"dvc repro of the committed params (digits) in {project} ...", flush=True)
             harness.run(["dvc", "repro"], project)
-            subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)  # the workspace as committed (the cache keeps the run)
+            # the workspace as committed (the cache keeps the run)
+            subprocess.run(["git", "checkout", "-q", "."], cwd=project, check=True)
     else:
         project = Path(project_arg).resolve()
         subprocess.run(["git", "pull", "-q", "--ff-only"], cwd=project, check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True
+    ).stdout.strip()
     print(f"project: {project} at {commit}", flush=True)
     return project
 
@@ -96,7 +114,9 @@ def experiments(project: Path) -> dict:
         for exp in commit.get("experiments") or []:
             rev = exp["revs"][0]
             if exp.get("name") and rev.get("data") and not rev.get("error"):  # not a failed run
-                found[exp["name"]] = {path: metric["data"] for path, metric in (rev["data"].get("metrics") or {}).items()}
+                found[exp["name"]] = {
+                    path: metric["data"] for path, metric in (rev["data"].get("metrics") or {}).items()
+                }
     return found
 
 
@@ -114,15 +134,26 @@ def queue_tasks(project: Path, attempts: int = 5, poll: float = POLL) -> list[tu
     return re.findall(r"^([0-9a-f]+)\s+(\S+)\s.*?\b(Queued|Running|Success|Failed)\b", status, re.M)
 
 
-def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tasks: set[str], poll: float = POLL) -> None:
+def run_queue(
+    project: Path, names: list[str], jobs: int, timings: Path, old_tasks: set[str], poll: float = POLL
+) -> None:
     """Start the queue and wait for it, noting when each experiment starts and stops running (wall time). Tasks from
     before (old_tasks: a failed run of the same name) are not looked at."""
-    seconds = {name: s for name, s in (json.loads(timings.read_text()) if timings.exists() else {}).items() if name not in names}
-    harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)  # a name run again (on a new commit) gets its new time
+    seconds = {
+        name: s
+        for name, s in (json.loads(timings.read_text()) if timings.exists() else {}).items()
+        if name not in names
+    }
+    # a name run again (on a new commit) gets its new time
+    harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)
     started = {}
     while True:
         now = time.monotonic()
-        states = {name: state for task, name, state in queue_tasks(project, poll=poll) if task not in old_tasks and name in names}
+        states = {
+            name: state
+            for task, name, state in queue_tasks(project, poll=poll)
+            if task not in old_tasks and name in names
+        }
         for name, state in states.items():
             if state == "Running" and name not in started:
                 started[name] = now
@@ -141,9 +172,17 @@ def run_queue(project: Path, names: list[str], jobs: int, timings: Path, old_tas
 
 def figures(metrics: dict, task: str) -> dict:
     m = "accuracy" if task == "classification" else "mae"
-    evaluate, head, fine = metrics["metrics/evaluate.json"], metrics["metrics/train_head.json"], metrics["metrics/fine_tune.json"]
-    row = {"head test": evaluate["head"][m], "fine-tuned test": evaluate["fine_tuned"][m],
-           "head val": head[f"val_{m}"], "fine-tuned val": fine[f"val_{m}"]}
+    evaluate, head, fine = (
+        metrics["metrics/evaluate.json"],
+        metrics["metrics/train_head.json"],
+        metrics["metrics/fine_tune.json"],
+    )
+    row = {
+        "head test": evaluate["head"][m],
+        "fine-tuned test": evaluate["fine_tuned"][m],
+        "head val": head[f"val_{m}"],
+        "fine-tuned val": fine[f"val_{m}"],
+    }
     if "kfold" in head:  # train_head.folds > 0: k-fold estimate of the head on train + val (stored features)
         row["head k-fold"] = head["kfold"][f"{m}_mean"]
     if f"model_val_{m}" in fine:  # the saved model (with its test-time augmentation) on val
@@ -154,15 +193,25 @@ def figures(metrics: dict, task: str) -> dict:
 def report(dataset: str, seeds: list[int], rows: dict, seconds: dict, overrides: dict) -> None:
     task = "classification" if dataset == "flowers" else "regression"
     unit = "accuracy" if task == "classification" else "MAE, years"
-    print(f"\n{dataset} ({unit}); README params{' + ' + ' '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}")
+    print(
+        f"\n{dataset} ({unit}); README params{' + ' + ' '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}"
+    )
     columns = list(next(iter(rows.values())))
     print(f"{'split.seed':>12}" + "".join(f"{c:>17}" for c in columns) + f"{'minutes':>10}")
     for seed in seeds:
         minutes = seconds.get(seed)
-        print(f"{seed:>12}" + "".join(f"{rows[seed][c]:>17.4f}" for c in columns) + (f"{minutes / 60:>10.1f}" if minutes else f"{'-':>10}"))
+        print(
+            f"{seed:>12}"
+            + "".join(f"{rows[seed][c]:>17.4f}" for c in columns)
+            + (f"{minutes / 60:>10.1f}" if minutes else f"{'-':>10}")
+        )
     if len(seeds) > 1:
-        cells = "".join(f"{statistics.mean(rows[s][c] for s in seeds):.4f} ±{statistics.stdev(rows[s][c] for s in seeds):.4f}".rjust(17)
-                        for c in columns)
+        cells = "".join(
+            f"{statistics.mean(rows[s][c] for s in seeds):.4f} ±{statistics.stdev(rows[s][c] for s in seeds):.4f}".rjust(
+                17
+            )
+            for c in columns
+        )
         print(f"{'mean ± std':>12}" + cells)
 
 
@@ -170,11 +219,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["flowers", "utkface", "both"], default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split.seed values")
-    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="params override for every run")
-    parser.add_argument("-j", dest="jobs", type=int, default=1, help="queue workers (1: one run at a time, honest wall times)")
+    parser.add_argument(
+        "-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="params override for every run"
+    )
+    parser.add_argument(
+        "-j", dest="jobs", type=int, default=1, help="queue workers (1: one run at a time, honest wall times)"
+    )
     parser.add_argument("--project", help="an existing clone to reuse (its DVC cache and experiments)")
-    parser.add_argument("--smoke", action="store_true", help="generated images, smallest params, seed 0, a fresh clone "
-                                                             "whose baseline is the smoke flowers run: that it runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="generated images, smallest params, seed 0, a fresh clone "
+        "whose baseline is the smoke flowers run: that it runs",
+    )
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     datasets = ["flowers", "utkface"] if args.dataset == "both" else [args.dataset]
@@ -193,7 +250,18 @@ def main():
     for (dataset, seed), name in names.items():
         if name in queued:
             params = configs[dataset] | overrides | {"split.seed": seed}
-            harness.run(["dvc", "exp", "run", "--queue", "-n", name, *[a for k, v in params.items() for a in ("-S", f"{k}={v}")]], project)
+            harness.run(
+                [
+                    "dvc",
+                    "exp",
+                    "run",
+                    "--queue",
+                    "-n",
+                    name,
+                    *[a for k, v in params.items() for a in ("-S", f"{k}={v}")],
+                ],
+                project,
+            )
     if queued:
         print(f"running {len(queued)} experiment(s), {args.jobs} at a time: {', '.join(queued)}", flush=True)
         run_queue(project, queued, args.jobs, timings, old_tasks, poll)

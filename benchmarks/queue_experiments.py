@@ -9,6 +9,7 @@ seeds, so DVC's run cache cannot skip them) + `dvc queue start -j 2`. Each exper
 train-head, fine-tune and evaluate with early stopping off (patience 0), so every one does the same
 work. Prints the wall time of each batch of three, from `dvc queue start` until the queue is empty.
 """
+
 import argparse
 import os
 import re
@@ -35,8 +36,11 @@ def run_queued(project, seeds: list[int], jobs: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a few generated images, smallest params, one experiment "
-                                                             "per batch: that it runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few generated images, smallest params, one experiment per batch: that it runs",
+    )
     args = parser.parse_args()
 
     project = harness.clone("queue")
@@ -52,7 +56,9 @@ def main():
     table = harness.run(["dvc", "exp", "show", "--csv", "--only-changed"], project).output
 
     n = 1 if args.smoke else 3
-    print(f"\n{'smoke' if args.smoke else 'digits'}, {os.cpu_count()} CPU cores; baseline dvc repro {baseline.seconds:.0f} s")
+    print(
+        f"\n{'smoke' if args.smoke else 'digits'}, {os.cpu_count()} CPU cores; baseline dvc repro {baseline.seconds:.0f} s"
+    )
     print(f"{n} queued experiments, dvc queue start -j 1: {one:7.1f} s")
     print(f"{n} queued experiments, dvc queue start -j 2: {two:7.1f} s   ({one / two:.2f}x faster)")
     print(f"\n{table}")

@@ -20,6 +20,7 @@ the stages that use TensorFlow (extract-features ... evaluate) in one fresh clon
 and prints each stage's time against the project's, which outputs are byte-identical to the
 project's (md5), and the test accuracy each gives.
 """
+
 import argparse
 import hashlib
 import os
@@ -28,8 +29,11 @@ from pathlib import Path
 import harness
 
 STAGES = ["extract_features", "train_head", "fine_tune", "evaluate"]
-OUTPUTS = {"extract_features": ["data/features/train_features.npy", "data/activations/train_activations.npy"],
-           "train_head": ["models/head.keras"], "fine_tune": ["models/model.keras"]}
+OUTPUTS = {
+    "extract_features": ["data/features/train_features.npy", "data/activations/train_activations.npy"],
+    "train_head": ["models/head.keras"],
+    "fine_tune": ["models/model.keras"],
+}
 CORES = len(os.sched_getaffinity(0))
 
 
@@ -55,15 +59,20 @@ def md5(paths: list[Path]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--digits", action="store_true", help="the embedded default instead of Flowers-17")
-    parser.add_argument("--smoke", action="store_true", help="a few generated images, smallest params, two settings: that it runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few generated images, smallest params, two settings: that it runs"
+    )
     args = parser.parse_args()
 
     project = harness.clone("reproducibility")
     if args.smoke:
         harness.set_params(project, harness.smoke_flowers_params())
     elif not args.digits:
-        harness.set_params(project, harness.FLOWERS_PARAMS | {"normalize.image_size": 224, "augment.copies": 2, "fine_tune.epochs": 3,
-                                                              "fine_tune.patience": 0})
+        harness.set_params(
+            project,
+            harness.FLOWERS_PARAMS
+            | {"normalize.image_size": 224, "augment.copies": 2, "fine_tune.epochs": 3, "fine_tune.patience": 0},
+        )
     threads = harness.read_params(project)["fine_tune"]["threads"]
     print(f"preparing data in {project} ...", flush=True)
     harness.run(["dvc", "repro", "augment"], project)
@@ -80,13 +89,18 @@ def main():
                 epochs = harness.epoch_seconds(timed.output)
                 seconds["fine-tune epoch"] = min(epochs[1:] or epochs)  # the fastest steady epoch: the least disturbed
         evaluation = harness.read_json(project / "metrics/evaluate.json")
-        results[name] = {"seconds": seconds, "md5": {stage: md5([project / path for path in paths]) for stage, paths in OUTPUTS.items()},
-                         "accuracy": (evaluation["head"]["accuracy"], evaluation["fine_tuned"]["accuracy"])}
+        results[name] = {
+            "seconds": seconds,
+            "md5": {stage: md5([project / path for path in paths]) for stage, paths in OUTPUTS.items()},
+            "accuracy": (evaluation["head"]["accuracy"], evaluation["fine_tuned"]["accuracy"]),
+        }
         print(f"{name}: done", flush=True)
 
     reference = results["project"]
-    print(f"\n{'smoke' if args.smoke else 'Flowers-17 at 224' if not args.digits else 'digits'}, {CORES} cores; seconds per stage "
-          f"(ratio to the project's settings), and whether its output is byte-identical to the project's:")
+    print(
+        f"\n{'smoke' if args.smoke else 'Flowers-17 at 224' if not args.digits else 'digits'}, {CORES} cores; seconds per stage "
+        f"(ratio to the project's settings), and whether its output is byte-identical to the project's:"
+    )
     header = ["settings"] + [s.replace("_", "-") for s in STAGES] + ["fine-tune epoch", "head / fine-tuned test acc."]
     print(" | ".join(header))
     for name, result in results.items():
@@ -97,8 +111,10 @@ def main():
             cells.append(f"{result['seconds'][stage]:.1f} s ({ratio:.2f}x){same}")
         cells.append(f"{result['accuracy'][0]:.4f} / {result['accuracy'][1]:.4f}")
         print(" | ".join(cells))
-    print("\n= byte-identical to the project's output, ≠ different bits. fine-tune threads: "
-          + ", ".join(f"{name} {t}" for name, (_, t, _) in chosen.items()))
+    print(
+        "\n= byte-identical to the project's output, ≠ different bits. fine-tune threads: "
+        + ", ".join(f"{name} {t}" for name, (_, t, _) in chosen.items())
+    )
 
 
 if __name__ == "__main__":

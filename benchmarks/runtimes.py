@@ -13,6 +13,7 @@ Each runs in its own process (the oneDNN ISA and TensorFlow's thread pools are f
 its features to the project's (TensorFlow, its settings, 2 threads), and whether its features are identical with 1
 and 2 threads. Prints a Markdown table (benchmarks/README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,9 @@ def predictor(name: str, folder: Path, threads: int):
         return exports.OnnxRunner(folder / "base.onnx", threads).predict_on_batch
     import openvino
 
-    config = {"INFERENCE_NUM_THREADS": threads} | ({"INFERENCE_PRECISION_HINT": "f32"} if name == "openvino_f32" else {})
+    config = {"INFERENCE_NUM_THREADS": threads} | (
+        {"INFERENCE_PRECISION_HINT": "f32"} if name == "openvino_f32" else {}
+    )
     compiled = openvino.Core().compile_model(str(folder / "base.onnx"), "CPU", config)
     return lambda x: np.asarray(compiled(x)[0], np.float32)
 
@@ -94,7 +97,8 @@ def worker(name: str, folder: Path, threads: int, calls: dict[int, int]) -> None
 
     predict = predictor(name, folder, threads)
     pixels = images().astype(np.float32)
-    features = np.concatenate([predict(pixels[i:i + 1]) for i in range(len(pixels))])  # batch 1, as extract-features' last rows
+    # batch 1, as extract-features' last rows
+    features = np.concatenate([predict(pixels[i : i + 1]) for i in range(len(pixels))])
     np.save(folder / f"{name}-{threads}.npy", features)
     np.save(folder / f"{name}-{threads}-64.npy", predict(pixels))
     speed = {}
@@ -112,7 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed calls")
     parser.add_argument("--only", nargs="*", default=list(RUNTIMES), help="runtimes to measure")
-    parser.add_argument("--smoke", action="store_true", help="--quick with the runtimes of requirements.txt only (the test)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="--quick with the runtimes of requirements.txt only (the test)"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("RUNTIME", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:  # no benchmark-only package (OpenVINO): what tests/test_benchmarks.py can run anywhere
@@ -122,22 +128,40 @@ def main() -> None:
         worker(args.worker[0], Path(args.worker[1]), int(args.worker[2]), calls)
         return
     folder = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import runtimes; "
-                    f"import transfer_learning; runtimes.convert(__import__('pathlib').Path({str(folder)!r}))"],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import runtimes; "
+            f"import transfer_learning; runtimes.convert(__import__('pathlib').Path({str(folder)!r}))",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     results = {}
     for name in args.only:
         env, _ = RUNTIMES[name]
         for threads in (1, 2):
-            done = subprocess.run([sys.executable, __file__, "--worker", name, str(folder), str(threads)] + (["--quick"] if args.quick else []),
-                                  cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker", name, str(folder), str(threads)]
+                + (["--quick"] if args.quick else []),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env},
+            )
             if done.returncode != 0:
-                results[name, threads] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                results[name, threads] = (
+                    done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                )
                 continue
             results[name, threads] = {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
     reference = np.load(folder / "tf_project-2.npy")
-    print("| runtime | images/s, batch 1 (1 / 2 threads) | images/s, batch 64 (1 / 2 threads) "
-          "| largest difference to the project's features | identical with 1 and 2 threads |")
+    print(
+        "| runtime | images/s, batch 1 (1 / 2 threads) | images/s, batch 64 (1 / 2 threads) "
+        "| largest difference to the project's features | identical with 1 and 2 threads |"
+    )
     print("|---|---|---|---|---|")
     for name in args.only:
         one, two = results.get((name, 1)), results.get((name, 2))
@@ -147,8 +171,10 @@ def main() -> None:
         a, b = np.load(folder / f"{name}-1.npy"), np.load(folder / f"{name}-2.npy")
         batched = np.load(folder / f"{name}-2-64.npy")
         difference = max(np.abs(b - reference).max(), np.abs(batched - reference).max())
-        print(f"| {RUNTIMES[name][1]} | {one[1]:.0f} / {two[1]:.0f} | {one[64]:.0f} / {two[64]:.0f} | {difference:.2g} "
-              f"| {'yes' if np.array_equal(a, b) else f'no ({np.abs(a - b).max():.2g})'} |")
+        print(
+            f"| {RUNTIMES[name][1]} | {one[1]:.0f} / {two[1]:.0f} | {one[64]:.0f} / {two[64]:.0f} | {difference:.2g} "
+            f"| {'yes' if np.array_equal(a, b) else f'no ({np.abs(a - b).max():.2g})'} |"
+        )
     print(f"features: {reference.shape[1]} per image, largest {np.abs(reference).max():.3g}; files in {folder}")
 
 

@@ -12,6 +12,7 @@ images, peak anonymous memory (what the stage holds; mapped file pages excluded)
 once: DVC links its cache), then the whole project's disk against the source, and `dvc status` seconds after a no-op
 and after one added image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,25 @@ from pathlib import Path
 import harness
 
 STAGES = ["ingest", "split", "normalize", "augment", "extract-features", "train-head", "fine-tune", "evaluate"]
-PARAMS = {"normalize.image_size": 96, "augment.copies": 1, "augment.horizontal_flip": True, "train_head.epochs": 2,
-          "train_head.folds": 0, "fine_tune.epochs": 2, "fine_tune.unfreeze_from": "block_13_expand"}
-OUTPUTS = {"ingest": ["data/ingested"], "split": ["data/split"], "normalize": ["data/normalized"], "augment": ["data/augmented"],
-           "extract-features": ["data/features", "data/activations"], "train-head": ["models/head.keras"],
-           "fine-tune": ["models/model.keras"], "evaluate": ["plots", "reports", "metrics"]}
+PARAMS = {
+    "normalize.image_size": 96,
+    "augment.copies": 1,
+    "augment.horizontal_flip": True,
+    "train_head.epochs": 2,
+    "train_head.folds": 0,
+    "fine_tune.epochs": 2,
+    "fine_tune.unfreeze_from": "block_13_expand",
+}
+OUTPUTS = {
+    "ingest": ["data/ingested"],
+    "split": ["data/split"],
+    "normalize": ["data/normalized"],
+    "augment": ["data/augmented"],
+    "extract-features": ["data/features", "data/activations"],
+    "train-head": ["models/head.keras"],
+    "fine-tune": ["models/model.keras"],
+    "evaluate": ["plots", "reports", "metrics"],
+}
 
 
 def make_set(photos: list[Path], copies: int, where: Path, size: int | None = None) -> int:
@@ -52,7 +67,9 @@ def make_set(photos: list[Path], copies: int, where: Path, size: int | None = No
                     w, h = im.size
                     cw, ch = int(w * rng.uniform(0.6, 1)), int(h * rng.uniform(0.6, 1))
                     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-                    picture = im.crop((x, y, x + cw, y + ch)).rotate(float(rng.uniform(-20, 20)), Image.Resampling.BILINEAR)
+                    picture = im.crop((x, y, x + cw, y + ch)).rotate(
+                        float(rng.uniform(-20, 20)), Image.Resampling.BILINEAR
+                    )
                     shift = rng.uniform(0.8, 1.2, 3)
                     picture = Image.fromarray(np.clip(np.asarray(picture, np.float32) * shift, 0, 255).astype(np.uint8))
                 picture.save(out, quality=92)
@@ -93,7 +110,14 @@ def run_scale(photos: list[Path], scale: int, params: dict, size: int | None) ->
     added = time.perf_counter() - start
     shutil.rmtree(project.parent, ignore_errors=True)
     shutil.rmtree(source, ignore_errors=True)
-    return {"images": n, "source": source_bytes, "stages": stages, "cache": cache, "status_noop": noop, "status_added": added}
+    return {
+        "images": n,
+        "source": source_bytes,
+        "stages": stages,
+        "cache": cache,
+        "status_noop": noop,
+        "status_added": added,
+    }
 
 
 def main():
@@ -105,8 +129,14 @@ def main():
     params, size, scales = dict(PARAMS), None, args.scales
     if args.smoke:
         photos = [p for d in sorted({p.parent for p in photos})[:2] for p in sorted(d.glob("*.jpg"))[:8]]
-        params |= {"normalize.image_size": 32, "base.weights": "none", "fine_tune.unfreeze_from": "block_16_expand",
-                   "head.units": 8, "train_head.epochs": 1, "fine_tune.epochs": 1}
+        params |= {
+            "normalize.image_size": 32,
+            "base.weights": "none",
+            "fine_tune.unfreeze_from": "block_16_expand",
+            "head.units": 8,
+            "train_head.epochs": 1,
+            "fine_tune.epochs": 1,
+        }
         size, scales = 64, [1, 2]
     results = {scale: run_scale(photos, scale, params, size) for scale in scales}
 
@@ -116,18 +146,33 @@ def main():
     print(f"{'stage':18}" + "".join(f"{head:>34}" for head in heads))
     for stage in STAGES:
         cells = [r["stages"][stage] for r in results.values()]
-        print(f"{stage:18}" + "".join(f"{1000 * sec / r['images']:12.2f} s {mem:8.0f} MB {disk / mb:7.1f} MB"
-                                      for (sec, mem, disk), r in zip(cells, results.values())))
+        print(
+            f"{stage:18}"
+            + "".join(
+                f"{1000 * sec / r['images']:12.2f} s {mem:8.0f} MB {disk / mb:7.1f} MB"
+                for (sec, mem, disk), r in zip(cells, results.values())
+            )
+        )
     for scale, r in results.items():
         total = sum(d for _, _, d in r["stages"].values()) + r["cache"]
-        print(f"{scale}x: source {r['source'] / mb:.0f} MB, outputs + cache {total / mb:.0f} MB = {total / r['source']:.2f}x the "
-              f"source; dvc status {r['status_noop']:.1f} s (no-op), {r['status_added']:.1f} s (one image added)")
+        print(
+            f"{scale}x: source {r['source'] / mb:.0f} MB, outputs + cache {total / mb:.0f} MB = {total / r['source']:.2f}x the "
+            f"source; dvc status {r['status_noop']:.1f} s (no-op), {r['status_added']:.1f} s (one image added)"
+        )
     base = results[scales[0]]
     for scale, r in list(results.items())[1:]:
-        ratios = [(stage, (r["stages"][stage][0] / r["images"]) / max(base["stages"][stage][0] / base["images"], 1e-9),
-                   r["stages"][stage][1] / max(base["stages"][stage][1], 1e-9)) for stage in STAGES]
-        print(f"{scale}x against {scales[0]}x (time per image, peak memory): "
-              + ", ".join(f"{stage} {t:.2f}/{m:.2f}" for stage, t, m in ratios))
+        ratios = [
+            (
+                stage,
+                (r["stages"][stage][0] / r["images"]) / max(base["stages"][stage][0] / base["images"], 1e-9),
+                r["stages"][stage][1] / max(base["stages"][stage][1], 1e-9),
+            )
+            for stage in STAGES
+        ]
+        print(
+            f"{scale}x against {scales[0]}x (time per image, peak memory): "
+            + ", ".join(f"{stage} {t:.2f}/{m:.2f}" for stage, t, m in ratios)
+        )
 
 
 if __name__ == "__main__":

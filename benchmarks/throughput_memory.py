@@ -10,6 +10,7 @@ and records its wall time and peak memory: anonymous (sampled from /proc) and re
 every image 10 times (hard links) in its class folder. Memory should stay flat, not grow ~10x:
 arrays are memory-mapped and processed a chunk at a time.
 """
+
 import argparse
 import os
 import shutil
@@ -38,21 +39,35 @@ def repeated(source: Path, times: int) -> Path:
 
 def run_stages(source: Path, copies: int, precision: str = "float32", smoke: bool = False) -> tuple[Path, dict]:
     project = harness.clone("memory")
-    harness.set_params(project, harness.FLOWERS_PARAMS | {"data.source": str(source), "normalize.image_size": 224,
-                                                          "augment.copies": copies,
-                                                          "fine_tune.epochs": 2, "base.precision": precision}
-                       | (harness.SMOKE_PARAMS | {"augment.copies": copies} if smoke else {}))
+    harness.set_params(
+        project,
+        harness.FLOWERS_PARAMS
+        | {
+            "data.source": str(source),
+            "normalize.image_size": 224,
+            "augment.copies": copies,
+            "fine_tune.epochs": 2,
+            "base.precision": precision,
+        }
+        | (harness.SMOKE_PARAMS | {"augment.copies": copies} if smoke else {}),
+    )
     timings = {}
     for stage in STAGES:
         timings[stage] = harness.run(["python", "-m", f"stages.{stage}"], project)
-        print(f"  {stage:22}{timings[stage].seconds:8.1f} s {timings[stage].peak_anon_mb:8.0f} MB anonymous "
-              f"{timings[stage].peak_mb:8.0f} MB resident", flush=True)
+        print(
+            f"  {stage:22}{timings[stage].seconds:8.1f} s {timings[stage].peak_anon_mb:8.0f} MB anonymous "
+            f"{timings[stage].peak_mb:8.0f} MB resident",
+            flush=True,
+        )
     return project, timings
 
 
 def extracted_images(project: Path) -> int:
     import numpy as np
-    return sum(len(np.load(project / f"data/features/{s}_features.npy", mmap_mode="r")) for s in ("train", "val", "test"))
+
+    return sum(
+        len(np.load(project / f"data/features/{s}_features.npy", mmap_mode="r")) for s in ("train", "val", "test")
+    )
 
 
 def main():
@@ -78,20 +93,32 @@ def main():
 
     size = harness.read_params(project)["normalize"]["image_size"]
     print(f"\nextract-features, {n_images} images at {size} px (whole stage, start-up included):")
-    print(f"  float32  {float32:7.1f} s  {n_images / float32:6.1f} images/s  head-only test accuracy {head_float32:.4f}")
-    print(f"  bfloat16 {bfloat16:7.1f} s  {n_images / bfloat16:6.1f} images/s  head-only test accuracy {head_bfloat16:.4f}")
-    print(f"  bfloat16 speed-up {float32 / bfloat16:.2f}x, accuracy change {100 * (head_bfloat16 - head_float32):+.2f} points")
+    print(
+        f"  float32  {float32:7.1f} s  {n_images / float32:6.1f} images/s  head-only test accuracy {head_float32:.4f}"
+    )
+    print(
+        f"  bfloat16 {bfloat16:7.1f} s  {n_images / bfloat16:6.1f} images/s  head-only test accuracy {head_bfloat16:.4f}"
+    )
+    print(
+        f"  bfloat16 speed-up {float32 / bfloat16:.2f}x, accuracy change {100 * (head_bfloat16 - head_float32):+.2f} points"
+    )
 
     if args.scale > 1:
         print(f"\n{args.scale}x: every image repeated {args.scale} times")
         _, big = run_stages(repeated(args.source, args.scale), args.copies, smoke=args.smoke)
-        print(f"\npeak memory per stage, MB: anonymous (what the stage holds) and resident (ru_maxrss, which also counts\n"
-              f"the pages of the memory-mapped arrays it streams through; the kernel reclaims those), 1x vs {args.scale}x the images:")
-        print(f"  {'stage':22}{'anon 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}{'rss 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}")
+        print(
+            f"\npeak memory per stage, MB: anonymous (what the stage holds) and resident (ru_maxrss, which also counts\n"
+            f"the pages of the memory-mapped arrays it streams through; the kernel reclaims those), 1x vs {args.scale}x the images:"
+        )
+        print(
+            f"  {'stage':22}{'anon 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}{'rss 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}"
+        )
         for stage in STAGES:
             a, b = one[stage], big[stage]
-            print(f"  {stage:22}{a.peak_anon_mb:9.0f}{b.peak_anon_mb:8.0f}{b.peak_anon_mb / max(a.peak_anon_mb, 1):7.2f}"
-                  f"{a.peak_mb:9.0f}{b.peak_mb:8.0f}{b.peak_mb / a.peak_mb:7.2f}")
+            print(
+                f"  {stage:22}{a.peak_anon_mb:9.0f}{b.peak_anon_mb:8.0f}{b.peak_anon_mb / max(a.peak_anon_mb, 1):7.2f}"
+                f"{a.peak_mb:9.0f}{b.peak_mb:8.0f}{b.peak_mb / a.peak_mb:7.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ train/val/test split of `<project>` (data/split/split.csv), so both are scored o
 it scores the test set (that time is not counted) and prints when the test accuracy first reaches
 --target.
 """
+
 import argparse
 import json
 import time
@@ -64,21 +65,38 @@ def main():
     parser.add_argument("--head-epochs", type=int, default=25)
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=224, help="pixels a side (default: %(default)s, keras.io's)")
-    parser.add_argument("--fine-tune-optimizer", choices=["keras-io", "project"], default="keras-io",
-                        help="keras-io: Adam(1e-5) as keras.io's guide fine-tunes; project: SGD at the project's fine_tune.lr, momentum 0.9")
+    parser.add_argument(
+        "--fine-tune-optimizer",
+        choices=["keras-io", "project"],
+        default="keras-io",
+        help="keras-io: Adam(1e-5) as keras.io's guide fine-tunes; project: SGD at the project's fine_tune.lr, momentum 0.9",
+    )
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
     params = harness.read_params(args.project)
     source = Path(params["data"]["source"])
-    frame = pd.read_csv(args.project / "data/ingested/manifest.csv").merge(pd.read_csv(args.project / "data/split/split.csv"), on="path")
+    frame = pd.read_csv(args.project / "data/ingested/manifest.csv").merge(
+        pd.read_csv(args.project / "data/split/split.csv"), on="path"
+    )
     classes = sorted(frame["label"].unique())
-    train, val, test = (dataset(frame[frame["split"] == s], source, classes, s == "train", args.image_size) for s in ("train", "val", "test"))
+    train, val, test = (
+        dataset(frame[frame["split"] == s], source, classes, s == "train", args.image_size)
+        for s in ("train", "val", "test")
+    )
 
-    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(10 / 360),
-                                     layers.RandomTranslation(0.1, 0.1), layers.RandomZoom(0.1)])
+    augmentation = keras.Sequential(
+        [
+            layers.RandomFlip("horizontal"),
+            layers.RandomRotation(10 / 360),
+            layers.RandomTranslation(0.1, 0.1),
+            layers.RandomZoom(0.1),
+        ]
+    )
     size = args.image_size
-    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights="imagenet", alpha=0.35)
+    base = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), include_top=False, weights="imagenet", alpha=0.35
+    )
     base.trainable = False
     inputs = keras.Input((size, size, 3))
     x = layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs))
@@ -101,8 +119,17 @@ def main():
     model.fit(train, validation_data=val, epochs=args.fine_tune_epochs, callbacks=[clock], verbose=2)
 
     seconds, best = clock.trace[-1][0], max(accuracy for _, accuracy in clock.trace)
-    print(json.dumps({"reached_target_s": clock.reached(args.target), "total_s": seconds, "final_accuracy": clock.trace[-1][1], "best_accuracy": best,
-                      "reached_best_s": clock.reached(best)}))
+    print(
+        json.dumps(
+            {
+                "reached_target_s": clock.reached(args.target),
+                "total_s": seconds,
+                "final_accuracy": clock.trace[-1][1],
+                "best_accuracy": best,
+                "reached_best_s": clock.reached(best),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Head-only: the trained head on the stored test features (the base as ImageNet le
 Fine-tuned: models/model.keras on the raw test images, exactly as a user would load it.
 Baseline: always the most frequent training class, or the training mean (regression).
 """
+
 import pandas as pd
 
 from transfer_learning import (
@@ -48,20 +49,38 @@ def main():
     files.write_json(paths.EVALUATE_METRICS, summary)
     files.write_csv(paths.BREAKDOWN, breakdown, escape_formulas=True)  # class names: never spreadsheet formulas
     for name, predicted in predictions.items():
-        files.write_csv(paths.PREDICTIONS / f"{name}.csv", pd.DataFrame({"actual": actual, "predicted": predicted}), escape_formulas=True)
+        files.write_csv(
+            paths.PREDICTIONS / f"{name}.csv",
+            pd.DataFrame({"actual": actual, "predicted": predicted}),
+            escape_formulas=True,
+        )
     if task == "classification":
         evaluation.confusion_figure(actual, predictions, encoding.classes, paths.FIGURES / "confusion.png")
     else:
         evaluation.regression_figures(actual, predictions, paths.FIGURES)
 
     # The review: the fine-tuned model's worst test images (with their files), and the report around them
-    test_paths = files.read_manifest(paths.MANIFEST, task).loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()
-    training_runs = {"head": files.read_json(paths.TRAIN_HEAD_METRICS), "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS)}
+    test_paths = (
+        files.read_manifest(paths.MANIFEST, task).loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()
+    )
+    training_runs = {
+        "head": files.read_json(paths.TRAIN_HEAD_METRICS),
+        "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS),
+    }
     worst = review.worst_cases(actual, fine_out, encoding, test_paths)
     correct = heatmaps.correct_cases(actual, fine_out, encoding, test_paths)
     explained = heatmaps.write(model, test_images.inputs, worst, correct, encoding, paths.HEATMAPS, paths.REVIEW)
-    grid = review.write(worst, test_images.inputs, summary, breakdown, baseline, training_runs, records.DataReport.read(paths.DATA_REPORT),
-                        encoding, extra=explained + [""] + calibration.review_lines(summary, encoding))
+    grid = review.write(
+        worst,
+        test_images.inputs,
+        summary,
+        breakdown,
+        baseline,
+        training_runs,
+        records.DataReport.read(paths.DATA_REPORT),
+        encoding,
+        extra=explained + [""] + calibration.review_lines(summary, encoding),
+    )
     for name, figures in summary.items():
         print(f"evaluate: {name}: {figures}")
     print(f"evaluate: review -> {paths.REVIEW}, {grid}")

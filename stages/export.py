@@ -7,6 +7,7 @@ absolute output difference to it (test split), and its size (model.onnx's: in ex
 metrics/export_speed.json: images/s at batch 1 and 32 on this machine, and model.onnx's size, which change from run
 to run.
 """
+
 import shutil
 
 from transfer_learning import exports, files, image_sets, model_files, params, paths, records, seeding, settings
@@ -28,7 +29,10 @@ def main():
         shutil.copyfile(paths.MODEL_ENCODING, tmp)
 
     reference = exports.outputs_of(model, test)
-    metrics = {"keras": exports.quality(reference, reference, actual, encoding) | {"size_bytes": exports.size_bytes(paths.MODEL)}}
+    metrics = {
+        "keras": exports.quality(reference, reference, actual, encoding)
+        | {"size_bytes": exports.size_bytes(paths.MODEL)}
+    }
     speed = {"keras": exports.speed(model, test)}
     for name, path in written.items():
         runner = exports.runner(path, threads=settings.workers())

@@ -12,6 +12,7 @@ base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on yo
 but the cached activations then carry bfloat16 rounding (the two-stage layout before 2026-11-27 kept them float32).
 The base runs under train.strategy (transfer_learning/distribute.py): each batch is split over the replicas.
 """
+
 import numpy as np
 
 from transfer_learning import backbones, distribute, files, image_sets, inference, networks, params, paths, seeding
@@ -25,26 +26,45 @@ def main():
     seeding.make_deterministic(0)
     networks.set_precision(p.base.precision)
     with strategy.scope():
-        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights, p.base.minimalistic, p.normalize.image_size)
+        base = networks.build_base(
+            p.base.name, p.base.alpha, p.base.weights, p.base.minimalistic, p.normalize.image_size
+        )
         features_only = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling)
-        extractor = networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut) if cut else features_only
-    info = {"cache_activations": p.fine_tune.cache_activations, "unfreeze_from": p.fine_tune.unfreeze_from, "dtype": "float32"}
+        extractor = (
+            networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling, cut)
+            if cut
+            else features_only
+        )
+    info = {
+        "cache_activations": p.fine_tune.cache_activations,
+        "unfreeze_from": p.fine_tune.unfreeze_from,
+        "dtype": "float32",
+    }
     for split in paths.SPLITS:
         images, targets = image_sets.load(split), files.load_npy(paths.targets(split))  # decoded as read
         model, outputs = features_only, [paths.features(split)]
-        if cut and split in ("train", "val"):  # fine-tune trains and validates on activations; the test set is scored on images
+        # fine-tune trains and validates on activations; the test set is scored on images
+        if cut and split in ("train", "val"):
             model, outputs = extractor, outputs + [paths.activations(split)]
         with distribute.only_chief_writes(strategy):
-            shapes = inference.predict_to_npy(model, images, outputs, np.float32, desc=f"extract-features: {split}",
-                                              replicas=strategy.num_replicas_in_sync)
+            shapes = inference.predict_to_npy(
+                model,
+                images,
+                outputs,
+                np.float32,
+                desc=f"extract-features: {split}",
+                replicas=strategy.num_replicas_in_sync,
+            )
             files.save_npy(paths.feature_targets(split), targets)
         if len(shapes) > 1:
             info[f"{split}_shape"] = list(shapes[1])
     with distribute.only_chief_writes(strategy):
         files.write_json(paths.ACTIVATIONS_INFO, info)
     cached = f" and activations below {cut} ({info['train_shape'][1:]} per image) -> {paths.ACTIVATIONS}" if cut else ""
-    print(f"extract-features: {p.base.name} ({p.base.precision}) on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
-          f"-> {shapes[0][1]} features per image -> {paths.FEATURES}{cached}")
+    print(
+        f"extract-features: {p.base.name} ({p.base.precision}) on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
+        f"-> {shapes[0][1]} features per image -> {paths.FEATURES}{cached}"
+    )
 
 
 if __name__ == "__main__":

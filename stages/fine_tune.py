@@ -12,6 +12,7 @@ Built, compiled and trained under train.strategy (transfer_learning/distribute.p
 Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to metrics/fine_tune.json.
 Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one.
 """
+
 import numpy as np
 
 from transfer_learning import (
@@ -42,37 +43,76 @@ def main():
     seeding.make_deterministic(cfg.seed, threads=cfg.threads)
     strategy = distribute.strategy(p.train.strategy)
     encoding = records.Encoding.read(paths.ENCODING)
-    # the cached activations, or the images (decoded from their files every epoch, each variant made again from its seed)
+    # the cached activations, or the images (decoded from their files every epoch, each variant made again from its
+    # seed)
     inputs = activations if cfg.cache_activations else image_sets.load
     replicas = strategy.num_replicas_in_sync
     classes = training.one_hot_classes(encoding, cfg.mixup)
-    train = batches.Batches(inputs("train"), files.load_npy(paths.targets("train")), cfg.batch_size, seed=cfg.seed, replicas=replicas,
-                            classes=classes, mixup=cfg.mixup)
-    val = batches.Batches(inputs("val"), files.load_npy(paths.targets("val")), cfg.batch_size, replicas=replicas, classes=classes)
+    train = batches.Batches(
+        inputs("train"),
+        files.load_npy(paths.targets("train")),
+        cfg.batch_size,
+        seed=cfg.seed,
+        replicas=replicas,
+        classes=classes,
+        mixup=cfg.mixup,
+    )
+    val = batches.Batches(
+        inputs("val"), files.load_npy(paths.targets("val")), cfg.batch_size, replicas=replicas, classes=classes
+    )
     with strategy.scope():
-        base = networks.build_base(p.base.name, p.base.alpha, p.base.weights, p.base.minimalistic, p.normalize.image_size)
+        base = networks.build_base(
+            p.base.name, p.base.alpha, p.base.weights, p.base.minimalistic, p.normalize.image_size
+        )
         head = model_files.load(paths.HEAD_MODEL)
-        model = networks.assemble(networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling), head)
+        model = networks.assemble(
+            networks.feature_extractor(base, p.base.name, p.normalize.image_size, p.base.pooling), head
+        )
         n_trainable = networks.unfreeze_from(base, cut)
         if cfg.cache_activations:  # shares its layers with `model`: training it trains the model
             trained = networks.top_model(base, cut, activation_shape(), p.base.pooling, head)
         else:
             trained = model
-        print(f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cut} up "
-              f"(BatchNormalization frozen), trained on {'cached activations' if cfg.cache_activations else 'images'}")
-        opt = training.optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, total_steps=cfg.epochs * len(train), warmup_steps=len(train),
-                                  ema=cfg.ema)
+        print(
+            f"fine-tune: {n_trainable} trainable weight tensors in {base.name} from {cut} up "
+            f"(BatchNormalization frozen), trained on {'cached activations' if cfg.cache_activations else 'images'}"
+        )
+        opt = training.optimizer(
+            cfg.optimizer,
+            cfg.lr,
+            cfg.momentum,
+            cfg.schedule,
+            total_steps=cfg.epochs * len(train),
+            warmup_steps=len(train),
+            ema=cfg.ema,
+        )
         training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
     backup = resume.Backup.find("fine-tune", p, strategy, paths.FINE_TUNE_LIVE)  # what an interrupted run finished
-    samples = epoch_samples.Samples.pick("fine-tune", val.inputs, image_sets.load("val"),
-                                         files.load_npy(paths.targets("val")), encoding)
-    history = training.fit(trained, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
-                           live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples), backup)
-    # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-learning predict)
-    preparation = records.Preparation(max_short_side=p.ingest.max_short_side, max_megapixels=p.ingest.max_megapixels,
-                                      image_size=p.normalize.image_size, resize=p.normalize.resize)
+    samples = epoch_samples.Samples.pick(
+        "fine-tune", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
+    )
+    history = training.fit(
+        trained,
+        train,
+        val,
+        cfg.epochs,
+        cfg.patience,
+        encoding,  # epoch by epoch, as it trains
+        live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
+        backup,
+    )
+    # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-
+    # learning predict)
+    preparation = records.Preparation(
+        max_short_side=p.ingest.max_short_side,
+        max_megapixels=p.ingest.max_megapixels,
+        image_size=p.normalize.image_size,
+        resize=p.normalize.resize,
+    )
     exported = packaging.package(model, encoding, cfg.tta)
-    val_images = batches.Batches(image_sets.load("val"), files.load_npy(paths.targets("val")), cfg.batch_size, replicas=replicas)
+    val_images = batches.Batches(
+        image_sets.load("val"), files.load_npy(paths.targets("val")), cfg.batch_size, replicas=replicas
+    )
     metrics = training.best_epoch(history, encoding)
     metrics[f"model_val_{encoding.metric}"] = round(training.score(exported, val_images, encoding), 6)
     with distribute.only_chief_writes(strategy):

@@ -10,6 +10,7 @@ decoded pixels, so the split does not move when an ingest param (ingest.max_shor
 The pixels are not kept: the stages that need them decode the files again (image_sets.py), which costs
 a decode per pass and saves a decoded copy of the dataset on disk (5-50x its files' size).
 """
+
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,13 +43,19 @@ def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
 
 def main():
     p = params.load()
-    items, skipped = sources.list_source(p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column)
+    items, skipped = sources.list_source(
+        p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column
+    )
     rows, prints = [], duplicates.Fingerprints(len(items))  # prints: 200 bytes an image, in arrays
-    with ThreadPoolExecutor(settings.workers()) as pool, \
-            tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress:  # closed before any error is shown
+    with (
+        ThreadPoolExecutor(settings.workers()) as pool,
+        tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress,
+    ):  # closed before any error is shown
         for start in range(0, len(items), BATCH):
-            batch = items[start:start + BATCH]
-            loaded = pool.map(lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch)
+            batch = items[start : start + BATCH]
+            loaded = pool.map(
+                lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch
+            )
             for item, (row, result) in zip(batch, loaded):
                 if row is None:
                     skipped.append(entries.Skipped(item.path, result))
@@ -57,18 +64,26 @@ def main():
                 prints.append(result)
             progress.update(len(batch))
         if p.data.task == "classification":  # the same picture under two labels: every copy is left out
-            conflicts = duplicates.conflicting_labels([r["path"] for r in rows], [r["label"] for r in rows], [r["pixels_sha256"] for r in rows])
+            conflicts = duplicates.conflicting_labels(
+                [r["path"] for r in rows], [r["label"] for r in rows], [r["pixels_sha256"] for r in rows]
+            )
             skipped += [entries.Skipped(rows[i]["path"], reason) for i, reason in conflicts.items()]
             rows, prints = [r for i, r in enumerate(rows) if i not in conflicts], prints.without(conflicts)
         if not rows:  # the report is still written, so the user can see why every file was skipped
             report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task).write(paths.DATA_REPORT)
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
-            raise PipelineError(f"data.source {p.data.source}: no usable image" +
-                                (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else ""))
-    manifest = pd.DataFrame(rows, columns=COLUMNS).assign(group=duplicates.groups(prints, [r["file_sha256"] for r in rows]))
+            raise PipelineError(
+                f"data.source {p.data.source}: no usable image"
+                + (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else "")
+            )
+    manifest = pd.DataFrame(rows, columns=COLUMNS).assign(
+        group=duplicates.groups(prints, [r["file_sha256"] for r in rows])
+    )
     if p.data.task == "classification":  # a class whose every file was skipped
         gone = sorted({str(item.label) for item in items} - set(manifest["label"].astype(str)))
-        skipped += [entries.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone]
+        skipped += [
+            entries.Skipped(f"{label}/", "no usable image of this class; the class is left out") for label in gone
+        ]
     files.write_csv(paths.MANIFEST, manifest, float_format=None)  # regression targets keep every digit
     report(manifest, skipped, p.data.task).write(paths.DATA_REPORT)
     print(f"ingest: {len(manifest)} images, {len(skipped)} skipped (listed in {paths.DATA_REPORT}) -> {paths.INGESTED}")
@@ -79,17 +94,35 @@ def report(manifest: pd.DataFrame, skipped: list, task: str) -> records.DataRepo
     with its reason."""
     kind = {}
     if task == "classification":
-        kind["classes"] = {str(name): int(count) for name, count in manifest["label"].value_counts().sort_index().items()}
+        kind["classes"] = {
+            str(name): int(count) for name, count in manifest["label"].value_counts().sort_index().items()
+        }
     elif len(manifest):
         kind["target"] = {k: round(float(v), 6) for k, v in manifest["label"].astype(float).describe().items()}
-        kind["duplicates_with_different_targets"] = int((manifest.groupby("pixels_sha256")["label"].nunique() > 1).sum())
+        kind["duplicates_with_different_targets"] = int(
+            (manifest.groupby("pixels_sha256")["label"].nunique() > 1).sum()
+        )
     near = manifest.groupby("group").filter(lambda g: g["pixels_sha256"].nunique() > 1)
-    near_duplicates = sorted((records.NearDuplicates(paths=tuple(sorted(g["path"])),
-                                                     labels=tuple(sorted(set(g["label"]))) if task == "classification" else None)
-                              for _, g in near.groupby("group")), key=lambda group: group.paths)
-    return records.DataReport(images=len(manifest), skipped=len(skipped), duplicates=int(manifest["pixels_sha256"].duplicated().sum()),
-                              **kind, near_duplicates=tuple(near_duplicates),
-                              skipped_files=tuple(records.SkippedFile(path=s.path, reason=s.reason) for s in sorted(skipped, key=lambda s: s.path)))
+    near_duplicates = sorted(
+        (
+            records.NearDuplicates(
+                paths=tuple(sorted(g["path"])),
+                labels=tuple(sorted(set(g["label"]))) if task == "classification" else None,
+            )
+            for _, g in near.groupby("group")
+        ),
+        key=lambda group: group.paths,
+    )
+    return records.DataReport(
+        images=len(manifest),
+        skipped=len(skipped),
+        duplicates=int(manifest["pixels_sha256"].duplicated().sum()),
+        **kind,
+        near_duplicates=tuple(near_duplicates),
+        skipped_files=tuple(
+            records.SkippedFile(path=s.path, reason=s.reason) for s in sorted(skipped, key=lambda s: s.path)
+        ),
+    )
 
 
 if __name__ == "__main__":

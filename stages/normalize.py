@@ -6,6 +6,7 @@ each is decoded (ingest.*) and resized to normalize.image_size (aspect kept: cro
 (transfer_learning/image_sets.py). Pixel scaling happens inside the model. Class order (or the target's training
 mean/std) is saved to encoding.json.
 """
+
 import pandas as pd
 
 from transfer_learning import files, image_sets, params, paths, records, targets
@@ -15,9 +16,12 @@ from transfer_learning.errors import PipelineError, run
 def main():
     p = params.load()
     size = p.normalize.image_size
-    if p.ingest.max_short_side < size:  # the decoded image is smaller than the model input: every photo would be upscaled
-        raise PipelineError(f"normalize.image_size={size} is above ingest.max_short_side={p.ingest.max_short_side}, so images would be "
-                            f"upscaled from a shrunk decode: raise ingest.max_short_side to at least {size} (it reruns ingest)")
+    # the decoded image is smaller than the model input: every photo would be upscaled
+    if p.ingest.max_short_side < size:
+        raise PipelineError(
+            f"normalize.image_size={size} is above ingest.max_short_side={p.ingest.max_short_side}, so images would be "
+            f"upscaled from a shrunk decode: raise ingest.max_short_side to at least {size} (it reruns ingest)"
+        )
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     split = pd.read_csv(paths.SPLIT)["split"]
     enc = targets.encoding_of(manifest.loc[split == "train", "label"], p.data.task)
@@ -26,8 +30,12 @@ def main():
         rows = manifest[split == name]
         files.write_csv(paths.split_list(name), rows[image_sets.LIST_COLUMNS])
         files.save_npy(paths.split_array(paths.NORMALIZED, name, "targets"), targets.encode(rows["label"], enc))
-    preparation = records.Preparation(max_short_side=p.ingest.max_short_side, max_megapixels=p.ingest.max_megapixels,
-                                      image_size=size, resize=p.normalize.resize)
+    preparation = records.Preparation(
+        max_short_side=p.ingest.max_short_side,
+        max_megapixels=p.ingest.max_megapixels,
+        image_size=size,
+        resize=p.normalize.resize,
+    )
     records.ImageFiles(source=p.data.source, csv=p.data.csv, preparation=preparation).write(paths.IMAGE_FILES)
     enc.write(paths.ENCODING)
     print(f"normalize: {size}x{size} ({p.normalize.resize}), {len(manifest)} images listed -> {paths.NORMALIZED}")

@@ -4,6 +4,7 @@ Copies and near-duplicates of a picture (one `group` of the manifest) always lan
 and where a picture lands depends on its file's bytes and split.seed, not on the order of the rows or on ingest's params
 (transfer_learning/splitting.py).
 """
+
 import pandas as pd
 
 from transfer_learning import files, params, paths, splitting
@@ -14,8 +15,10 @@ def main():
     p = params.load()
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
     if p.data.task == "classification" and manifest["label"].nunique() < 2:
-        raise PipelineError(f"the data has only one usable class ({manifest['label'].iloc[0]!r}); "
-                            f"classification needs at least 2 (skipped files are listed in {paths.DATA_REPORT})")
+        raise PipelineError(
+            f"the data has only one usable class ({manifest['label'].iloc[0]!r}); "
+            f"classification needs at least 2 (skipped files are listed in {paths.DATA_REPORT})"
+        )
     stratum = splitting.strata(manifest, p.data.task, p.split.bins)
     split = splitting.assign(manifest, stratum, p.split.val, p.split.test, p.split.seed)
     files.write_csv(paths.SPLIT, pd.DataFrame({"path": manifest["path"], "split": split}))

@@ -7,6 +7,7 @@ train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train
 Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one
 (an interrupted k-fold estimate starts its folds again).
 """
+
 from transfer_learning import (
     batches,
     crossval,
@@ -34,20 +35,35 @@ def main():
     encoding = records.Encoding.read(paths.ENCODING)
     replicas = strategy.num_replicas_in_sync
     classes = training.one_hot_classes(encoding, cfg.mixup)
-    train = batches.from_files(paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup)
-    val = batches.from_files(paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas, classes)
+    train = batches.from_files(
+        paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup
+    )
+    val = batches.from_files(
+        paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas, classes
+    )
     with strategy.scope():
         head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
     backup = resume.Backup.find("train-head", p, strategy, paths.TRAIN_HEAD_LIVE)  # what an interrupted run finished
-    samples = epoch_samples.Samples.pick("train-head", val.inputs, image_sets.load("val"),
-                                         files.load_npy(paths.targets("val")), encoding)  # shown with their images
-    history = training.fit(head, train, val, cfg.epochs, cfg.patience, encoding,  # epoch by epoch, as it trains
-                           live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples), backup)
+    samples = epoch_samples.Samples.pick(
+        "train-head", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
+    )  # shown with their images
+    history = training.fit(
+        head,
+        train,
+        val,
+        cfg.epochs,
+        cfg.patience,
+        encoding,  # epoch by epoch, as it trains
+        live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
+        backup,
+    )
     with distribute.only_chief_writes(strategy):
         model_files.save(head, paths.HEAD_MODEL)
     metrics = training.best_epoch(history, encoding)
     if cfg.folds:  # after the head is saved: its own heads, seeded per fold
-        metrics["kfold"] = crossval.estimate(cfg, p.head, p.augment.copies + 1, encoding, strategy, epochs=metrics["best_epoch"])
+        metrics["kfold"] = crossval.estimate(
+            cfg, p.head, p.augment.copies + 1, encoding, strategy, epochs=metrics["best_epoch"]
+        )
     with distribute.only_chief_writes(strategy):
         files.write_json(paths.TRAIN_HEAD_METRICS, metrics)
     backup.discard()

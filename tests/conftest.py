@@ -1,5 +1,6 @@
 """The tests' fixtures: the offline Keras cache, a folder of small images, the shared fast run of the project.
 Helpers live in tests/support/."""
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,14 @@ def fast_run(tmp_path_factory) -> Run:
     for c, (name, color) in enumerate({"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}.items()):
         for i in range(12):
             make_image(root / "other_images" / name / f"img_{i:02d}.png", color, noise_seed=100 * c + i)
-    queued = {name: [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")] for name, overrides in FAST_EXPERIMENTS.items()}
-    queued |= {"other-data": ["split", "-S", f"data.source={root / 'other_images'}"], "relative-data": ["split", "-S", "data.source=../other_images"]}
+    queued = {
+        name: [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
+        for name, overrides in FAST_EXPERIMENTS.items()
+    }
+    queued |= {
+        "other-data": ["split", "-S", f"data.source={root / 'other_images'}"],
+        "relative-data": ["split", "-S", "data.source=../other_images"],
+    }
     for name, args in queued.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, *args], project)
     outputs["queue"], outputs["live"] = run_queue(project)

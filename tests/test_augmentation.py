@@ -1,4 +1,5 @@
 """transfer_learning/augmentation.py: seeded random variants of the training images."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -6,6 +6,7 @@ The larger members of a module (VGG19, ResNet101/152 and their V2s, DenseNet169/
 EfficientNetV2B1-L, ConvNeXtSmall-XLarge, MobileNetV3Large, NASNetLarge) are checked by their table row (constructor,
 preprocessing, minimum size) only: building them all takes minutes on 2 cores. TL_ALL_BACKBONES=1 builds them too.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,19 @@ from transfer_learning.records import Encoding
 
 SHARED = pytest.mark.xdist_group("backbones")  # one worker for the tests sharing the built bases and the saved models
 
-# One family of each shape (MobileNetV2, the default, is built by tests/test_models.py; MobileNet and EfficientNetB0 have
+# One family of each shape (MobileNetV2, the default, is built by tests/test_models.py; MobileNet and EfficientNetB0
+# have
 # the layers of MobileNetV2 and EfficientNetV2B0): the suite stays under 10 minutes
-BUILT = ["vgg16", "resnet50_v2", "inception_v3", "mobilenet_v3_small", "densenet121", "nasnet_mobile", "efficientnet_v2_b0",
-         "convnext_tiny"]
+BUILT = [
+    "vgg16",
+    "resnet50_v2",
+    "inception_v3",
+    "mobilenet_v3_small",
+    "densenet121",
+    "nasnet_mobile",
+    "efficientnet_v2_b0",
+    "convnext_tiny",
+]
 if os.environ.get("TL_ALL_BACKBONES"):
     BUILT = list(backbones.NAMES)
 ENCODING = Encoding(task="classification", classes=("a", "b"))
@@ -51,7 +61,9 @@ def test_each_table_row_is_a_keras_application_with_its_preprocess_input(name):
     if family.preprocess != "none":
         assert not np.allclose(expected, x), "a real transformation"
     with pytest.raises(ValueError, match="at least"):
-        getattr(keras.applications, family.constructor)(input_shape=(family.min_size - 1,) * 2 + (3,), include_top=False, weights=None)
+        getattr(keras.applications, family.constructor)(
+            input_shape=(family.min_size - 1,) * 2 + (3,), include_top=False, weights=None
+        )
 
 
 def test_the_table_names_every_imagenet_family_once():
@@ -101,13 +113,17 @@ def test_each_family_builds_extracts_features_trains_a_head_and_has_a_default_cu
     start = networks.cut_index(base, family.default_cut)
     assert len(base.layers) // 3 < start < len(base.layers) - 1, "the default cut is in the upper part of the base"
     if family.static:  # NASNet: every cell reads the two before it; no cut inside them is one tensor
-        with pytest.raises(PipelineError, match="residual connection jumps over this layer.*nearest cuts that can be cached"):
+        with pytest.raises(
+            PipelineError, match="residual connection jumps over this layer.*nearest cuts that can be cached"
+        ):
             networks.split_base(base, family.default_cut)
     else:
         bottom, top = networks.split_base(base, family.default_cut)
         x = pixels(2, out[name]["size"], seed=3)
         x = x if family.preprocess == "none" else np.asarray(networks.preprocessing(name)[0](x))
-        np.testing.assert_allclose(np.asarray(top(bottom(x))), np.asarray(base(x)), rtol=0, atol=1e-4 * max(1, np.abs(base(x)).max()))
+        np.testing.assert_allclose(
+            np.asarray(top(bottom(x))), np.asarray(base(x)), rtol=0, atol=1e-4 * max(1, np.abs(base(x)).max())
+        )
     networks.unfreeze_from(base, family.default_cut)
     trainable = [layer for layer in base.layers if layer.trainable and layer.weights]
     assert trainable and not [layer for layer in trainable if isinstance(layer, keras.layers.BatchNormalization)]
@@ -130,8 +146,14 @@ def test_the_saved_models_load_in_safe_mode_without_the_project(built, tmp_path)
         assert not [m for m in sys.modules if m.startswith("transfer_learning")]
         print(json.dumps(worst))
     """)
-    result = subprocess.run([sys.executable, "-c", script, str(folder), *out], cwd=tmp_path, capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder), *out],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     worst = json.loads(result.stdout.strip().splitlines()[-1])
     assert sorted(worst) == sorted(out) and max(worst.values()) < 1e-5, worst
@@ -158,14 +180,23 @@ def train_twice(name: str, cut, size: int, lr: float):
         else:
             inputs, trained = images, model
         training.compile_for(trained, ENCODING, "auto", training.optimizer("sgd", lr, 0.9))
-        trained.run_eagerly = True  # four steps: faster than tracing the big graph of a training step, and the same in both
+        # four steps: faster than tracing the big graph of a training step, and the same in both
+        trained.run_eagerly = True
         trained.fit(batches.Batches(inputs, labels, 4, seed=0), epochs=2, verbose=0)
         trained_models.append((model, base))
     return trained_models, images, initial
 
 
-@pytest.mark.parametrize("name, cut, lr", [("vgg16", "default", 0.01), ("inception_v3", 249, 1.0), ("resnet50_v2", "default", 0.01),
-                                           ("efficientnet_v2_b0", "default", 1.0), ("convnext_tiny", "default", 0.01)])
+@pytest.mark.parametrize(
+    "name, cut, lr",
+    [
+        ("vgg16", "default", 0.01),
+        ("inception_v3", 249, 1.0),
+        ("resnet50_v2", "default", 0.01),
+        ("efficientnet_v2_b0", "default", 1.0),
+        ("convnext_tiny", "default", 0.01),
+    ],
+)
 def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut, lr):
     """tests/test_models.py's bounds (3e-6 on the weights, 1e-5 on the outputs) for families of other shapes: plain
     (VGG16), branches joined by concatenation cut by number (InceptionV3: its first 249 layers frozen), pre-activation
@@ -173,14 +204,17 @@ def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut, lr):
     Random weights at the smallest size give small gradients in InceptionV3 and EfficientNetV2B0: a larger learning rate
     moves their weights well past the bound."""
     cut = backbones.cut(name, cut)
-    [(end_to_end, base_e2e), (cached, base_cached)], images, initial = train_twice(name, cut, backbones.get(name).min_size, lr)
+    [(end_to_end, base_e2e), (cached, base_cached)], images, initial = train_twice(
+        name, cut, backbones.get(name).min_size, lr
+    )
     moved = max(float(np.abs(np.asarray(w) - w0).max()) for w, w0 in zip(base_cached.trainable_weights, initial))
     assert moved > 100 * 3e-6, "fine-tuning must move the unfrozen weights"
     for a, b in zip(base_cached.layers, base_e2e.layers):
         for wa, wb in zip(a.get_weights(), b.get_weights()):
             np.testing.assert_allclose(wa, wb, rtol=0, atol=3e-6, err_msg=a.name)
-    np.testing.assert_allclose(np.asarray(cached(images, training=False)), np.asarray(end_to_end(images, training=False)),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(cached(images, training=False)), np.asarray(end_to_end(images, training=False)), rtol=0, atol=1e-5
+    )
 
 
 def test_the_cuts_command_lists_the_valid_cuts_with_their_sizes(capsys):
@@ -192,12 +226,20 @@ def test_the_cuts_command_lists_the_valid_cuts_with_their_sizes(capsys):
     rows = cuts.rows("mobilenet_v2", 96, alpha=0.35)
     by_name = {row["layer"]: row for row in rows}
     assert by_name["block_10_expand"]["default"] and sum(row["default"] for row in rows) == 1
-    assert by_name["block_10_expand"]["shape"] == (6, 6, 24) and by_name["block_10_expand"]["kib"] == 6 * 6 * 24 * 4 / 1024
+    assert (
+        by_name["block_10_expand"]["shape"] == (6, 6, 24) and by_name["block_10_expand"]["kib"] == 6 * 6 * 24 * 4 / 1024
+    )
     assert "block_11_depthwise" not in by_name and "block_11_expand" in by_name
-    args = cli.parser().parse_args(["cuts", "vgg16", "64"])  # transfer-learning cuts vgg16 64, without errors.run's exit
+    # transfer-learning cuts vgg16 64, without errors.run's exit
+    args = cli.parser().parse_args(["cuts", "vgg16", "64"])
     cli.COMMANDS[args.command][1](args)
     printed = capsys.readouterr().out
-    assert "vgg16 at 64x64" in printed and "   15  block5_conv1" in printed and "4x4x512" in printed and "<- default" in printed
+    assert (
+        "vgg16 at 64x64" in printed
+        and "   15  block5_conv1" in printed
+        and "4x4x512" in printed
+        and "<- default" in printed
+    )
     page = (ROOT / "docs" / "backbones.md").read_text(encoding="utf-8")
     for family in backbones.FAMILIES.values():
         assert f"| `{family.name}` | {family.constructor} |" in page and str(family.default_cut) in page

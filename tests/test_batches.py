@@ -1,4 +1,5 @@
 """transfer_learning/batches.py: global batches split over replicas, never leaving one without rows."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,9 @@ print(json.dumps(shares))
 
 
 def test_batches_never_leave_a_replica_without_rows():
-    shares = json.loads(subprocess.run([sys.executable, "-c", SHARES], capture_output=True, text=True, check=True).stdout)
+    shares = json.loads(
+        subprocess.run([sys.executable, "-c", SHARES], capture_output=True, text=True, check=True).stdout
+    )
     for key, parts in shares.items():
         rows, replicas = map(int, key.split("/"))
         assert sum(parts) == rows and batches.whole_shares(rows, replicas) == (min(parts) > 0), (key, parts)
@@ -59,12 +62,16 @@ def test_mixup_blends_rows_and_their_one_hot_targets_in_pairs_anew_each_epoch():
         assert set(used) <= set(rows) and xi[own] > 0, "a blend of the row with a row of the same batch"
         other = next((r for r in used if r != own), own)
         partners.append(other)
-        np.testing.assert_allclose(yi, xi[own] * np.eye(3)[labels[own]] + (1 - xi[own]) * np.eye(3)[labels[other]], atol=1e-6)
+        np.testing.assert_allclose(
+            yi, xi[own] * np.eye(3)[labels[own]] + (1 - xi[own]) * np.eye(3)[labels[other]], atol=1e-6
+        )
     assert sorted(partners) == list(rows), "the partners are a permutation of the batch"
     assert any(partner != own for partner, own in zip(partners, rows)), "rows were blended"
-    np.testing.assert_array_equal(batches.Batches(inputs, labels, 8, seed=1, classes=3, mixup=0.4)[0][0], x)  # reproducible
+    # reproducible
+    np.testing.assert_array_equal(batches.Batches(inputs, labels, 8, seed=1, classes=3, mixup=0.4)[0][0], x)
     data.on_epoch_end()
     assert not np.array_equal(data[0][0], x), "a new blend each epoch"
-    np.testing.assert_array_equal(batches.Batches(inputs, labels, 8, classes=3)[0][1], np.eye(3)[labels[:8]])  # one-hot, unblended
+    # one-hot, unblended
+    np.testing.assert_array_equal(batches.Batches(inputs, labels, 8, classes=3)[0][1], np.eye(3)[labels[:8]])
     with pytest.raises(ValueError, match="seed"):
         batches.Batches(inputs, labels, 8, classes=3, mixup=0.4)

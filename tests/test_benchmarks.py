@@ -6,6 +6,7 @@ They take minutes each (every stage is a process that imports TensorFlow), about
 marked `benchmarks` and left out of `make test`: `make benchmarks-smoke` runs them.
 
 Each benchmark clones this repository (harness.clone: committed files only), so it runs the committed code."""
+
 from __future__ import annotations
 
 import subprocess
@@ -44,7 +45,13 @@ def test_every_benchmark_is_run_by_a_test():
 @pytest.mark.benchmarks  # about 20 minutes for all of them: outside `make test`, run by `make benchmarks-smoke`
 @pytest.mark.parametrize("script", SMOKE)
 def test_the_benchmark_runs_to_its_end_at_its_smallest_size(script):
-    result = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke"], cwd=ROOT, env=tool_env(),
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--smoke"],
+        cwd=ROOT,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, f"{script} --smoke failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert SMOKE[script] in result.stdout, result.stdout[-3000:]

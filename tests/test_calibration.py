@@ -1,4 +1,5 @@
 """Calibration (calibration.py): the ECE over 10 equal-width bins, the reliability table, the shares within 5 and 10 units."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,12 @@ def test_the_baseline_is_always_sure_so_its_ece_is_its_error_rate():
 
 def test_regression_shares_within_5_and_10_units_and_its_reliability_bins():
     actual = np.array([10.0, 20.0, 30.0, 40.0])
-    figures = calibration.metrics(actual, {"fine_tuned": np.array([14.0, 27.0, 41.0, 40.0])}, Encoding(task="regression", mean=0, std=1), 25.0)
-    assert figures["fine_tuned"] == {"within_5": 0.5, "within_10": 0.75} and figures["baseline"] == {"within_5": 0.5, "within_10": 0.5}
+    figures = calibration.metrics(
+        actual, {"fine_tuned": np.array([14.0, 27.0, 41.0, 40.0])}, Encoding(task="regression", mean=0, std=1), 25.0
+    )
+    assert figures["fine_tuned"] == {"within_5": 0.5, "within_10": 0.75} and figures["baseline"] == {
+        "within_5": 0.5,
+        "within_10": 0.5,
+    }
     table = calibration.regression_reliability(np.array([3.0, 1.0, 2.0]), np.array([30.0, 10.0, 20.0]))
     assert table["predicted"].tolist() == [1.0, 2.0, 3.0] and table["observed"].tolist() == [10.0, 20.0, 30.0]

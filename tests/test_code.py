@@ -1,5 +1,6 @@
 """The code itself: dvc.yaml lists exactly the code each stage runs and the params keys it reads (computed from
 the scripts with ast), TensorFlow is left to the package, and nothing loads untrusted data with a code-running loader."""
+
 from __future__ import annotations
 
 import ast
@@ -63,22 +64,37 @@ def params_read(script: Path) -> set[str]:
     sections = {}  # local name -> section, e.g. cfg -> augment
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign):
-            for target, value in zip(node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets,
-                                     node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]):
-                if isinstance(target, ast.Name) and isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name) \
-                        and value.value.id == "p":
+            for target, value in zip(
+                node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets,
+                node.value.elts if isinstance(node.value, ast.Tuple) else [node.value],
+            ):
+                if (
+                    isinstance(target, ast.Name)
+                    and isinstance(value, ast.Attribute)
+                    and isinstance(value.value, ast.Name)
+                    and value.value.id == "p"
+                ):
                     sections[target.id] = value.attr
     keys = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name) \
-                and node.value.value.id == "p":
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "p"
+        ):
             keys.add(f"{node.value.attr}.{node.attr}")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in sections:
             keys.add(f"{sections[node.value.id]}.{node.attr}")
         elif isinstance(node, ast.Call):
             for arg in [*node.args, *(k.value for k in node.keywords)]:
-                section = sections.get(arg.id) if isinstance(arg, ast.Name) else \
-                    arg.attr if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "p" else None
+                section = (
+                    sections.get(arg.id)
+                    if isinstance(arg, ast.Name)
+                    else arg.attr
+                    if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "p"
+                    else None
+                )
                 if section:
                     keys |= {f"{section}.{key}" for key in params.Params.model_fields[section].annotation.model_fields}
     return keys
@@ -103,14 +119,25 @@ def test_stage_scripts_and_the_command_line_leave_tensorflow_to_the_package():
     The command line (cli.py) imports neither at all: `transfer-learning --help` must not wait 5 s for TensorFlow."""
     for script in [*(ROOT / "stages").glob("*.py"), ROOT / PACKAGE / "cli.py"]:
         for node in ast.walk(ast.parse(script.read_text())):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            assert not any(name.split(".")[0] in ("tensorflow", "keras") for name in names), f"{script.name} imports {names}"
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
+            assert not any(name.split(".")[0] in ("tensorflow", "keras") for name in names), (
+                f"{script.name} imports {names}"
+            )
 
 
 def test_the_model_is_registered_as_an_artifact_of_the_stage_that_writes_it():
     artifact = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]["fine-tuned-model"]
-    assert artifact["type"] == "model" and artifact["path"] == "models/model.keras" and artifact["path"] in STAGES["fine-tune"]["outs"]
+    assert (
+        artifact["type"] == "model"
+        and artifact["path"] == "models/model.keras"
+        and artifact["path"] in STAGES["fine-tune"]["outs"]
+    )
     assert "keras" in artifact["labels"] and "models/encoding.json" in artifact["desc"]
 
 
@@ -120,7 +147,10 @@ def test_every_export_is_registered_as_an_artifact_of_the_export_stage():
     artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
     registered = {spec["path"]: spec for name, spec in artifacts.items() if name != "fine-tuned-model"}
     assert set(registered) == {f"models/export/{file}" for file in exports.FILES.values()}
-    assert all(spec["type"] == "model" and spec["labels"] and path in STAGES["export"]["outs"] for path, spec in registered.items())
+    assert all(
+        spec["type"] == "model" and spec["labels"] and path in STAGES["export"]["outs"]
+        for path, spec in registered.items()
+    )
 
 
 def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
@@ -129,15 +159,28 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     titles = [plot["title"] for plot in titled]
     assert len(titles) == 5 and len(set(titles)) == 5, titles
     images = [plot for plot in dvc_yaml["plots"] if isinstance(plot, str)]
-    assert images == ["plots/evaluate/figures", "dvclive/train_head/plots/images", "dvclive/fine_tune/plots/images"], \
+    assert images == ["plots/evaluate/figures", "dvclive/train_head/plots/images", "dvclive/fine_tune/plots/images"], (
         "PNG figures carry their titles inside the image"
-    live = {stage: next(out for out in STAGES[stage]["outs"] if isinstance(out, dict) and "dvclive" in next(iter(out)))
-            for stage in ("train-head", "fine-tune")}
-    assert {stage: next(iter(out)) for stage, out in live.items()} == {"train-head": "dvclive/train_head", "fine-tune": "dvclive/fine_tune"}
+    )
+    live = {
+        stage: next(out for out in STAGES[stage]["outs"] if isinstance(out, dict) and "dvclive" in next(iter(out)))
+        for stage in ("train-head", "fine-tune")
+    }
+    assert {stage: next(iter(out)) for stage, out in live.items()} == {
+        "train-head": "dvclive/train_head",
+        "fine-tune": "dvclive/fine_tune",
+    }
     assert dvc_yaml["metrics"] == [f"{folder}/metrics.json" for folder in ("dvclive/train_head", "dvclive/fine_tune")]
     curves = [file for plot in titled if isinstance(plot.get("y"), dict) for file in plot["y"]]
-    assert all(file.startswith(("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/", "plots/evaluate/calibration/"))
-               for file in curves) and len(curves) == 6
+    assert (
+        all(
+            file.startswith(
+                ("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/", "plots/evaluate/calibration/")
+            )
+            for file in curves
+        )
+        and len(curves) == 6
+    )
 
 
 STAGE_SOURCES = sorted([*(ROOT / "stages").rglob("*.py"), *(ROOT / PACKAGE).rglob("*.py")])
@@ -149,7 +192,9 @@ def calls(name: str):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):
                 func = node.func
-                if (isinstance(func, ast.Attribute) and func.attr == name) or (isinstance(func, ast.Name) and func.id == name):
+                if (isinstance(func, ast.Attribute) and func.attr == name) or (
+                    isinstance(func, ast.Name) and func.id == name
+                ):
                     yield path.relative_to(ROOT), node
 
 
@@ -161,17 +206,38 @@ def test_the_code_has_no_unsafe_loader():
     for path in STAGE_SOURCES:
         text = path.read_text()
         tree = ast.parse(text)
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                    for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+        }
         assert not imported & {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal", "torch"}, path
-        for banned in ("allow_pickle=True", "read_pickle", "unsafe_load", "full_load", "safe_mode=False",
-                       "enable_unsafe_deserialization", "Lambda(", "eval(", "exec("):
+        for banned in (
+            "allow_pickle=True",
+            "read_pickle",
+            "unsafe_load",
+            "full_load",
+            "safe_mode=False",
+            "enable_unsafe_deserialization",
+            "Lambda(",
+            "eval(",
+            "exec(",
+        ):
             assert banned not in text, f"{path}: {banned}"
-    np_loads = [(path, node) for path, node in calls("load") if isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "np"]
+    np_loads = [
+        (path, node)
+        for path, node in calls("load")
+        if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == "np"
+    ]
     assert np_loads and all(keyword(node, "allow_pickle") is False for _, node in np_loads), np_loads
-    yaml_loads = [path for path, node in calls("load") if isinstance(node.func, ast.Attribute)
-                  and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml"]
+    yaml_loads = [
+        path
+        for path, node in calls("load")
+        if isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "yaml"
+    ]
     assert yaml_loads == [] and any(True for _ in calls("safe_load"))
     load_models = list(calls("load_model"))
     assert load_models and all(keyword(node, "safe_mode") is True for _, node in load_models)

@@ -1,4 +1,5 @@
 """K-fold cross-validation of the head on stored features (transfer_learning/crossval.py, train_head.folds)."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def test_folds_are_stratified_balanced_and_seeded():
     assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
     order = np.argsort(ages)
     for start in range(0, 100, 4):  # every run of 4 neighbouring ages is spread over the 4 folds
-        assert sorted(folds[order[start:start + 4]]) == [0, 1, 2, 3]
+        assert sorted(folds[order[start : start + 4]]) == [0, 1, 2, 3]
 
 
 def test_rows_read_an_ascending_index_across_stacked_arrays():
@@ -43,8 +44,18 @@ def write_features(folder, train_x, train_y, val_x, val_y):
 
 
 def settings(folds, epochs=40):
-    cfg = SimpleNamespace(folds=folds, seed=0, batch_size=32, optimizer="adam", lr=0.01, schedule="constant", epochs=epochs,
-                          loss="auto", label_smoothing=0.0, mixup=0.0)
+    cfg = SimpleNamespace(
+        folds=folds,
+        seed=0,
+        batch_size=32,
+        optimizer="adam",
+        lr=0.01,
+        schedule="constant",
+        epochs=epochs,
+        loss="auto",
+        label_smoothing=0.0,
+        mixup=0.0,
+    )
     return cfg, SimpleNamespace(units=64, dropout=0.0)
 
 
@@ -61,9 +72,29 @@ def test_a_learnable_task_scores_high_on_every_fold(in_tmp):
     centers = rng.normal(0, 3, (3, 6))
     labels = np.repeat(np.arange(3), 20)
     x = centers[labels] + rng.normal(0, 0.5, (60, 6))
-    write_features(in_tmp, np.repeat(x[:45], 2, axis=0), np.repeat(labels[:45], 2).astype(np.int32), x[45:], labels[45:].astype(np.int32))
+    write_features(
+        in_tmp,
+        np.repeat(x[:45], 2, axis=0),
+        np.repeat(labels[:45], 2).astype(np.int32),
+        x[45:],
+        labels[45:].astype(np.int32),
+    )
     cfg, head = settings(folds=3, epochs=20)
-    result = crossval.estimate(cfg, head, 2, Encoding(task="classification", classes=("a", "b", "c",)), distribute.strategy("default"), epochs=20)
+    result = crossval.estimate(
+        cfg,
+        head,
+        2,
+        Encoding(
+            task="classification",
+            classes=(
+                "a",
+                "b",
+                "c",
+            ),
+        ),
+        distribute.strategy("default"),
+        epochs=20,
+    )
     assert result["folds"] == 3 and len(result["per_fold"]) == 3 and result["accuracy_min"] >= 0.9, result
     assert result["accuracy_mean"] == pytest.approx(np.mean(result["per_fold"]), abs=1e-6)
     assert result["accuracy_std"] == pytest.approx(np.std(result["per_fold"], ddof=1), abs=1e-6)
@@ -80,8 +111,20 @@ def test_an_image_and_its_variants_never_fall_on_both_sides_of_a_fold(in_tmp):
     write_features(in_tmp, train_x, np.repeat(labels[:48], per_image), x[48:], labels[48:])
     cfg, head = settings(folds=4, epochs=60)
     cfg.lr, cfg.batch_size = 0.03, 64
-    result = crossval.estimate(cfg, head, per_image, Encoding(task="classification", classes=("a", "b",)), distribute.strategy("default"),
-                               epochs=60)
+    result = crossval.estimate(
+        cfg,
+        head,
+        per_image,
+        Encoding(
+            task="classification",
+            classes=(
+                "a",
+                "b",
+            ),
+        ),
+        distribute.strategy("default"),
+        epochs=60,
+    )
     assert result["accuracy_mean"] < 0.75, result
 
 
@@ -99,5 +142,9 @@ def test_regression_folds_score_the_mae_in_the_target_unit(in_tmp):
 def test_more_folds_than_images_allow_is_one_line(in_tmp):
     write_features(in_tmp, np.zeros((6, 2)), np.zeros(6, np.int32), np.zeros((2, 2)), np.zeros(2, np.int32))
     cfg, head = settings(folds=5)
-    with pytest.raises(PipelineError, match=r"train_head.folds=5 needs at least 10 images in train \+ val, there are 8"):
-        crossval.estimate(cfg, head, 1, Encoding(task="classification", classes=("a",)), distribute.strategy("default"), epochs=1)
+    with pytest.raises(
+        PipelineError, match=r"train_head.folds=5 needs at least 10 images in train \+ val, there are 8"
+    ):
+        crossval.estimate(
+            cfg, head, 1, Encoding(task="classification", classes=("a",)), distribute.strategy("default"), epochs=1
+        )

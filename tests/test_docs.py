@@ -1,6 +1,7 @@
 """The documentation tells the truth: the params page is generated from the schema, every `-S key=value` in a
 command of README.md or docs/ is a valid param, every relative link leads somewhere, and the Python snippet of
 docs/using-the-model.md runs on a real run's model."""
+
 from __future__ import annotations
 
 import re
@@ -21,9 +22,16 @@ def test_the_params_page_is_generated_from_the_schema_and_params_yaml():
     page = (ROOT / params_doc.PAGE).read_text(encoding="utf-8")
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert page == params_doc.page(page, defaults), "run: python -m transfer_learning.params_doc"
-    keys = {f"{section}.{key}" for section, field in params.Params.model_fields.items() for key in field.annotation.model_fields}
-    assert all(f"| `{key}` |" in page for key in keys) and all(field.description for section in params.Params.model_fields.values()
-                                                              for field in section.annotation.model_fields.values())
+    keys = {
+        f"{section}.{key}"
+        for section, field in params.Params.model_fields.items()
+        for key in field.annotation.model_fields
+    }
+    assert all(f"| `{key}` |" in page for key in keys) and all(
+        field.description
+        for section in params.Params.model_fields.values()
+        for field in section.annotation.model_fields.values()
+    )
 
 
 def overrides_in(text: str) -> list[tuple[str, str]]:
@@ -38,7 +46,13 @@ def test_every_param_a_documented_command_sets_is_a_valid_param(page, tmp_path, 
     for key, value in overrides_in(page.read_text(encoding="utf-8")):
         section, name = key.split(".")
         assert section in defaults and name in defaults[section], f"{page.name}: -S {key}=...: no such param"
-        if value.startswith('"$(') or "/path/to/" in value or value.startswith("<") or "..." in value or key == "base.weights":
+        if (
+            value.startswith('"$(')
+            or "/path/to/" in value
+            or value.startswith("<")
+            or "..." in value
+            or key == "base.weights"
+        ):
             continue  # a placeholder for the reader's own folder, value or weights file
         candidate = {s: dict(v) for s, v in defaults.items()}
         candidate[section][name] = yaml.safe_load(value)
@@ -65,7 +79,8 @@ def test_the_python_snippet_of_using_the_model_runs_on_a_real_model(fast_run, tm
 
     from PIL import Image
 
-    [snippet] = [block for block in python_blocks(ROOT / "docs" / "using-the-model.md") if "transfer_learning" in block]  # the
+    # the
+    [snippet] = [block for block in python_blocks(ROOT / "docs" / "using-the-model.md") if "transfer_learning" in block]
     # exports' snippets, with no project code: test_exports.py
     (tmp_path / "models").mkdir()
     for name in ("model.keras", "encoding.json"):

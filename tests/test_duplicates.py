@@ -1,5 +1,6 @@
 """transfer_learning/duplicates.py: the same picture found by its pixels (exact copies in any format, near-duplicates), and
 what happens to a picture under two labels."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -62,7 +63,9 @@ def test_look_alike_digits_are_not_near_duplicates():
     keys = [str(path) for path in files]
     found = duplicates.groups(duplicates.Fingerprints.of(prints), keys)
     assert len(prints) == 1797 and len(set(found)) == 1797 and found == exact_groups(prints, keys)
-    assert sum(a.dhash == b.dhash for i, a in enumerate(prints) for b in prints[i + 1:i + 200]) > 0, "the hashes alone collide"
+    assert sum(a.dhash == b.dhash for i, a in enumerate(prints) for b in prints[i + 1 : i + 200]) > 0, (
+        "the hashes alone collide"
+    )
 
 
 def test_a_picture_under_two_labels_is_left_out_every_copy(tmp_path):
@@ -85,17 +88,19 @@ def test_a_picture_under_two_labels_is_left_out_every_copy(tmp_path):
     report = json.loads((project / "metrics/data.json").read_text())
     skipped = {s["path"]: s["reason"] for s in report["skipped_files"]}
     conflict = "an image with conflicting labels is left out, every copy of it"
-    assert skipped == {"cats/c0.png": f"the same picture as dogs/cat_copy.png (labeled 'dogs'): {conflict}",
-                       "dogs/cat_copy.png": f"the same picture as cats/c0.png (labeled 'cats'): {conflict}",
-                       "cats/c1.png": f"the same picture as dogs/cat_resaved.bmp (labeled 'dogs'): {conflict}",
-                       "dogs/cat_resaved.bmp": f"the same picture as cats/c1.png (labeled 'cats'): {conflict}",
-                       "cats/c2.png": f"the same picture as kittens/k0.png (labeled 'kittens'): {conflict}",
-                       "kittens/k0.png": f"the same picture as cats/c2.png (labeled 'cats'): {conflict}",
-                       "cats/c3.png": f"the same picture as kittens/k1.bmp (labeled 'kittens'): {conflict}",
-                       "kittens/k1.bmp": f"the same picture as cats/c3.png (labeled 'cats'): {conflict}",
-                       "cats/c4.png": f"the same picture as kittens/k2.png (labeled 'kittens'): {conflict}",
-                       "kittens/k2.png": f"the same picture as cats/c4.png (labeled 'cats'): {conflict}",
-                       "kittens/": "no usable image of this class; the class is left out"}
+    assert skipped == {
+        "cats/c0.png": f"the same picture as dogs/cat_copy.png (labeled 'dogs'): {conflict}",
+        "dogs/cat_copy.png": f"the same picture as cats/c0.png (labeled 'cats'): {conflict}",
+        "cats/c1.png": f"the same picture as dogs/cat_resaved.bmp (labeled 'dogs'): {conflict}",
+        "dogs/cat_resaved.bmp": f"the same picture as cats/c1.png (labeled 'cats'): {conflict}",
+        "cats/c2.png": f"the same picture as kittens/k0.png (labeled 'kittens'): {conflict}",
+        "kittens/k0.png": f"the same picture as cats/c2.png (labeled 'cats'): {conflict}",
+        "cats/c3.png": f"the same picture as kittens/k1.bmp (labeled 'kittens'): {conflict}",
+        "kittens/k1.bmp": f"the same picture as cats/c3.png (labeled 'cats'): {conflict}",
+        "cats/c4.png": f"the same picture as kittens/k2.png (labeled 'kittens'): {conflict}",
+        "kittens/k2.png": f"the same picture as cats/c4.png (labeled 'cats'): {conflict}",
+        "kittens/": "no usable image of this class; the class is left out",
+    }
     assert report["classes"] == {"cats": 3, "dogs": 5}
     for stage in ("split", "normalize"):
         assert run_stage(project, stage).returncode == 0
@@ -103,8 +108,10 @@ def test_a_picture_under_two_labels_is_left_out_every_copy(tmp_path):
 
 
 def near(a: duplicates.Fingerprint, b: duplicates.Fingerprint) -> bool:
-    return (bin(a.dhash ^ b.dhash).count("1") <= duplicates.NEAR_BITS
-            and np.abs(a.thumbnail.astype(int) - b.thumbnail).mean() <= duplicates.NEAR_LEVELS)
+    return (
+        bin(a.dhash ^ b.dhash).count("1") <= duplicates.NEAR_BITS
+        and np.abs(a.thumbnail.astype(int) - b.thumbnail).mean() <= duplicates.NEAR_LEVELS
+    )
 
 
 def planted(seed: int, n: int, shared_low_bits: int = 0):
@@ -119,8 +126,11 @@ def planted(seed: int, n: int, shared_low_bits: int = 0):
     prints = []
 
     def add(dhash: int, thumbnail: np.ndarray, sha256: str | None = None) -> int:
-        prints.append(duplicates.Fingerprint(sha256 or rng.bytes(32).hex(), (dhash & ~low) | common,
-                                             np.clip(thumbnail, 0, 255).astype(np.uint8)))
+        prints.append(
+            duplicates.Fingerprint(
+                sha256 or rng.bytes(32).hex(), (dhash & ~low) | common, np.clip(thumbnail, 0, 255).astype(np.uint8)
+            )
+        )
         return len(prints) - 1
 
     def flip(dhash: int, bits: int | list) -> int:
@@ -138,31 +148,37 @@ def planted(seed: int, n: int, shared_low_bits: int = 0):
     steps = np.arange(192).reshape(8, 8, 3) % 2 + 1  # 1, 2, 1, 2, ...: a mean of 1.5 levels
     for _ in range(40):
         h, t = base()
-        together.append((add(h, t), add(flip(h, 4), t + 2)))                     # at both limits: near
+        together.append((add(h, t), add(flip(h, 4), t + 2)))  # at both limits: near
         h, t = base()
-        apart.append((add(h, t), add(flip(h, 5), t)))                            # 5 bits
+        apart.append((add(h, t), add(flip(h, 5), t)))  # 5 bits
         h, t = base()
         apart.append((add(h, t), add(flip(h, 1), t + 2 + (np.arange(192) == 0).reshape(8, 8, 3))))  # 2 + 1/192
         h, t = base()
         a = add(h, t)
-        together.append((a, add(h, t, prints[a].sha256)))                        # an exact copy
+        together.append((a, add(h, t, prints[a].sha256)))  # an exact copy
         bits = rng.choice(np.arange(shared_low_bits, 64), 7, replace=False)
-        b = add(flip(h, bits[:3]), t + steps)                                    # 3 bits, 1.5 levels
-        c = add(flip(prints[b].dhash, bits[3:6]), prints[b].thumbnail + steps % 2)   # a-c: 6 bits, 2.0 levels
-        d = add(flip(prints[b].dhash, bits[6:]), prints[b].thumbnail + steps)    # a-d: 4 bits, 3.0 levels
+        b = add(flip(h, bits[:3]), t + steps)  # 3 bits, 1.5 levels
+        c = add(flip(prints[b].dhash, bits[3:6]), prints[b].thumbnail + steps % 2)  # a-c: 6 bits, 2.0 levels
+        d = add(flip(prints[b].dhash, bits[6:]), prints[b].thumbnail + steps)  # a-d: 4 bits, 3.0 levels
         assert all(near(prints[x], prints[y]) for x, y in ((a, b), (b, c), (b, d))), "a chain"
         assert not near(prints[a], prints[c]) and not near(prints[a], prints[d]), "whose ends are not near-duplicates"
         together += [(a, c), (a, d)]
     for size in (2, 64, 65, 200, 700):
         h, t = base()
-        members = [add(h, t + rng.integers(-1, 2, t.shape) if rng.random() < 0.5 else rng.integers(20, 236, t.shape))
-                   for _ in range(size)]
+        members = [
+            add(h, t + rng.integers(-1, 2, t.shape) if rng.random() < 0.5 else rng.integers(20, 236, t.shape))
+            for _ in range(size)
+        ]
         apart += [(i, j) for i, j in zip(members, members[1:]) if not near(prints[i], prints[j])][:1]
     order = rng.permutation(len(prints))
     position = np.argsort(order)
     keys = [rng.bytes(32).hex() for _ in prints]
-    return ([prints[i] for i in order], keys, [(position[a], position[b]) for a, b in together],
-            [(position[a], position[b]) for a, b in apart])
+    return (
+        [prints[i] for i in order],
+        keys,
+        [(position[a], position[b]) for a, b in together],
+        [(position[a], position[b]) for a, b in apart],
+    )
 
 
 @pytest.mark.parametrize("seed, shared_low_bits", [(0, 0), (1, 0), (2, 12)])
@@ -197,8 +213,14 @@ def test_pairs_at_the_edges_of_buckets_and_tiles_are_found():
                 hashes[k], thumbs[k] = hashes[0], cluster + rng.integers(-1, 2, cluster.shape)
             hashes[block + 5], thumbs[block + 5] = hashes[0] ^ others, cluster + 1
             planted_pairs += [(len(prints) + k, len(prints) + block + 5) for k in range(block)]
-        ends = [(0, size - 1), (1, 2), (size - 3, size - 2),
-                (block - 1, block), (0, 2 * block), (block + 1, 2 * block + 2)]
+        ends = [
+            (0, size - 1),
+            (1, 2),
+            (size - 3, size - 2),
+            (block - 1, block),
+            (0, 2 * block),
+            (block + 1, 2 * block + 2),
+        ]
         pairs = {q: p for p, q in ends if 0 <= p < q < size and q != block + 5}
         for q in sorted(pairs):
             hashes[q], thumbs[q] = hashes[pairs[q]] ^ others, thumbs[pairs[q]] + 2
@@ -226,8 +248,13 @@ def test_photo_families_are_grouped_as_the_exact_search_groups_them():
     for seed in range(12):
         picture = photo(seed)
         half = picture.resize((60, 45), Image.Resampling.LANCZOS)
-        for pixels in (np.asarray(picture), np.asarray(picture), encoded(picture, "JPEG", quality=85),
-                       encoded(picture, "JPEG", quality=50), np.asarray(half)):
+        for pixels in (
+            np.asarray(picture),
+            np.asarray(picture),
+            encoded(picture, "JPEG", quality=85),
+            encoded(picture, "JPEG", quality=50),
+            np.asarray(half),
+        ):
             prints.append(duplicates.fingerprint(pixels))
             family.append(seed)
     keys = [f"{seed}-{i}" for i, seed in enumerate(family)]
@@ -252,11 +279,14 @@ def test_fingerprints_are_kept_in_arrays_and_rows_can_be_left_out():
 def peak_of(project, stage: str) -> tuple[subprocess.CompletedProcess, float]:
     """Runs a stage in a process of its own and -> (its result, its peak resident memory in MB). A wrapper process
     waits for it, so that the peak is the stage's, not that of any other child this test process had."""
-    wrapper = ("import resource, subprocess, sys; "
-               "code = subprocess.run([sys.executable, sys.argv[1]], stdout=2).returncode; "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", wrapper, f"stages/{stage}.py"], cwd=project,
-                            capture_output=True, text=True)
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "code = subprocess.run([sys.executable, sys.argv[1]], stdout=2).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, f"stages/{stage}.py"], cwd=project, capture_output=True, text=True
+    )
     return result, int(result.stdout.split()[-1]) / 1024 if result.stdout.strip() else float("nan")
 
 
@@ -288,8 +318,13 @@ def test_two_thousand_near_identical_frames_are_one_group_in_bounded_memory(tmp_
 
 def test_the_duplicates_benchmark_runs_at_its_smallest_size():
     """A benchmark is code: it runs here at its smallest size, and its old and new searches give the same groups."""
-    result = subprocess.run([sys.executable, "benchmarks/duplicates.py", "--smallest"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/duplicates.py", "--smallest"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| frames", "| random"))]
     assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows), result.stdout

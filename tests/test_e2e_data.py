@@ -1,5 +1,6 @@
 """The data is a tracked input, end to end: adding, removing, replacing or relabelling images reruns ingest and only
 what changed; settings and weights files; a dataset under DVC reaches a teammate."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from support.projects import (
 
 pytestmark = pytest.mark.e2e
 
+
 def test_adding_removing_replacing_or_relabeling_an_image_reruns_ingest_and_only_what_changed(tmp_path, class_folder):
     project = make_project(tmp_path, FAST | {"data.source": str(class_folder)})
     assert stages_run(run(["dvc", "repro", "split"], project).stdout) == ["ingest", "split"]
@@ -32,8 +34,9 @@ def test_adding_removing_replacing_or_relabeling_an_image_reruns_ingest_and_only
     (class_folder / "red" / "notes.txt").write_text("not an image")  # ingest reruns, skips it: nothing after it changes
     assert list(status_of(project, "split")) == ["ingest"]
     assert stages_run(run(["dvc", "repro", "split"], project).stdout) == ["ingest"]
-    assert {"path": "red/notes.txt"} | {"reason": "not an image file extension (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"} \
-        in json.loads((project / "metrics/data.json").read_text())["skipped_files"]
+    assert {"path": "red/notes.txt"} | {
+        "reason": "not an image file extension (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"
+    } in json.loads((project / "metrics/data.json").read_text())["skipped_files"]
     commit(project)
 
     changes = {
@@ -54,9 +57,17 @@ def test_editing_a_csv_source_or_an_image_it_lists_reruns_ingest(tmp_path):
     for i in range(12):
         make_image(folder / "images" / f"{i:02d}.png", (i * 20,) * 3, noise_seed=i)
     (folder / "labels.csv").write_text("image,age\n" + "".join(f"images/{i:02d}.png,{i + 20}\n" for i in range(12)))
-    project = make_project(tmp_path, FAST | {"data.source": str(folder), "data.csv": "labels.csv", "data.task": "regression",
-                                             "data.target_column": "age",
-                                             "split.bins": 2})
+    project = make_project(
+        tmp_path,
+        FAST
+        | {
+            "data.source": str(folder),
+            "data.csv": "labels.csv",
+            "data.task": "regression",
+            "data.target_column": "age",
+            "split.bins": 2,
+        },
+    )
     run(["dvc", "repro", "ingest"], project)
     commit(project)
     assert status_of(project, "ingest") == {}
@@ -77,21 +88,26 @@ def test_settings_change_no_output_and_rerun_nothing(fast_run, tmp_path):
     assert stages_run(forced.stdout) == DATA_STAGES
     assert (copy / "dvc.lock").read_text() == lock
     bad = run(["dvc", "repro", "--force", "ingest"], copy, check=False, env={"PIPELINE_WORKERS": "many"})
-    assert "error: PIPELINE_WORKERS='many': expected a whole number of threads from 1 to 256 (or unset it: one per CPU)" in bad.stderr
+    assert (
+        "error: PIPELINE_WORKERS='many': expected a whole number of threads from 1 to 256 (or unset it: one per CPU)"
+        in bad.stderr
+    )
 
 
 def test_replacing_a_base_weights_file_reruns_the_stages_that_build_the_base(fast_run, tmp_path):
 
     copy = copy_project(fast_run.project, tmp_path / "copy")
     write_params(copy, {"base.weights": "weights/mine.weights.h5"})
-    keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35) \
-        .save_weights(copy / "weights" / "mine.weights.h5")
+    keras.applications.MobileNetV2(
+        input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35
+    ).save_weights(copy / "weights" / "mine.weights.h5")
     assert stages_run(run(["dvc", "repro", "extract-features"], copy).stdout) == ["extract-features"]
     commit(copy)
     assert status_of(copy, "extract-features") == {}
     keras.utils.set_random_seed(1)
-    keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35) \
-        .save_weights(copy / "weights" / "mine.weights.h5")
+    keras.applications.MobileNetV2(
+        input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35
+    ).save_weights(copy / "weights" / "mine.weights.h5")
     changed = status_of(copy, "extract-features")
     assert list(changed) == ["extract-features"] and "weights" in json.dumps(changed)
 
@@ -116,7 +132,9 @@ def test_a_dataset_under_dvc_reaches_a_teammate_and_a_change_reruns_from_ingest(
     clone = tmp_path / "teammate"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     run(["dvc", "pull", "--with-deps", "split"], clone)  # the data and the outputs up to split (the rest never ran)
-    assert (clone / "data/raw/shapes/red/new.png").read_bytes() == (project / "data/raw/shapes/red/new.png").read_bytes()
+    assert (clone / "data/raw/shapes/red/new.png").read_bytes() == (
+        project / "data/raw/shapes/red/new.png"
+    ).read_bytes()
     assert status_of(clone, "split") == {}, "the pulled data and outputs match the committed dvc.lock"
 
 
@@ -134,9 +152,14 @@ def test_a_failed_params_check_in_ingest_keeps_the_git_tracked_data_report(tmp_p
 
     write_params(project, {"ingest.max_short_side": 4})
     failed = run(["dvc", "repro", "ingest"], project, check=False)
-    assert failed.returncode != 0 and "error: params.yaml: ingest.max_short_side: Input should be greater than or equal to 8" \
+    assert (
+        failed.returncode != 0
+        and "error: params.yaml: ingest.max_short_side: Input should be greater than or equal to 8"
         in failed.stdout + failed.stderr
-    assert run(["git", "status", "--porcelain"], project).stdout == " M params.yaml\n", "nothing else changed or deleted"
+    )
+    assert run(["git", "status", "--porcelain"], project).stdout == " M params.yaml\n", (
+        "nothing else changed or deleted"
+    )
     assert (project / "metrics/data.json").read_bytes() == report
 
     run(["git", "checkout", "params.yaml"], project)

@@ -1,5 +1,6 @@
 """Distribution strategies end to end: train-head and fine-tune under train.strategy mirrored (two logical CPUs) and
 multi_worker (two local processes) match the default strategy."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,12 @@ runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
 """
 
 
-HEAD_OUTPUTS = ["models/head.keras", "metrics/train_head.json", "dvclive/train_head/metrics.json", "dvclive/train_head/plots/metrics/eval/loss.tsv"]
+HEAD_OUTPUTS = [
+    "models/head.keras",
+    "metrics/train_head.json",
+    "dvclive/train_head/metrics.json",
+    "dvclive/train_head/plots/metrics/eval/loss.tsv",
+]
 
 
 def weights(path: Path) -> list[np.ndarray]:
@@ -77,7 +83,9 @@ def test_mirrored_head_on_two_logical_cpus_matches_default(project, tmp_path):
     mirrored = copy_project(project, tmp_path / "mirrored")
     write_params(mirrored, {"train.strategy": "mirrored", "train_head.folds": 0})
     result = run([sys.executable, "-c", TWO_CPUS, "stages.train_head"], mirrored)
-    assert "train.strategy=mirrored: 2 replica(s)" in result.stdout and "training head on 2 replica(s)" in result.stdout, result.stdout
+    assert (
+        "train.strategy=mirrored: 2 replica(s)" in result.stdout and "training head on 2 replica(s)" in result.stdout
+    ), result.stdout
     assert_same_model(mirrored / "models/head.keras", project / "models/head.keras")
     assert "kfold" in json.loads((project / "metrics/train_head.json").read_text())
     assert_same_metrics(mirrored / "metrics/train_head.json", project / "metrics/train_head.json", leave_out="kfold")
@@ -88,17 +96,25 @@ def test_mirrored_fine_tune_on_two_logical_cpus_matches_default(project, tmp_pat
     equal the single device's to rounding. Batches of 178 (13 steps, not the fast run's 68): fine-tuning amplifies any
     difference in its start about 1.14 times a step (a head 7e-8 off gave weights 4e-4 apart after 68 steps), so a
     short run keeps a kernel's rounding on another CPU from growing into a difference the bound would take for a bug."""
-    few_steps = {"fine_tune.batch_size": 178}  # even, and at most half the 359 validation rows (transfer_learning/training.py: fit)
+    # even, and at most half the 359 validation rows (transfer_learning/training.py: fit)
+    few_steps = {"fine_tune.batch_size": 178}
     default, mirrored = copy_project(project, tmp_path / "default"), copy_project(project, tmp_path / "mirrored")
     write_params(default, few_steps)
     write_params(mirrored, few_steps | {"train.strategy": "mirrored"})
     run([sys.executable, "-m", "stages.fine_tune"], default)
     result = run([sys.executable, "-c", TWO_CPUS, "stages.fine_tune"], mirrored)
-    assert "train.strategy=mirrored: 2 replica(s)" in result.stdout and "training top_model on 2 replica(s)" in result.stdout, result.stdout
-    tuned = keras.models.load_model(default / "models/model.keras", safe_mode=True, compile=False).get_layer("mobilenetv2_0.35_224")
+    assert (
+        "train.strategy=mirrored: 2 replica(s)" in result.stdout
+        and "training top_model on 2 replica(s)" in result.stdout
+    ), result.stdout
+    tuned = keras.models.load_model(default / "models/model.keras", safe_mode=True, compile=False).get_layer(
+        "mobilenetv2_0.35_224"
+    )
     imagenet = networks.build_base("mobilenet_v2", 0.35, "imagenet")
     moved = np.abs(tuned.get_layer("Conv_1").kernel.numpy() - imagenet.get_layer("Conv_1").kernel.numpy()).max()
-    assert moved > 100 * 1e-5, f"fine-tuning moved Conv_1 by {moved} at most: too little for the comparison below to mean anything"
+    assert moved > 100 * 1e-5, (
+        f"fine-tuning moved Conv_1 by {moved} at most: too little for the comparison below to mean anything"
+    )
     assert_same_model(mirrored / "models/model.keras", default / "models/model.keras")
     assert_same_metrics(mirrored / "metrics/fine_tune.json", default / "metrics/fine_tune.json")
 
@@ -118,10 +134,22 @@ def test_multi_worker_two_local_processes_chief_writes_and_matches_default(proje
         for output in HEAD_OUTPUTS:
             (copy / output).unlink()
         (tmp_path / f"tmp{i}").mkdir()
-    workers = [subprocess.Popen([sys.executable, "-m", "stages.train_head"], cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=tool_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                                             "TMPDIR": str(tmp_path / f"tmp{i}")}))
-               for i, copy in enumerate(copies)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stages.train_head"],
+            cwd=copy,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=tool_env(
+                {
+                    "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                    "TMPDIR": str(tmp_path / f"tmp{i}"),
+                }
+            ),
+        )
+        for i, copy in enumerate(copies)
+    ]
     try:
         outputs = [worker.communicate(timeout=420)[0] for worker in workers]
     finally:  # bounded: a worker that waits for a dead peer never outlives the test
@@ -129,10 +157,15 @@ def test_multi_worker_two_local_processes_chief_writes_and_matches_default(proje
             worker.kill()
     for i, (worker, output) in enumerate(zip(workers, outputs)):
         assert worker.returncode == 0, output
-        assert f"train.strategy=multi_worker: 2 replica(s), worker {i} of a cluster" in output and "training head on 2 replica(s)" in output
+        assert (
+            f"train.strategy=multi_worker: 2 replica(s), worker {i} of a cluster" in output
+            and "training head on 2 replica(s)" in output
+        )
     chief, other = copies
     assert all((chief / output).exists() for output in HEAD_OUTPUTS), "the chief writes the stage's outputs"
-    assert not any((other / output).exists() for output in HEAD_OUTPUTS), "a non-chief worker writes nothing into the project"
+    assert not any((other / output).exists() for output in HEAD_OUTPUTS), (
+        "a non-chief worker writes nothing into the project"
+    )
     assert list((tmp_path / "tmp1").iterdir()) == [], "its temporary copy is deleted"
     assert_same_model(chief / "models/head.keras", project / "models/head.keras")
     assert_same_metrics(chief / "metrics/train_head.json", project / "metrics/train_head.json")

@@ -1,5 +1,6 @@
 """What a run leaves for its users, end to end: predictions on new images, the review of the run and the review page
 of `dvc plots diff` in Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ from support.projects import (
 
 pytestmark = pytest.mark.e2e
 
+
 def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tmp_path):
     """Test images of the run as new files (one in a nested folder), next to broken ones: the good ones get the
     probabilities the model gives them as the pipeline decodes them, so predict prepares images exactly as the pipeline."""
@@ -42,15 +44,40 @@ def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tm
     (new / "notes.txt").write_text("not an image")
     make_image(new / "nested" / ".hidden.png", (0, 0, 0))
 
-    result = subprocess.run([Path(sys.executable).parent / "transfer-learning", "predict", str(new), "-o", "predictions.csv",
-                             "--model", str(project / "models/model.keras")], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            Path(sys.executable).parent / "transfer-learning",
+            "predict",
+            str(new),
+            "-o",
+            "predictions.csv",
+            "--model",
+            str(project / "models/model.keras"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 3, result.stderr  # written, some files skipped
     skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("skipped "))
-    assert [line.split(":")[0] for line in skipped] == ["skipped cut.png", "skipped empty.png", "skipped nested/.hidden.png", "skipped notes.txt"]
+    assert [line.split(":")[0] for line in skipped] == [
+        "skipped cut.png",
+        "skipped empty.png",
+        "skipped nested/.hidden.png",
+        "skipped notes.txt",
+    ]
     assert "predict: 6 images -> predictions.csv; 4 skipped" in result.stdout
 
     rows = pd.read_csv(tmp_path / "predictions.csv", dtype={"predicted": str, "top_2": str, "top_3": str})
-    assert list(rows.columns) == ["path", "predicted", "probability", "top_2", "top_2_probability", "top_3", "top_3_probability"]
+    assert list(rows.columns) == [
+        "path",
+        "predicted",
+        "probability",
+        "top_2",
+        "top_2_probability",
+        "top_3",
+        "top_3_probability",
+    ]
     order = [int(Path(path).name.split("_")[0]) for path in rows["path"]]
     assert sorted(order) == list(range(6))
     model = keras.models.load_model(project / "models/model.keras", safe_mode=True)
@@ -67,7 +94,9 @@ def test_the_review_of_a_run_reports_the_three_models_and_shows_the_worst_mistak
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     row = f"| accuracy | {metrics['head']['accuracy']:.3f} | {metrics['fine_tuned']['accuracy']:.3f} | {metrics['baseline']['accuracy']:.3f} |"
     assert row in text and "## Per class" in text and text.count("| 36 |") >= 5, "a row per class with its test images"
-    assert "1797 images, 0 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text
+    assert (
+        "1797 images, 0 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text
+    )
     mistakes = text.split("## Most confident mistakes of the fine-tuned model")[1].split("## Training")[0]
     link = mistakes.split("](")[1].split(")")[0]
     assert (project / "reports" / link).resolve() == project / "plots/evaluate/figures/most_confident_mistakes.png"
@@ -91,20 +120,32 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
     page = review_page.local_scripts(tmp_path / "review" / "index.html")
     shown = review_page.inspect(browser, page)
 
-    titles = {next(iter(plot)): next(iter(plot.values()))["title"]
-              for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if isinstance(plot, dict)}
+    titles = {
+        next(iter(plot)): next(iter(plot.values()))["title"]
+        for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+        if isinstance(plot, dict)
+    }
     vega = {plot["id"]: plot for plot in shown["vega"]}
-    assert list(vega) == ["#head-loss", "#fine-tune-loss", "#plots_evaluate_predictions_head_csv",
-                          "#plots_evaluate_predictions_fine_tuned_csv", "#calibration"]
+    assert list(vega) == [
+        "#head-loss",
+        "#fine-tune-loss",
+        "#plots_evaluate_predictions_head_csv",
+        "#plots_evaluate_predictions_fine_tuned_csv",
+        "#calibration",
+    ]
     for plot in vega.values():
         assert plot["error"] is None and plot["svg"] == 1 and plot["marks"] > 20, plot  # drawn: lines, points or cells
     assert [plot["title"] for plot in vega.values()] == list(titles.values()), "each chart under its dvc.yaml title"
     images = {image["title"]: image["loaded"] for image in shown["images"]}
-    figures = [f"plots/evaluate/figures/{name}.png"
-               for name in ("confusion", "most_confident_mistakes", "heatmaps/correct", "heatmaps/mistakes")]
+    figures = [
+        f"plots/evaluate/figures/{name}.png"
+        for name in ("confusion", "most_confident_mistakes", "heatmaps/correct", "heatmaps/mistakes")
+    ]
     epochs = [f"dvclive/{stage}/plots/images/predictions.png" for stage in ("train_head", "fine_tune")]
     assert sorted(images) == sorted(figures + epochs)
-    assert all(len(loaded) == 2 and all(size and size[0] >= 300 for size in loaded) for loaded in images.values()), images
+    assert all(len(loaded) == 2 and all(size and size[0] >= 300 for size in loaded) for loaded in images.values()), (
+        images
+    )
     assert all(size[0] >= 1000 for name in figures[:2] for size in images[name]), "the figures are drawn large"
     every_title = [plot["title"] for plot in vega.values()] + list(images)
     assert all(every_title) and len(set(every_title)) == len(every_title) == 11

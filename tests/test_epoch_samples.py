@@ -1,5 +1,6 @@
 """Sample predictions epoch by epoch (epoch_samples.py): one small dvclive image, rewritten every epoch, the same
 bytes every run."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,17 +20,27 @@ def train_with_samples(folder, epochs: int = 2):
     head = networks.build_head(4, 8, 0.0, 3, "classification")
     head.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     samples = epoch_samples.Samples.pick("train-head", features, pictures, targets, ENCODING)
-    head.fit(batches.Batches(features, targets, 10, seed=0), epochs=epochs, verbose=0, shuffle=False,
-             callbacks=live.callbacks(folder, samples=samples))
+    head.fit(
+        batches.Batches(features, targets, 10, seed=0),
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=live.callbacks(folder, samples=samples),
+    )
     return samples, folder / "plots" / "images" / epoch_samples.NAME
 
 
 def test_each_epoch_rewrites_one_small_grid_of_validation_predictions(tmp_path):
     samples, image = train_with_samples(tmp_path / "a")
-    assert len(samples.inputs) == epoch_samples.SAMPLES and samples.actual.tolist() == [0, 1, 2, 0, 1, 2, 0, 2], "spread evenly"
+    assert len(samples.inputs) == epoch_samples.SAMPLES and samples.actual.tolist() == [0, 1, 2, 0, 1, 2, 0, 2], (
+        "spread evenly"
+    )
     assert [p.name for p in image.parent.iterdir()] == [epoch_samples.NAME], "one file, not one per epoch"
     with Image.open(image) as grid:
-        assert grid.size == (epoch_samples.COLUMNS * epoch_samples.CELL, epoch_samples.HEADER + 2 * (epoch_samples.CELL + epoch_samples.CAPTION))
+        assert grid.size == (
+            epoch_samples.COLUMNS * epoch_samples.CELL,
+            epoch_samples.HEADER + 2 * (epoch_samples.CELL + epoch_samples.CAPTION),
+        )
     assert image.stat().st_size < 200_000, "bounded (random pixels: the worst case for PNG)"
     _, again = train_with_samples(tmp_path / "b")
     assert again.read_bytes() == image.read_bytes()

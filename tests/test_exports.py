@@ -3,6 +3,7 @@
 metrics are), and `transfer-learning predict`
 runs each format with the labels of the Keras model within the agreement and output difference metrics/export.json
 records. The snippets of docs/using-the-model.md load each export with no project code."""
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,9 @@ def tiny_model(outputs: int, task: str) -> keras.Model:
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(outputs, activation="softmax" if task == "classification" else None)(x))
+    return keras.Model(
+        inputs, keras.layers.Dense(outputs, activation="softmax" if task == "classification" else None)(x)
+    )
 
 
 def sample_images(count: int, seed: int) -> np.ndarray:
@@ -55,7 +58,9 @@ def project_with_a_model(tmp_path: Path, model: Path) -> Path:
     project = stage_project(tmp_path)
     (project / "models").mkdir()
     shutil.copy(model, project / "models/model.keras")
-    (project / "models/encoding.json").write_text(json.dumps({"task": "classification", "classes": CLASSES, "input": PREPARATION}))
+    (project / "models/encoding.json").write_text(
+        json.dumps({"task": "classification", "classes": CLASSES, "input": PREPARATION})
+    )
     normalized = project / "data/normalized"
     normalized.mkdir(parents=True)
     for split, pictures in (("train", sample_images(120, 1)), ("test", sample_images(40, 2))):
@@ -86,13 +91,17 @@ def exported(tmp_path_factory):
 
 
 def contents(folder: Path) -> dict[str, bytes]:
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+    }
 
 
 def test_every_format_is_written_the_same_bytes_twice_and_measured(exported):
     first, second = exported
     files = contents(first / "models/export")
-    assert {"model.tflite", "model_int8.tflite", "model.onnx", "encoding.json", "saved_model/saved_model.pb"} <= set(files)
+    assert {"model.tflite", "model_int8.tflite", "model.onnx", "encoding.json", "saved_model/saved_model.pb"} <= set(
+        files
+    )
     again = contents(second / "models/export")
     assert files.pop("model.onnx") and again.pop("model.onnx"), "ONNX: written, not byte-reproducible (exports.py)"
     assert files == again, "a rerun gives the same bytes"
@@ -100,11 +109,24 @@ def test_every_format_is_written_the_same_bytes_twice_and_measured(exported):
     assert (second / "metrics/export.json").read_text() == (first / "metrics/export.json").read_text()
     assert list(metrics) == ["keras", *FORMATS]
     for name in FORMATS:  # model.onnx's size changes run to run: with the timings
-        assert set(metrics[name]) == {"accuracy", "agreement", "max_abs_difference"} | ({"size_bytes"} if name != "onnx" else set()), name
-    assert metrics["tflite_float32"]["agreement"] == metrics["onnx"]["agreement"] == metrics["saved_model"]["agreement"] == 1.0
-    assert metrics["saved_model"]["max_abs_difference"] < 1e-5 and metrics["tflite_float32"]["max_abs_difference"] < 1e-4
+        assert set(metrics[name]) == {"accuracy", "agreement", "max_abs_difference"} | (
+            {"size_bytes"} if name != "onnx" else set()
+        ), name
+    assert (
+        metrics["tflite_float32"]["agreement"]
+        == metrics["onnx"]["agreement"]
+        == metrics["saved_model"]["agreement"]
+        == 1.0
+    )
+    assert (
+        metrics["saved_model"]["max_abs_difference"] < 1e-5 and metrics["tflite_float32"]["max_abs_difference"] < 1e-4
+    )
     speed = json.loads((first / "metrics/export_speed.json").read_text())  # timings: present, never asserted
-    assert list(speed) == ["keras", *FORMATS] and set(speed["onnx"]) == {"images_per_second_batch_1", "images_per_second_batch_32", "size_bytes"}
+    assert list(speed) == ["keras", *FORMATS] and set(speed["onnx"]) == {
+        "images_per_second_batch_1",
+        "images_per_second_batch_32",
+        "size_bytes",
+    }
 
 
 cli = predict_cli  # transfer-learning predict, in this process: its exit status
@@ -138,9 +160,13 @@ def test_predict_runs_every_export_with_the_keras_labels_within_the_recorded_tol
         assert [row[0] for row in rows] == [row[0] for row in keras_rows]
         agreeing = np.mean([row[1] == ours[1] for row, ours in zip(keras_rows, rows)])
         assert agreeing >= metrics[name]["agreement"], name
-        difference = max(abs(float(ours[c]) - float(theirs[c]))  # class by class (the CSV lists them by probability)
-                         for ours, theirs in ((by_class(row), by_class(keras)) for row, keras in zip(rows, keras_rows)) for c in CLASSES)
-        assert difference <= metrics[name]["max_abs_difference"] + 2e-6, (name, difference)  # the CSV rounds to 6 decimals
+        difference = max(
+            abs(float(ours[c]) - float(theirs[c]))  # class by class (the CSV lists them by probability)
+            for ours, theirs in ((by_class(row), by_class(keras)) for row, keras in zip(rows, keras_rows))
+            for c in CLASSES
+        )
+        # the CSV rounds to 6 decimals
+        assert difference <= metrics[name]["max_abs_difference"] + 2e-6, (name, difference)
 
 
 def test_a_regression_exports_to_the_target_unit_in_every_format(tmp_path):
@@ -152,7 +178,9 @@ def test_a_regression_exports_to_the_target_unit_in_every_format(tmp_path):
     for name, path in written.items():
         runner = exports.runner(path)
         assert runner.input_shape == (None, SIZE, SIZE, 3) and runner.output_shape == (None, 1), name
-        figures = exports.quality(exports.outputs_of(runner, images), reference, (reference.reshape(-1) - 50) / 10, encoding)
+        figures = exports.quality(
+            exports.outputs_of(runner, images), reference, (reference.reshape(-1) - 50) / 10, encoding
+        )
         assert set(figures) == {"mae", "max_abs_difference"}, name
         assert figures["max_abs_difference"] < (1.0 if name == "tflite_int8" else 1e-3), (name, figures)
 
@@ -171,9 +199,15 @@ def test_a_file_that_is_no_export_is_one_line_and_writes_nothing(exported, tmp_p
         assert cli(folder, "-o", tmp_path / "out.csv", "--model", tmp_path / model, "--encoding", encoding) == 1, model
         messages[model] = capsys.readouterr().err.strip().splitlines()
         assert len(messages[model]) == 1 and messages[model][0].startswith("error: "), messages[model]
-    assert "cannot load the model" in messages["broken.tflite"][0] and "cannot load the model" in messages["broken.onnx"][0]
+    assert (
+        "cannot load the model" in messages["broken.tflite"][0]
+        and "cannot load the model" in messages["broken.onnx"][0]
+    )
     assert "a folder, but not a SavedModel (no saved_model.pb in it)" in messages["empty"][0]
-    assert "not a model predict can run; give a .keras, .tflite or .onnx file, or a SavedModel folder" in messages["model.pt"][0]
+    assert (
+        "not a model predict can run; give a .keras, .tflite or .onnx file, or a SavedModel folder"
+        in messages["model.pt"][0]
+    )
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -195,7 +229,9 @@ def test_each_export_loads_and_predicts_with_no_project_code(exported, tmp_path)
     preparation, formats = export_snippets()
     assert len(formats) == 4
     guard = "import sys; sys.modules['transfer_learning'] = None\n"  # importing it would fail
-    result = subprocess.run([sys.executable, "-c", guard + preparation + "".join(formats)], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", guard + preparation + "".join(formats)], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     labels = [line for line in result.stdout.splitlines() if line in CLASSES]
     assert len(labels) == 4, result.stdout

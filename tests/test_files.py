@@ -1,5 +1,6 @@
 """transfer_learning/files.py and transfer_learning/errors.py: outputs written atomically and durably, arrays read without pickle, and a
 stage that fails (full or read-only disk, a signal) says so in one line and leaves no half-written output."""
+
 from __future__ import annotations
 
 import errno
@@ -19,11 +20,15 @@ from transfer_learning.errors import PipelineError
 
 
 @needs_dev_full
-@pytest.mark.parametrize("write", [
-    lambda p: files.save_npy(p, np.zeros((100, 100))),
-    lambda p: files.write_json(p, {"a": 1}),
-    lambda p: files.write_csv(p, __import__("pandas").DataFrame({"a": [1.5]})),
-], ids=["npy", "json", "csv"])
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: files.save_npy(p, np.zeros((100, 100))),
+        lambda p: files.write_json(p, {"a": 1}),
+        lambda p: files.write_csv(p, __import__("pandas").DataFrame({"a": [1.5]})),
+    ],
+    ids=["npy", "json", "csv"],
+)
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, write):
     out = tmp_path / "out" / "result"
     monkeypatch.setattr(files, "temporary_sibling", full_disk_at(out))
@@ -35,6 +40,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, write):
 
 def test_disk_full_when_reserving_a_memory_mapped_array(tmp_path, monkeypatch):
     """npy_writer reserves the space first: on a full disk a later write to the mapping would kill the stage (SIGBUS)."""
+
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -61,11 +67,15 @@ def write_memory_mapped(path: Path) -> None:
         array[:] = 1
 
 
-@pytest.mark.parametrize("write", [
-    lambda p: files.write_json(p, {"a": 1}),
-    lambda p: files.save_npy(p, np.zeros(10)),
-    write_memory_mapped,
-], ids=["json", "npy", "memory-mapped npy"])
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: files.write_json(p, {"a": 1}),
+        lambda p: files.save_npy(p, np.zeros(10)),
+        write_memory_mapped,
+    ],
+    ids=["json", "npy", "memory-mapped npy"],
+)
 def test_outputs_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch, write):
     """After a power loss, an output renamed into place (and recorded by DVC as done) must not be empty: the temporary
     file is fsynced before the rename, and the folder (which holds the rename) after it."""
@@ -93,11 +103,15 @@ def test_a_file_in_the_way_of_the_output_folder(tmp_path):
     (tmp_path / "metrics").write_text("not a folder")
     with pytest.raises(PipelineError) as info:
         files.write_json(tmp_path / "metrics" / "data.json", {})
-    assert str(info.value) == f"cannot write {tmp_path / 'metrics' / 'data.json'}: a file is in the way where a folder is needed: move it"
+    assert (
+        str(info.value)
+        == f"cannot write {tmp_path / 'metrics' / 'data.json'}: a file is in the way where a folder is needed: move it"
+    )
 
 
 def test_read_only_file_system(tmp_path, monkeypatch):
     """EROFS cannot be produced without mounting; the rename that publishes the output fails as on a read-only mount."""
+
     def read_only(src, dst):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(src), None, str(dst))
 
@@ -108,7 +122,9 @@ def test_read_only_file_system(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway; the same path is covered above")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders anyway; the same path is covered above"
+)
 def test_read_only_folder(tmp_path):
     folder = tmp_path / "locked"
     folder.mkdir()
@@ -126,12 +142,25 @@ def test_an_input_error_inside_a_write_is_not_blamed_on_the_output(tmp_path):
             raise PermissionError(errno.EACCES, "Permission denied", "/some/input.png")
 
 
-@pytest.mark.parametrize("failure, message", [
-    (OSError(errno.ENOSPC, "No space left on device", "models/model.keras"), f"error: models/model.keras: {DISK_FULL}"),
-    (OSError(errno.EROFS, "Read-only file system", "plots/x.png"), "error: plots/x.png: the file system is read-only: "),
-    (RuntimeError("Unable to synchronously create file (file write failed: errno = 28, error message = 'No space left on device')"),
-     f"error: {DISK_FULL} (RuntimeError)"),
-])
+@pytest.mark.parametrize(
+    "failure, message",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "models/model.keras"),
+            f"error: models/model.keras: {DISK_FULL}",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "plots/x.png"),
+            "error: plots/x.png: the file system is read-only: ",
+        ),
+        (
+            RuntimeError(
+                "Unable to synchronously create file (file write failed: errno = 28, error message = 'No space left on device')"
+            ),
+            f"error: {DISK_FULL} (RuntimeError)",
+        ),
+    ],
+)
 def test_disk_errors_from_inside_libraries_are_one_line(capsys, failure, message):
     def main():
         raise failure
@@ -183,8 +212,9 @@ run(main)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signalled_stage_says_so_in_one_line_and_removes_its_temporary_file(tmp_path, signum):
     (tmp_path / "out.txt").write_text("previous run")
-    stage = subprocess.Popen([sys.executable, "-c", SLOW_STAGE], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STAGE], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert stage.stdout.readline() == "writing\n" and len(list(tmp_path.glob("out.txt.*.tmp"))) == 1
     stage.send_signal(signum)
     _, stderr = stage.communicate(timeout=30)
@@ -211,7 +241,9 @@ def test_an_array_file_with_pickled_objects_is_refused(tmp_path):
     assert marker.exists(), "the payload is real"
     marker.unlink()
     for mmap in (False, True):
-        with pytest.raises(PipelineError, match="train_images.npy holds Python objects, which are never unpickled; rerun the stage"):
+        with pytest.raises(
+            PipelineError, match="train_images.npy holds Python objects, which are never unpickled; rerun the stage"
+        ):
             files.load_npy(evil, mmap=mmap)
     assert not marker.exists()
     (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")

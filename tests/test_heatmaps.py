@@ -1,5 +1,6 @@
 """Grad-CAM heatmaps (heatmaps.py): a tiny model taught that one quadrant decides the class looks there; the feature
 map is found in every supported base; the grids are the same bytes every run."""
+
 from __future__ import annotations
 
 import keras
@@ -22,7 +23,7 @@ def quadrant_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = np.arange(n) % 2
     stripes = (np.arange(SIZE // 2) // 2 % 2 * 160).astype(np.float32)
     for image, label in zip(images, labels):
-        image[:SIZE // 2, :SIZE // 2] += (stripes[:, None] if label == 0 else stripes[None, :])[..., None]
+        image[: SIZE // 2, : SIZE // 2] += (stripes[:, None] if label == 0 else stripes[None, :])[..., None]
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
@@ -54,7 +55,9 @@ def test_the_heatmap_peaks_in_the_quadrant_that_decides_the_class(trained):
     probabilities = np.asarray(trained.predict(images.astype(np.float32), verbose=0))
     assert (probabilities.argmax(-1) == labels).mean() >= 0.9, "the model learned the quadrant"
     explainer = heatmaps.Explainer(trained)
-    assert explainer.feature_layer.name == "last_relu", "the last convolution with the normalization and activation after it"
+    assert explainer.feature_layer.name == "last_relu", (
+        "the last convolution with the normalization and activation after it"
+    )
     maps = explainer.gradcam(images, probabilities.argmax(-1))
     assert maps.shape == (16, SIZE // 2, SIZE // 2) and maps.max() == pytest.approx(1.0)
     half = maps.shape[1] // 2
@@ -62,14 +65,19 @@ def test_the_heatmap_peaks_in_the_quadrant_that_decides_the_class(trained):
         row, col = np.unravel_index(heat.argmax(), heat.shape)
         assert row < half and col < half, "the peak is in the top-left quadrant"
         inside = heat[:half, :half].mean()
-        assert inside > 2 * np.delete(heat.reshape(-1), [r * heat.shape[1] + c for r in range(half) for c in range(half)]).mean()
+        assert (
+            inside
+            > 2 * np.delete(heat.reshape(-1), [r * heat.shape[1] + c for r in range(half) for c in range(half)]).mean()
+        )
 
 
 def test_the_flip_averaged_model_is_explained_through_the_network_inside_it(trained):
     images, _ = quadrant_images(4, seed=3)
     classes = np.array([0, 1, 0, 1])
     flipped = packaging.package(trained, ENCODING, "flip")
-    assert np.allclose(heatmaps.Explainer(flipped).gradcam(images, classes), heatmaps.Explainer(trained).gradcam(images, classes))
+    assert np.allclose(
+        heatmaps.Explainer(flipped).gradcam(images, classes), heatmaps.Explainer(trained).gradcam(images, classes)
+    )
 
 
 @pytest.mark.parametrize("name, layer", [("mobilenet_v2", "out_relu"), ("vgg16", "block5_conv3")])
@@ -88,15 +96,30 @@ def test_the_grids_show_mistakes_and_correct_images_the_same_bytes_every_run(tra
 
     worst = review.worst_cases(actual, outputs, ENCODING, paths)
     correct = heatmaps.correct_cases(actual, outputs, ENCODING, paths)
-    assert len(correct) == 2 * heatmaps.CORRECT_PER_CLASS and list(correct["actual"]) == ["horizontal"] * 2 + ["vertical"] * 2
+    assert (
+        len(correct) == 2 * heatmaps.CORRECT_PER_CLASS
+        and list(correct["actual"]) == ["horizontal"] * 2 + ["vertical"] * 2
+    )
     assert 0 in worst["index"].tolist() and 0 not in correct["index"].tolist()
     lines = []
     for folder in ("a", "b"):
-        lines.append(heatmaps.write(trained, images, worst, correct, ENCODING, tmp_path / folder, tmp_path / "reports" / "review.md"))
+        lines.append(
+            heatmaps.write(
+                trained, images, worst, correct, ENCODING, tmp_path / folder, tmp_path / "reports" / "review.md"
+            )
+        )
     assert "](../a/mistakes.png)" in "\n".join(lines[0]) and "](../a/correct.png)" in "\n".join(lines[0])
     for name in ("mistakes.png", "correct.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    heatmaps.write(trained, images, worst.iloc[:0], pd.DataFrame(columns=correct.columns), ENCODING, tmp_path / "c", tmp_path / "r.md")
+    heatmaps.write(
+        trained,
+        images,
+        worst.iloc[:0],
+        pd.DataFrame(columns=correct.columns),
+        ENCODING,
+        tmp_path / "c",
+        tmp_path / "r.md",
+    )
     assert (tmp_path / "c" / "mistakes.png").stat().st_size > 0, "no mistake: the title alone"
 
 
@@ -112,7 +135,14 @@ def test_a_regression_model_is_explained_by_its_predicted_target(tmp_path):
     outputs = np.asarray(model.predict(images.astype(np.float32), verbose=0))
     paths = np.array([f"img_{i}.png" for i in range(6)])
     worst = review.worst_cases(actual, outputs, encoding, paths)
-    lines = heatmaps.write(model, images, worst, heatmaps.correct_cases(actual, outputs, encoding, paths), encoding,
-                           tmp_path / "h", tmp_path / "reports" / "review.md")
+    lines = heatmaps.write(
+        model,
+        images,
+        worst,
+        heatmaps.correct_cases(actual, outputs, encoding, paths),
+        encoding,
+        tmp_path / "h",
+        tmp_path / "reports" / "review.md",
+    )
     assert "predicted target" in "\n".join(lines)
     assert (tmp_path / "h" / "mistakes.png").stat().st_size > 0 and (tmp_path / "h" / "correct.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 """transfer_learning/images.py: decoding untrusted image files with Pillow (every mode to upright RGB, bounded memory, reasons
 for what cannot be used) and squaring them for the model."""
+
 from __future__ import annotations
 
 import io
@@ -62,9 +63,20 @@ def test_every_color_mode_becomes_rgb(tmp_path):
     cases["rgb.bmp"] = Image.new("RGB", (20, 10), red)
     cases["rgb.webp"] = Image.new("RGB", (20, 10), red)
     cases["rgb.tiff"] = Image.new("RGB", (20, 10), red)
-    expected = {"gray.png": (90, 90, 90), "bilevel.png": (255, 255, 255), "palette.png": red, "palette_alpha.png": (255, 255, 255),
-                "rgba.png": (255, 255, 255), "la.png": (0, 0, 0), "cmyk.jpg": (255, 0, 0), "gray16.png": (128, 128, 128),
-                "float.tif": (128, 128, 128), "rgb.bmp": red, "rgb.webp": red, "rgb.tiff": red}
+    expected = {
+        "gray.png": (90, 90, 90),
+        "bilevel.png": (255, 255, 255),
+        "palette.png": red,
+        "palette_alpha.png": (255, 255, 255),
+        "rgba.png": (255, 255, 255),
+        "la.png": (0, 0, 0),
+        "cmyk.jpg": (255, 0, 0),
+        "gray16.png": (128, 128, 128),
+        "float.tif": (128, 128, 128),
+        "rgb.bmp": red,
+        "rgb.webp": red,
+        "rgb.tiff": red,
+    }
     for name, im in cases.items():
         im.save(tmp_path / name, **({"lossless": True} if name.endswith(".webp") else {}))
         pixels, size = decode(tmp_path / name)
@@ -126,11 +138,15 @@ def test_tiny_and_very_thin_images_fit_both_ways(tmp_path):
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_guard_is_set_from_the_param_and_reported(tmp_path):
     bomb = png(tmp_path / "bomb.png", 30000, 30000, b"", color_type=0)  # 900 megapixels claimed, no real rows
-    with pytest.raises(images.Unusable, match=r"^900 megapixels is over ingest.max_megapixels=50 \(decompression-bomb guard\)"):
+    with pytest.raises(
+        images.Unusable, match=r"^900 megapixels is over ingest.max_megapixels=50 \(decompression-bomb guard\)"
+    ):
         decode(bomb)
     assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS, "Pillow's guard is set from ingest.max_megapixels, never disabled"
     big = make_image(tmp_path / "big.png", (1, 1, 1), size=(300, 200))
-    with pytest.raises(images.Unusable, match=r"^300x200 pixels \(0.06 megapixels\) is over ingest.max_megapixels=0.05"):
+    with pytest.raises(
+        images.Unusable, match=r"^300x200 pixels \(0.06 megapixels\) is over ingest.max_megapixels=0.05"
+    ):
         images.decode(big, 256, 50_000)
 
 
@@ -166,17 +182,23 @@ def test_a_12000x9000_image_is_shrunk_with_bounded_memory(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
     jpeg, png_line, skipped = (line.split(" ", 1)[1] for line in out)
     assert jpeg.startswith("(256, 341, 3) (12000, 9000)") and float(jpeg.split()[-1]) < 30, jpeg
-    assert png_line.startswith("(256, 341, 3) (12000, 9000)") and float(png_line.split()[-1]) < 160, png_line  # 108 MB of gray
-    assert skipped == ("12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100 (decompression-bomb guard); "
-                       "raise it to include this image")
+    # 108 MB of gray
+    assert png_line.startswith("(256, 341, 3) (12000, 9000)") and float(png_line.split()[-1]) < 160, png_line
+    assert skipped == (
+        "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100 (decompression-bomb guard); "
+        "raise it to include this image"
+    )
 
 
 def test_thin_images_are_skipped_before_decoding(tmp_path):
     """max_short_side capped only the short side: this 25 KB PNG of 256 x 100,000 added 77 MB to pixels.u8."""
     strip = png(tmp_path / "strip.png", 256, 100_000, bytes(256))
     assert strip.stat().st_size < 100_000
-    with pytest.raises(images.Unusable, match=r"^256x100000 pixels is thinner than 1:10 \(the long side is 391 times the short side\); "
-                                              r"crop it to include it$"):
+    with pytest.raises(
+        images.Unusable,
+        match=r"^256x100000 pixels is thinner than 1:10 \(the long side is 391 times the short side\); "
+        r"crop it to include it$",
+    ):
         decode(strip)
     with pytest.raises(images.Unusable, match=r"^3000x1 pixels is thinner than 1:10"):
         decode(png(tmp_path / "line.png", 3000, 1, bytes(3000)))
@@ -215,10 +237,13 @@ def test_decode_makes_rgb_upright_and_bounded(tmp_path):
     assert decode(tmp_path / "rotated.jpg")[0].shape == (60, 30, 3)
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty file"),
-    (b"<html>not an image</html>", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty file"),
+        (b"<html>not an image</html>", "not a readable image"),
+    ],
+)
 def test_unusable_files_say_why(tmp_path, content, reason):
     path = tmp_path / "x.jpg"
     path.write_bytes(content)

@@ -1,4 +1,5 @@
 """The networks: base variants, preprocessing, head, unfreezing with frozen BatchNormalization, saving."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,12 @@ def test_unfreeze_from_keeps_batchnorm_frozen_and_rejects_unknown_layers(mobilen
     count = networks.unfreeze_from(mobilenet, "block_16_expand")
     trainable = [layer for layer in mobilenet.layers if layer.trainable and layer.weights]
     assert trainable and all(not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
-    assert {layer.name for layer in trainable} == {"block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"}
+    assert {layer.name for layer in trainable} == {
+        "block_16_expand",
+        "block_16_depthwise",
+        "block_16_project",
+        "Conv_1",
+    }
     assert count == 4
     assert not mobilenet.get_layer("block_15_expand").trainable
     with pytest.raises(PipelineError, match="'block_99' is not a layer.*block_16_expand"):
@@ -70,7 +76,9 @@ def test_frozen_batchnorm_stays_in_inference_mode_during_fit(mobilenet):
     networks.unfreeze_from(mobilenet, "block_16_expand")
     bn = mobilenet.get_layer("block_16_project_BN")
     before = [w.copy() for w in bn.get_weights()]
-    training.compile_for(model, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("sgd", 0.01, 0.9))
+    training.compile_for(
+        model, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("sgd", 0.01, 0.9)
+    )
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     model.fit(x, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
     for old, new in zip(before, bn.get_weights()):
@@ -101,11 +109,18 @@ def train_twice(images, lr):
         model = networks.assemble(networks.feature_extractor(base, "mobilenet_v2", 64, "avg"), head)
         networks.unfreeze_from(base, "block_15_expand")
         if cached:
-            _, inputs = networks.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(images, verbose=0)
+            _, inputs = networks.feature_extractor(base, "mobilenet_v2", 64, "avg", "block_15_expand").predict(
+                images, verbose=0
+            )
             trained = networks.top_model(base, "block_15_expand", inputs.shape[1:], "avg", head)
         else:
             inputs, trained = images, model
-        training.compile_for(trained, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("sgd", lr, 0.9))
+        training.compile_for(
+            trained,
+            Encoding(task="classification", classes=("a", "b", "c")),
+            "auto",
+            training.optimizer("sgd", lr, 0.9),
+        )
         trained.fit(batches.Batches(inputs, np.arange(len(inputs)) % 3, 8, seed=0), epochs=2, verbose=0)
         trained_models.append(model)
     return trained_models[0], trained_models[1], trained, inputs
@@ -154,8 +169,6 @@ def test_a_cut_crossed_by_a_residual_connection_is_rejected_with_the_valid_cuts(
     assert np.allclose(call(top, call(bottom, x)), call(mobilenet, x), atol=1e-5)
 
 
-
-
 def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
 
     marker = tmp_path / "code-ran"
@@ -167,8 +180,11 @@ def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
     keras.models.load_model(tmp_path / "evil.keras", safe_mode=False).predict(np.ones((1, 2)), verbose=0)
     assert marker.exists(), "the payload is real"
     marker.unlink()
-    with pytest.raises(PipelineError, match=r"cannot load the model .*evil.keras: it names the class keras.layers.Lambda, "
-                                            "which this project never writes"):
+    with pytest.raises(
+        PipelineError,
+        match=r"cannot load the model .*evil.keras: it names the class keras.layers.Lambda, "
+        "which this project never writes",
+    ):
         model_files.load(tmp_path / "evil.keras")
     assert not marker.exists()
 
@@ -196,17 +212,23 @@ def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_
         flipped = layer(flipped)
     assert np.array_equal(np.asarray(flipped), x[:, :, ::-1]), "a left-right mirror, bit for bit"
 
-    model = networks.assemble(networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"),
-                              networks.build_head(1280, 8, 0.0, 3, "classification"))
+    model = networks.assemble(
+        networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"),
+        networks.build_head(1280, 8, 0.0, 3, "classification"),
+    )
     square = x[:, :, :32]
     exported = packaging.package(model, Encoding(task="classification", classes=("a", "b", "c")), "flip")
     plain, mirrored = call(model, square), call(model, square[:, :, ::-1])
     assert not np.allclose(plain, mirrored, atol=1e-3), "the network itself is not mirror-symmetric"
     np.testing.assert_allclose(call(exported, square), (plain + mirrored) / 2, rtol=0, atol=1e-6)
-    assert packaging.package(model, Encoding(task="classification", classes=("a", "b", "c")), "none") is model, "tta none: the model as before"
+    assert packaging.package(model, Encoding(task="classification", classes=("a", "b", "c")), "none") is model, (
+        "tta none: the model as before"
+    )
 
-    regression = networks.assemble(networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"),
-                                   networks.build_head(1280, 4, 0.0, 1, "regression"))
+    regression = networks.assemble(
+        networks.feature_extractor(mobilenet, "mobilenet_v2", 32, "avg"),
+        networks.build_head(1280, 4, 0.0, 1, "regression"),
+    )
     exported = packaging.package(regression, Encoding(task="regression", mean=40.0, std=10.0), "flip")
     want = (call(regression, square) + call(regression, square[:, :, ::-1])) / 2 * 10 + 40
     np.testing.assert_allclose(call(exported, square), want, rtol=0, atol=1e-4)
@@ -221,11 +243,17 @@ def test_the_mirror_layers_flip_exactly_and_flip_tta_averages_the_image_and_its_
 # end (it was), each loss with label smoothing and mixup (training.compile_for), test-time flips or not
 # (packaging.package). Each loss setting end to end, each axis both ways (a product would take a minute):
 # (cached, task, loss, smoothing, mixup, tta)
-CONFIGURATIONS = [(False, "classification", "auto", 0.0, 0.0, "none"), (False, "classification", "auto", 0.1, 0.0, "none"),
-                  (False, "classification", "auto", 0.1, 0.0, "flip"), (False, "classification", "auto", 0.0, 0.2, "flip"),
-                  (False, "classification", "auto", 0.1, 0.2, "none"), (False, "regression", "mse", 0.0, 0.0, "flip"),
-                  (False, "regression", "huber", 0.0, 0.0, "none"), (True, "classification", "auto", 0.1, 0.2, "flip"),
-                  (True, "regression", "mae", 0.0, 0.0, "none")]
+CONFIGURATIONS = [
+    (False, "classification", "auto", 0.0, 0.0, "none"),
+    (False, "classification", "auto", 0.1, 0.0, "none"),
+    (False, "classification", "auto", 0.1, 0.0, "flip"),
+    (False, "classification", "auto", 0.0, 0.2, "flip"),
+    (False, "classification", "auto", 0.1, 0.2, "none"),
+    (False, "regression", "mse", 0.0, 0.0, "flip"),
+    (False, "regression", "huber", 0.0, 0.0, "none"),
+    (True, "classification", "auto", 0.1, 0.2, "flip"),
+    (True, "regression", "mae", 0.0, 0.0, "none"),
+]
 PLAIN_KERAS_LOADS = """
 import json, sys
 import keras, numpy as np
@@ -247,8 +275,11 @@ def test_every_trained_model_saves_without_training_configuration_and_loads_in_p
     np.save(tmp_path / "pixels.npy", pixels)
     saved, expected = [], {}
     for cached, task, loss, smoothing, mixup, tta in CONFIGURATIONS:
-        encoding = (Encoding(task="classification", classes=("a", "b", "c")) if task == "classification"
-                    else Encoding(task="regression", mean=40.0, std=10.0))
+        encoding = (
+            Encoding(task="classification", classes=("a", "b", "c"))
+            if task == "classification"
+            else Encoding(task="regression", mean=40.0, std=10.0)
+        )
         head = networks.build_head(1280, 4, 0.1, encoding.n_outputs, task)
         model = networks.assemble(networks.feature_extractor(base, "mobilenet_v2", 32, "avg"), head)
         networks.unfreeze_from(base, "block_16_expand")
@@ -262,7 +293,8 @@ def test_every_trained_model_saves_without_training_configuration_and_loads_in_p
         targets = np.arange(4) % 3 if task == "classification" else np.linspace(-1, 1, 4, dtype="float32")
         if training.one_hot_classes(encoding, mixup):
             targets = np.eye(3, dtype="float32")[targets]
-        trained.run_eagerly = True  # one step, eagerly: the optimizer's state exists, without tracing a training function
+        # one step, eagerly: the optimizer's state exists, without tracing a training function
+        trained.run_eagerly = True
         trained.fit(inputs, targets, batch_size=4, epochs=1, verbose=0)
         exported = packaging.package(model, encoding, tta)
         path = tmp_path / f"{'cached' if cached else 'end_to_end'}-{task}-{loss}-s{smoothing}-m{mixup}-{tta}.keras"
@@ -279,8 +311,13 @@ def test_every_trained_model_saves_without_training_configuration_and_loads_in_p
     assert (tmp_path / "again.keras").read_bytes() == Path(saved[-1]).read_bytes()
 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", PLAIN_KERAS_LOADS, json.dumps(saved), str(tmp_path / "pixels.npy")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_KERAS_LOADS, json.dumps(saved), str(tmp_path / "pixels.npy")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
     for path in saved:
         np.testing.assert_allclose(np.load(path + ".npy"), expected[path], rtol=0, atol=1e-5, err_msg=Path(path).name)
@@ -292,7 +329,11 @@ def classes_named(config) -> set[tuple]:
         return set().union(*map(classes_named, config)) if config else set()
     if not isinstance(config, dict):
         return set()
-    named = {(config.get("module"), config.get("class_name"), config.get("registered_name"))} if "class_name" in config else set()
+    named = (
+        {(config.get("module"), config.get("class_name"), config.get("registered_name"))}
+        if "class_name" in config
+        else set()
+    )
     return named.union(*map(classes_named, config.values()))
 
 
@@ -301,14 +342,21 @@ def test_the_classes_the_loader_allows_are_those_of_the_projects_models(tmp_path
     head alone (models/head.keras); every one of them loads, and the list holds nothing they do not need."""
     vgg = networks.build_base("vgg16", 1.0, "none")
     found = set()
-    for base, name, pooling, encoding, tta in ((vgg, "vgg16", "flatten", Encoding(task="regression", mean=3.0, std=2.0), "flip"),
-                                               (mobilenet, "mobilenet_v2", "avg", Encoding(task="classification", classes=("a", "b")), "none")):
+    for base, name, pooling, encoding, tta in (
+        (vgg, "vgg16", "flatten", Encoding(task="regression", mean=3.0, std=2.0), "flip"),
+        (mobilenet, "mobilenet_v2", "avg", Encoding(task="classification", classes=("a", "b")), "none"),
+    ):
         extractor = networks.feature_extractor(base, name, 32, pooling)
         head = networks.build_head(extractor.output.shape[-1], 4, 0.1, encoding.n_outputs, encoding.task)
         training.compile_for(head, encoding, "auto", training.optimizer("adam", 1e-3), 0.1)  # as train-head saves it
-        for model, file in ((head, "head.keras"), (packaging.package(networks.assemble(extractor, head), encoding, tta), "model.keras")):
+        for model, file in (
+            (head, "head.keras"),
+            (packaging.package(networks.assemble(extractor, head), encoding, tta), "model.keras"),
+        ):
             model_files.save(model, tmp_path / file)
             with zipfile.ZipFile(tmp_path / file) as archive:
                 found |= classes_named(json.loads(archive.read("config.json")))
             model_files.load(tmp_path / file)
-    assert found == model_files.CORE, "the two bases' models hold exactly the core classes (the others: test_backbones.py)"
+    assert found == model_files.CORE, (
+        "the two bases' models hold exactly the core classes (the others: test_backbones.py)"
+    )

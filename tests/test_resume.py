@@ -1,6 +1,7 @@
 """Resuming an interrupted fit (transfer_learning/resume.py): in one process, a fit that crashes after its second epoch
 and is fitted again from its backup ends with the bits of an uninterrupted fit (same process, same CPU: the same
 kernels), its history and dvclive's files included; the fingerprint tells a stale backup from a current one."""
+
 from __future__ import annotations
 
 import shutil
@@ -51,10 +52,14 @@ def data():
 
 # train-head's way (dropout, mixup, a cosine schedule, Adam) and fine-tune's (SGD with momentum, a warm-up, weight
 # averaging), each with early stopping that stops before the last epoch, or that only keeps the best epoch
-SETTINGS = {"dropout-mixup-cosine": dict(dropout=0.5, mixup=0.4, optimizer="adam", lr=0.05, momentum=0.0, warmup=0,
-                                         ema=0.0, epochs=10, patience=2),
-            "ema-momentum-warmup": dict(dropout=0.3, mixup=0.0, optimizer="sgd", lr=0.05, momentum=0.9, warmup=5,
-                                        ema=0.9, epochs=6, patience=6)}
+SETTINGS = {
+    "dropout-mixup-cosine": dict(
+        dropout=0.5, mixup=0.4, optimizer="adam", lr=0.05, momentum=0.0, warmup=0, ema=0.0, epochs=10, patience=2
+    ),
+    "ema-momentum-warmup": dict(
+        dropout=0.3, mixup=0.0, optimizer="sgd", lr=0.05, momentum=0.9, warmup=5, ema=0.9, epochs=6, patience=6
+    ),
+}
 
 
 def fit(settings: dict, backup: resume.Backup | None, live_folder: Path, crash_at: int | None = None):
@@ -65,13 +70,27 @@ def fit(settings: dict, backup: resume.Backup | None, live_folder: Path, crash_a
     train = batches.Batches(x[:90], y[:90], 16, seed=3, classes=classes, mixup=settings["mixup"])
     val = batches.Batches(x[90:], y[90:], 16, classes=classes)
     model = networks.build_head(6, 12, settings["dropout"], 3, "classification")
-    opt = training.optimizer(settings["optimizer"], settings["lr"], settings["momentum"], "cosine",
-                             total_steps=settings["epochs"] * len(train), warmup_steps=settings["warmup"],
-                             ema=settings["ema"])
+    opt = training.optimizer(
+        settings["optimizer"],
+        settings["lr"],
+        settings["momentum"],
+        "cosine",
+        total_steps=settings["epochs"] * len(train),
+        warmup_steps=settings["warmup"],
+        ema=settings["ema"],
+    )
     training.compile_for(model, ENCODING, "auto", opt, mixup=settings["mixup"], steps_per_call=4)
     callbacks = [CrashAt(crash_at)] if crash_at is not None else []
-    history = training.fit(model, train, val, settings["epochs"], settings["patience"], ENCODING,
-                           callbacks + live.callbacks(live_folder, resumed=backup.epoch if backup else 0), backup)
+    history = training.fit(
+        model,
+        train,
+        val,
+        settings["epochs"],
+        settings["patience"],
+        ENCODING,
+        callbacks + live.callbacks(live_folder, resumed=backup.epoch if backup else 0),
+        backup,
+    )
     return model, history
 
 

@@ -1,5 +1,6 @@
 """Hostile inputs and failures through the real stages: a messy folder end to end with bounded memory, nothing
 usable, one class, a full disk, an interrupted or killed `dvc repro`."""
+
 from __future__ import annotations
 
 import json
@@ -53,14 +54,21 @@ print(result.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss 
 
 def ingest_peak_mb(project: Path) -> int:
     """Peak memory (RSS) of the ingest stage in `project`, in MB, with two decoding threads."""
-    out = subprocess.run([sys.executable, "-c", INGEST_PEAK], cwd=project, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PIPELINE_WORKERS": "2"}).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", INGEST_PEAK],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PIPELINE_WORKERS": "2"},
+    ).stdout.split()
     assert out[0] == "0", "ingest failed"
     return int(out[1])
 
 
 # Ingest's peak memory: Python, NumPy, pandas and Pillow (about 100 MB), the snapshots in flight, and decoding, which
-# holds at most images.DECODE_BUDGET (256 MB) for all threads together, or one larger image alone (docs/troubleshooting.md).
+# holds at most images.DECODE_BUDGET (256 MB) for all threads together, or one larger image alone
+# (docs/troubleshooting.md).
 INGEST_MEMORY_MB = 400
 
 
@@ -94,25 +102,35 @@ def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_pa
     png(source / "NA" / "huge.png", 12000, 9000, bytes([7]) * 12000)
     expected["NA/huge.png"] = "12000x9000 pixels (108 megapixels) is over ingest.max_megapixels=100"
     # DVC hashes data.source before ingest runs: it stops at a link loop, a broken link or a name that is not UTF-8, and
-    # waits forever on a named pipe (docs/troubleshooting.md). Ingest's own reasons for them are checked without DVC, above.
+    # waits forever on a named pipe (docs/troubleshooting.md). Ingest's own reasons for them are checked without DVC,
+    # above.
     for name in ("loop.png", "dangling.png", "fifo.png"):
         (source / "ünïcode" / name).unlink()
         del expected[f"ünïcode/{name}"]
     (source / "dots.in.name" / os.fsdecode(b"caf\xe9.png")).unlink()
     del expected["dots.in.name/caf\ufffd.png"]
     project = make_project(tmp_path, FAST | {"data.source": str(source), "ingest.max_megapixels": 100})
-    result = subprocess.run([sys.executable, "-c", DVC_PEAK, "dvc", "repro", "normalize"], cwd=project, capture_output=True, text=True,
-                            env=tool_env({"PIPELINE_WORKERS": "2"}))
+    result = subprocess.run(
+        [sys.executable, "-c", DVC_PEAK, "dvc", "repro", "normalize"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=tool_env({"PIPELINE_WORKERS": "2"}),
+    )
     status, peak = result.stdout.split()
     assert status == "0" and "Traceback" not in result.stderr, result.stderr
-    assert int(peak) < INGEST_MEMORY_MB, f"a process of dvc repro (dvc itself, ingest, split, normalize) peaked at {peak} MB"
+    assert int(peak) < INGEST_MEMORY_MB, (
+        f"a process of dvc repro (dvc itself, ingest, split, normalize) peaked at {peak} MB"
+    )
     report = json.loads((project / "metrics/data.json").read_text(encoding="utf-8"))
     skipped = {s["path"]: s["reason"] for s in report["skipped_files"]}
     reasons_match(skipped, expected)
     assert report["skipped"] == len(expected)
     assert report["classes"] == {"NA": 7, "café": 6, "dots.in.name": 18, "with space": 11, "ünïcode": 11}
     assert report["duplicates"] == 1  # dots.in.name/img_5 as PNG and BMP
-    assert report["near_duplicates"] == [{"paths": ["dots.in.name/img_6.jpg", "dots.in.name/img_6.png"], "labels": ["dots.in.name"]}]
+    assert report["near_duplicates"] == [
+        {"paths": ["dots.in.name/img_6.jpg", "dots.in.name/img_6.png"], "labels": ["dots.in.name"]}
+    ]
     manifest = pd.read_csv(project / "data/ingested/manifest.csv", keep_default_na=False)
     assert manifest["label"].tolist().count("NA") == 7, "a class named NA stays a class name"
     encoding = json.loads((project / "data/normalized/encoding.json").read_text(encoding="utf-8"))
@@ -121,7 +139,10 @@ def test_ingest_to_normalize_on_a_messy_folder_reports_every_skipped_file(tmp_pa
     assert sum(counts.values()) == 53 and min(counts.values()) >= 9
     split = pd.read_csv(project / "data/split/split.csv").set_index("path")["split"]
     assert 'with space/new\nline, "quoted".png' in split.index
-    assert split["dots.in.name/img_5.png"] == split["dots.in.name/img_5.bmp"] and split["dots.in.name/img_6.png"] == split["dots.in.name/img_6.jpg"]
+    assert (
+        split["dots.in.name/img_5.png"] == split["dots.in.name/img_5.bmp"]
+        and split["dots.in.name/img_6.png"] == split["dots.in.name/img_6.jpg"]
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -138,7 +159,9 @@ def test_no_usable_image_fails_clearly_and_still_writes_the_report(tmp_path):
     (junk / "cats" / "b.png").write_text("<html></html>")
     project = stage_project(tmp_path, {"data.source": str(junk)})
     line = one_error_line(run_stage(project, "ingest"))
-    assert line.startswith(f"error: data.source {junk}: no usable image (2 skipped, e.g. cats/a.jpg: empty file; cats/b.png: not a readable image")
+    assert line.startswith(
+        f"error: data.source {junk}: no usable image (2 skipped, e.g. cats/a.jpg: empty file; cats/b.png: not a readable image"
+    )
     assert line.endswith("every one is in metrics/data.json)")
     report = json.loads((project / "metrics/data.json").read_text())
     assert report["images"] == 0 and [s["path"] for s in report["skipped_files"]] == ["cats/a.jpg", "cats/b.png"]
@@ -154,8 +177,10 @@ def test_one_usable_class_fails_at_split_naming_it(tmp_path):
     project = stage_project(tmp_path, {"data.source": str(source)})
     assert run_stage(project, "ingest").returncode == 0
     line = one_error_line(run_stage(project, "split"))
-    assert line == ("error: the data has only one usable class ('cats'); classification needs at least 2 "
-                    "(skipped files are listed in metrics/data.json)")
+    assert line == (
+        "error: the data has only one usable class ('cats'); classification needs at least 2 "
+        "(skipped files are listed in metrics/data.json)"
+    )
     skipped = {s["path"]: s["reason"] for s in json.loads((project / "metrics/data.json").read_text())["skipped_files"]}
     assert skipped["dogs/"] == "no usable image of this class; the class is left out"
     assert skipped["dogs/broken.jpg"].startswith("corrupt or truncated image")
@@ -171,21 +196,35 @@ def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
             make_image(tmp_path / "src" / name / f"{i}.png", (100 * c, 50, 50), noise_seed=i)
     params["data"]["source"] = str(tmp_path / "src")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, "-c", FULL_DISK_STAGE, "stages.ingest", "data/ingested/manifest.csv"], cwd=project,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_STAGE, "stages.ingest", "data/ingested/manifest.csv"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: cannot write data/ingested/manifest.csv: {DISK_FULL}"
     assert os.listdir(project / "data/ingested") == [] and not (project / "metrics").exists()
     (project / "metrics").write_text("")  # now the report's folder is blocked by a file
     result = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True)
-    assert result.stderr.strip().splitlines()[-1] == "error: cannot write metrics/data.json: a file is in the way where a folder is needed: move it"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "error: cannot write metrics/data.json: a file is in the way where a folder is needed: move it"
+    )
     assert sorted(os.listdir(project / "data/ingested")) == ["manifest.csv"], "complete files; DVC records nothing"
 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
     """`dvc repro` in its own process group, as a terminal runs it (a signal reaches DVC and the stage)."""
-    return subprocess.Popen(cmd, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def signal_when(proc: subprocess.Popen, folder: Path, partial: str, signum: int) -> tuple[str, Path]:
@@ -217,9 +256,9 @@ def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_
     killed = start(["dvc", "repro"], project)
     _, partial = signal_when(killed, project / "data/features", "train_features.npy.*.tmp", signal.SIGKILL)
     left = temporary_files(project)
-    assert str(partial.relative_to(project)) in left and all(p.startswith(("data/features/train_features.npy.",
-                                                                            "data/activations/train_activations.npy.")) for p in left), \
-        "only the temporary files are partial"
+    assert str(partial.relative_to(project)) in left and all(
+        p.startswith(("data/features/train_features.npy.", "data/activations/train_activations.npy.")) for p in left
+    ), "only the temporary files are partial"
     assert not (project / "data/features/train_features.npy").exists()
     assert "extract-features" not in (project / "dvc.lock").read_text()
 
@@ -231,7 +270,9 @@ def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_
     assert "normalize" in lock and "augment" in lock and "extract-features" not in lock
 
     resumed = run(["dvc", "repro"], project).stdout
-    assert stages_run(resumed) == ["extract-features", "train-head", "fine-tune", "evaluate", "export"], "it goes on where it stopped"
+    assert stages_run(resumed) == ["extract-features", "train-head", "fine-tune", "evaluate", "export"], (
+        "it goes on where it stopped"
+    )
     assert temporary_files(project) == []
     assert lock_of(project) == lock_of(fast_run.project), "the same outputs, byte for byte (timings aside)"
     assert "up to date" in run(["dvc", "status"], project).stdout
@@ -239,7 +280,8 @@ def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_
 
 @pytest.mark.e2e
 def test_a_fine_tune_killed_after_its_second_epoch_resumes_at_the_third_to_the_bytes_of_an_uninterrupted_one(
-        fast_run, tmp_path):
+    fast_run, tmp_path
+):
     """Six epochs, with early stopping keeping the best one and weight averaging (state of their own to carry over):
     one copy of the fast run fine-tunes them in one go; another, side by side, is killed (SIGKILL of DVC and the stage)
     as soon as its backup of epoch 2 is complete, and `dvc repro` resumes it at epoch 3. Both end with the same
@@ -269,7 +311,9 @@ def test_a_fine_tune_killed_after_its_second_epoch_resumes_at_the_third_to_the_b
     assert re.search(said, resumed, re.M), resumed
     assert "Epoch 2/6" not in resumed and "Epoch 3/6" in resumed
     whole_output, _ = uninterrupted.communicate(timeout=600)
-    assert uninterrupted.returncode == 0 and stages_run(whole_output) == ["fine-tune", "evaluate", "export"], whole_output
+    assert uninterrupted.returncode == 0 and stages_run(whole_output) == ["fine-tune", "evaluate", "export"], (
+        whole_output
+    )
     assert "resuming" not in whole_output
     assert lock_of(killed) == lock_of(whole), "the same outputs, byte for byte (timings aside)"
     assert json.loads((killed / "metrics/fine_tune.json").read_text())["epochs_run"] == 6

@@ -1,4 +1,5 @@
 """transfer_learning/splitting.py: stratified, seeded train/val/test assignment by content, never a picture in two splits."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,15 @@ def manifest(labels, hashes=None):
     """Rows as ingest writes them: each its own picture (pixels_sha256, file_sha256), alone in its group unless `hashes`
     repeat."""
     hashes = hashes or [f"h{i}" for i in range(len(labels))]
-    return pd.DataFrame({"path": [f"{i}.png" for i in range(len(labels))], "label": labels, "pixels_sha256": hashes,
-                         "file_sha256": hashes, "group": hashes})
+    return pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(len(labels))],
+            "label": labels,
+            "pixels_sha256": hashes,
+            "file_sha256": hashes,
+            "group": hashes,
+        }
+    )
 
 
 def test_split_is_stratified_seeded_and_keeps_duplicates_together():
@@ -36,9 +44,13 @@ def test_split_rejects_a_class_too_small():
     m = manifest(["a"] * 20 + ["tiny"] * 2)
     with pytest.raises(PipelineError, match=r"'tiny' has 2 distinct images.*need at least 3"):
         splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
-    m["group"] = [f"h{i}" for i in range(20)] + ["h0", "h1"]  # tiny's images are near-duplicates of a's: they go with a's
-    with pytest.raises(PipelineError, match=r"^'tiny' has 0 distinct images \(2 of its images are near-duplicates of others' and go "
-                                            r"with them; see metrics/data.json\); .* need at least 3"):
+    # tiny's images are near-duplicates of a's: they go with a's
+    m["group"] = [f"h{i}" for i in range(20)] + ["h0", "h1"]
+    with pytest.raises(
+        PipelineError,
+        match=r"^'tiny' has 0 distinct images \(2 of its images are near-duplicates of others' and go "
+        r"with them; see metrics/data.json\); .* need at least 3",
+    ):
         splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
 
 
@@ -55,10 +67,12 @@ def test_split_ignores_row_order_and_moves_few_images_when_one_is_added():
     for k in range(40):  # one more image of class a, 40 times over
         grown = pd.concat([m, manifest(["a"], [f"new{k}"])], ignore_index=True)
         after = splitting.assign(grown, splitting.strata(grown, "classification", 10), 0.2, 0.2, seed=0)
-        moved.append(int((after.iloc[:len(m)] != split).sum()))
-        assert after.iloc[:len(m)][m["label"] == "b"].equals(split[m["label"] == "b"]), "other classes never move"
+        moved.append(int((after.iloc[: len(m)] != split).sum()))
+        assert after.iloc[: len(m)][m["label"] == "b"].equals(split[m["label"] == "b"]), "other classes never move"
     assert max(moved) <= 2, moved
-    assert not split.equals(splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=1)), "the seed matters"
+    assert not split.equals(splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=1)), (
+        "the seed matters"
+    )
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -76,8 +90,10 @@ def test_the_split_does_not_move_when_ingest_makes_other_snapshots(tmp_path, tas
     regression = {"data.task": "regression", "data.csv": "labels.csv", "data.target_column": "age", "split.bins": 3}
     results = []
     for side in (40, 24):  # both shrink every image: other snapshot pixels
-        project = stage_project(tmp_path / str(side), {"data.source": str(source), "ingest.max_short_side": side}
-                                | (regression if task == "regression" else {}))
+        project = stage_project(
+            tmp_path / str(side),
+            {"data.source": str(source), "ingest.max_short_side": side} | (regression if task == "regression" else {}),
+        )
         assert run_stage(project, "ingest").returncode == 0 and run_stage(project, "split").returncode == 0
         manifest_ = pd.read_csv(project / "data/ingested/manifest.csv", dtype=str).set_index("path")
         split = pd.read_csv(project / "data/split/split.csv").set_index("path")["split"]
@@ -106,9 +122,13 @@ def test_every_val_and_test_class_must_be_a_training_class(tmp_path, class_folde
     split.loc[blue, "split"] = np.where(np.arange(blue.sum()) % 2, "val", "test")  # no blue image left in train
     split.to_csv(project / "data/split/split.csv", index=False)
     result = run_stage(project, "normalize")
-    assert result.returncode == 1 and "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr, result.stderr
-    assert result.stderr.strip() == ("error: class 'blue' has images in the val split but none in train, so the model cannot learn it: "
-                                     "add training images of it, or remove it from data.source")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr, (
+        result.stderr
+    )
+    assert result.stderr.strip() == (
+        "error: class 'blue' has images in the val split but none in train, so the model cannot learn it: "
+        "add training images of it, or remove it from data.source"
+    )
     assert not (project / "data/normalized").exists() or not list((project / "data/normalized").iterdir())
 
 
@@ -119,13 +139,18 @@ def frame(labels, hashes=None):
 
 def test_a_class_too_small_for_the_split_is_named_with_the_size_needed():
     m = frame(["big"] * 30 + ["small"] * 4 + ["dup"] * 5, [f"h{i}" for i in range(34)] + ["same"] * 5)
-    with pytest.raises(PipelineError, match=r"^'dup' has 1 distinct images; split.val=0.2 and split.test=0.2 need at least 3 "
-                                            r"\(one in each split\): add images to it or remove it"):
+    with pytest.raises(
+        PipelineError,
+        match=r"^'dup' has 1 distinct images; split.val=0.2 and split.test=0.2 need at least 3 "
+        r"\(one in each split\): add images to it or remove it",
+    ):
         splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
     m = frame(["big"] * 30 + ["small"] * 4)  # 4 images fit 0.2/0.2, but not 0.45/0.45; 9 and more always do
     splitting.assign(m, splitting.strata(m, "classification", 10), 0.2, 0.2, seed=0)
     with pytest.raises(PipelineError, match=r"'small' has 4 distinct images; .* need at least 9"):
         splitting.assign(m, splitting.strata(m, "classification", 10), 0.45, 0.45, seed=0)
     m = frame(list(np.arange(12.0)))
-    with pytest.raises(PipelineError, match=r"'target bin 1 of 6' has 2 distinct images; .*: lower split.bins or add images"):
+    with pytest.raises(
+        PipelineError, match=r"'target bin 1 of 6' has 2 distinct images; .*: lower split.bins or add images"
+    ):
         splitting.assign(m, splitting.strata(m, "regression", 6), 0.2, 0.2, seed=0)

@@ -1,4 +1,5 @@
 """transfer_learning/targets.py: labels to numbers and back (class order, or the training mean and std)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Compiling options (transfer_learning/training.py): label smoothing, the regression losses, and the saved model's score."""
+
 from __future__ import annotations
 
 import keras
@@ -23,7 +24,7 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_one_hot_targets():
     one_hot = np.eye(3, dtype=np.float32)[y_true]
     assert float(training.SmoothedSparseCrossentropy(0.2)(one_hot, y_pred)) == pytest.approx(want, rel=1e-5)
     blend = 0.3 * one_hot + 0.7 * one_hot[[1, 2, 0]]
-    per_row = [float(training.SmoothedSparseCrossentropy(0.0)(blend[i:i + 1], y_pred[i:i + 1])) for i in range(3)]
+    per_row = [float(training.SmoothedSparseCrossentropy(0.0)(blend[i : i + 1], y_pred[i : i + 1])) for i in range(3)]
     want_rows = [-(blend[i] * np.log(y_pred[i])).sum() for i in range(3)]
     assert per_row == pytest.approx(want_rows, rel=1e-5)
 
@@ -35,11 +36,21 @@ def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loa
     for smoothing in (0.0, 0.3):
         keras.utils.set_random_seed(0)
         head = networks.build_head(8, 16, 0.0, 2, "classification")
-        training.compile_for(head, Encoding(task="classification", classes=("a", "b", "c")), "auto", training.optimizer("adam", 0.05), smoothing)
+        training.compile_for(
+            head,
+            Encoding(task="classification", classes=("a", "b", "c")),
+            "auto",
+            training.optimizer("adam", 0.05),
+            smoothing,
+        )
         head.fit(x, y, epochs=60, batch_size=64, verbose=0)
         confidence[smoothing] = float(head.predict(x, verbose=0).max(axis=1).mean())
         model_files.save(head, tmp_path / f"head{smoothing}.keras")
-        np.testing.assert_allclose(model_files.load(tmp_path / f"head{smoothing}.keras").predict(x, verbose=0), head.predict(x, verbose=0), atol=1e-6)
+        np.testing.assert_allclose(
+            model_files.load(tmp_path / f"head{smoothing}.keras").predict(x, verbose=0),
+            head.predict(x, verbose=0),
+            atol=1e-6,
+        )
     assert confidence[0.0] > 0.98 and confidence[0.3] < 0.9, confidence  # smoothed targets cap it near 1 - 0.3 + 0.15
 
 
@@ -54,8 +65,13 @@ def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
     for steps in (1, 3, training.STEPS_PER_CALL):
         keras.utils.set_random_seed(0)
         head = networks.build_head(8, 16, 0.5, 2, "classification")
-        training.compile_for(head, Encoding(task="classification", classes=("a", "b")), "auto", training.optimizer("adam", 0.01),
-                             steps_per_call=steps)
+        training.compile_for(
+            head,
+            Encoding(task="classification", classes=("a", "b")),
+            "auto",
+            training.optimizer("adam", 0.01),
+            steps_per_call=steps,
+        )
         history = head.fit(batches.Batches(x, y, 16, seed=0), epochs=3, shuffle=False, verbose=0)
         trained[steps] = head.get_weights(), history.history["loss"]
     assert training.STEPS_PER_CALL > 7
@@ -74,12 +90,15 @@ def test_regression_losses(loss, name):
 
 def test_score_is_accuracy_or_the_mae_in_the_target_unit():
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])  # x0 + x1
+    # x0 + x1
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
     # regression: targets standardized (mean 10, std 2); the model's outputs are in the unit: 1, 5, 9, 13, 17, 21
     standardized = (np.array([1, 5, 9, 13, 17, 25], dtype=np.float32) - 10) / 2
     data = batches.Batches(x, standardized, batch_size=4)
     assert training.score(model, data, Encoding(task="regression", mean=10.0, std=2.0)) == pytest.approx(4 / 6)
-    probabilities = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="identity", use_bias=False)])
+    probabilities = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="identity", use_bias=False)]
+    )
     labels = np.array([1, 1, 0, 1, 0, 1], dtype=np.int32)  # argmax of (x0, x1) is 1 everywhere
     two_classes = Encoding(task="classification", classes=("a", "b"))
     assert training.score(probabilities, batches.Batches(x, labels, batch_size=4), two_classes) == pytest.approx(4 / 6)
@@ -95,7 +114,8 @@ def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patien
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     encoding = Encoding(task="regression", mean=0.0, std=1.0)
-    training.compile_for(model, encoding, "mse", training.optimizer("sgd", 0.05, ema=0.8), steps_per_call=1)  # a callback a step
+    # a callback a step
+    training.compile_for(model, encoding, "mse", training.optimizer("sgd", 0.05, ema=0.8), steps_per_call=1)
     steps, averages = [], []
 
     class Record(keras.callbacks.Callback):  # after SwapEMAWeights: the model holds each step's own weights here
@@ -128,7 +148,14 @@ def test_a_head_trains_on_mixup_batches_and_reports_accuracy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(320, 8)).astype("float32")
     y = np.argmax(x[:, :3], axis=1).astype(np.int32)
-    encoding = Encoding(task="classification", classes=("a", "b", "c",))
+    encoding = Encoding(
+        task="classification",
+        classes=(
+            "a",
+            "b",
+            "c",
+        ),
+    )
     classes = training.one_hot_classes(encoding, 0.4)
     assert classes == 3 and training.one_hot_classes(encoding, 0.0) == 0
     keras.utils.set_random_seed(0)
@@ -137,7 +164,9 @@ def test_a_head_trains_on_mixup_batches_and_reports_accuracy():
     train = batches.Batches(x[:256], y[:256], 32, seed=0, classes=classes, mixup=0.4)
     history = training.fit(head, train, batches.Batches(x[256:], y[256:], 32, classes=classes), 15, 0, encoding)
     assert history["val_accuracy"].iloc[-1] > 0.8 and training.best_epoch(history, encoding)["val_accuracy"] > 0.8
-    assert training.score(head, batches.Batches(x[256:], y[256:], 32), encoding) == pytest.approx(history["val_accuracy"].iloc[-1])
+    assert training.score(head, batches.Batches(x[256:], y[256:], 32), encoding) == pytest.approx(
+        history["val_accuracy"].iloc[-1]
+    )
 
 
 def test_a_diverging_fit_stops_with_one_line_and_returns_no_model():
@@ -152,5 +181,9 @@ def test_a_diverging_fit_stops_with_one_line_and_returns_no_model():
     keras.utils.set_random_seed(0)
     head = networks.build_head(8, 16, 0.0, 3, "classification")
     training.compile_for(head, encoding, "auto", training.optimizer("sgd", 1e30), 0.0)
-    with pytest.raises(PipelineError, match=r"NaN or infinite at epoch 1, so no model is saved; lower the learning rate"):
-        training.fit(head, batches.Batches(x[:96], y[:96], 32, seed=0), batches.Batches(x[96:], y[96:], 32), 5, 2, encoding)
+    with pytest.raises(
+        PipelineError, match=r"NaN or infinite at epoch 1, so no model is saved; lower the learning rate"
+    ):
+        training.fit(
+            head, batches.Batches(x[:96], y[:96], 32, seed=0), batches.Batches(x[96:], y[96:], 32), 5, 2, encoding
+        )

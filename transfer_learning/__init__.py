@@ -11,8 +11,9 @@ other bits, which also change with the number of cores), and oneDNN picks kernel
 set (AVX2 and AVX-512 kernels round differently when training). Set either variable yourself to
 trade that for speed on your CPU.
 """
+
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")      # keep TensorFlow's C++ start-up chatter out of stage logs
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")     # oneDNN kernels on every CPU, not only AVX-512 ones
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")     # their AVX2 versions, also on AVX-512 CPUs
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of stage logs
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # oneDNN kernels on every CPU, not only AVX-512 ones
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # their AVX2 versions, also on AVX-512 CPUs

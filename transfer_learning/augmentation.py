@@ -3,6 +3,7 @@
 Each variant's randomness comes from its own seed (augment.seed, image index, copy number), so the
 output does not depend on thread scheduling or on how many images come before it.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,13 @@ def compose(*matrices: list) -> list:
     (written out: sum() of floats rounds differently from Python 3.12 on)."""
     product = matrices[0]
     for m in matrices[1:]:
-        product = [[float(product[i][0]) * m[0][j] + float(product[i][1]) * m[1][j] + float(product[i][2]) * m[2][j]
-                    for j in range(3)] for i in range(3)]
+        product = [
+            [
+                float(product[i][0]) * m[0][j] + float(product[i][1]) * m[1][j] + float(product[i][2]) * m[2][j]
+                for j in range(3)
+            ]
+            for i in range(3)
+        ]
     return product
 
 
@@ -45,7 +51,9 @@ def variant(image: np.ndarray, cfg, seed: tuple[int, ...]) -> np.ndarray:
     rng = np.random.default_rng(seed)
     matrix = random_matrix(rng, cfg, *image.shape[:2])
     channels = [
-        ndimage.affine_transform(image[:, :, c].astype(np.float32), matrix[:2, :2], offset=matrix[:2, 2], order=1, mode="nearest")
+        ndimage.affine_transform(
+            image[:, :, c].astype(np.float32), matrix[:2, :2], offset=matrix[:2, 2], order=1, mode="nearest"
+        )
         for c in range(image.shape[2])
     ]
     return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)

@@ -3,6 +3,7 @@
 Training (train-head, fine-tune), inference (extract-features) and evaluate read their
 .npy inputs through Batches; under a tf.distribute strategy each global batch is split over the replicas.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,16 @@ class Batches(keras.utils.PyDataset):
     of every batch (blend), a new blend each epoch.
     """
 
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray | None, batch_size: int, seed: int | None = None,
-                 replicas: int = 1, classes: int = 0, mixup: float = 0.0):
+    def __init__(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray | None,
+        batch_size: int,
+        seed: int | None = None,
+        replicas: int = 1,
+        classes: int = 0,
+        mixup: float = 0.0,
+    ):
         super().__init__(workers=1, use_multiprocessing=False)
         if mixup and seed is None:
             raise ValueError("mixup needs a seed")
@@ -50,7 +59,8 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         start = index * self.batch_size
-        stop = len(self.inputs) if index == self.n_batches - 1 else start + self.batch_size  # the last one takes the rest
+        # the last one takes the rest
+        stop = len(self.inputs) if index == self.n_batches - 1 else start + self.batch_size
         rows = np.sort(self.order[start:stop])
         x = np.asarray(self.inputs[rows], dtype=np.float32)
         if self.targets is None:
@@ -74,6 +84,7 @@ def blend(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     def mix(a: np.ndarray) -> np.ndarray:
         w = weight.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
         return w * a + (1 - w) * a[partner]
+
     return mix(x), mix(y)
 
 
@@ -88,8 +99,10 @@ def batch_count(rows: int, batch_size: int, replicas: int = 1) -> int:
         count -= 1
     last = rows - (count - 1) * batch_size
     if count and not (whole_shares(last, replicas) and (count == 1 or whole_shares(batch_size, replicas))):
-        raise PipelineError(f"{rows} rows in batches of {batch_size} cannot give each of {replicas} replicas a row of every batch; "
-                            f"try another batch size (a multiple of {replicas}) or fewer replicas")
+        raise PipelineError(
+            f"{rows} rows in batches of {batch_size} cannot give each of {replicas} replicas a row of every batch; "
+            f"try another batch size (a multiple of {replicas}) or fewer replicas"
+        )
     return count
 
 
@@ -99,8 +112,22 @@ def whole_shares(rows: int, replicas: int) -> bool:
     return (replicas - 1) * math.ceil(rows / replicas) < rows
 
 
-def from_files(inputs: Path, targets: Path | None, batch_size: int, seed: int | None = None, replicas: int = 1,
-               classes: int = 0, mixup: float = 0.0) -> Batches:
+def from_files(
+    inputs: Path,
+    targets: Path | None,
+    batch_size: int,
+    seed: int | None = None,
+    replicas: int = 1,
+    classes: int = 0,
+    mixup: float = 0.0,
+) -> Batches:
     """Batches over the .npy `inputs` (memory-mapped) and `targets` (None: inputs only)."""
-    return Batches(files.load_npy(inputs, mmap=True), None if targets is None else files.load_npy(targets), batch_size, seed, replicas,
-                   classes, mixup)
+    return Batches(
+        files.load_npy(inputs, mmap=True),
+        None if targets is None else files.load_npy(targets),
+        batch_size,
+        seed,
+        replicas,
+        classes,
+        mixup,
+    )

@@ -11,6 +11,7 @@ The reliability diagram, one CSV per model for `dvc plots` (dvc.yaml: calibratio
 tasks: per bin, what was predicted (mean confidence; regression: mean prediction, over BINS bins of equal count of
 the predictions) against what was observed (accuracy; mean target); a calibrated model is on the diagonal.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,9 +36,16 @@ def reliability(probabilities: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
     """Per non-empty bin: its range, the images in it, their mean confidence (predicted) and their accuracy (observed).
     `actual`: class indices."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    frame = pd.DataFrame({"bin": bins(probabilities.max(axis=-1)), "confidence": probabilities.max(axis=-1),
-                          "correct": (probabilities.argmax(axis=-1) == actual).astype(float)})
-    grouped = frame.groupby("bin").agg(images=("correct", "size"), predicted=("confidence", "mean"), observed=("correct", "mean"))
+    frame = pd.DataFrame(
+        {
+            "bin": bins(probabilities.max(axis=-1)),
+            "confidence": probabilities.max(axis=-1),
+            "correct": (probabilities.argmax(axis=-1) == actual).astype(float),
+        }
+    )
+    grouped = frame.groupby("bin").agg(
+        images=("correct", "size"), predicted=("confidence", "mean"), observed=("correct", "mean")
+    )
     grouped.insert(0, "range", [f"({b / BINS:.1f}, {(b + 1) / BINS:.1f}]" for b in grouped.index])
     return grouped.reset_index(drop=True)
 
@@ -47,9 +55,14 @@ def regression_reliability(predicted: np.ndarray, actual: np.ndarray) -> pd.Data
     predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)
     order = np.lexsort((np.arange(len(predicted)), predicted))
     rows = [part for part in np.array_split(order, min(BINS, len(order))) if len(part)]
-    return pd.DataFrame({"range": [f"[{predicted[r].min():.4g}, {predicted[r].max():.4g}]" for r in rows],
-                         "images": [len(r) for r in rows], "predicted": [predicted[r].mean() for r in rows],
-                         "observed": [float(np.mean(np.asarray(actual)[r])) for r in rows]})
+    return pd.DataFrame(
+        {
+            "range": [f"[{predicted[r].min():.4g}, {predicted[r].max():.4g}]" for r in rows],
+            "images": [len(r) for r in rows],
+            "predicted": [predicted[r].mean() for r in rows],
+            "observed": [float(np.mean(np.asarray(actual)[r])) for r in rows],
+        }
+    )
 
 
 def expected_calibration_error(probabilities: np.ndarray, actual: np.ndarray) -> float:
@@ -65,11 +78,16 @@ def metrics(actual: np.ndarray, outputs: dict, encoding: Encoding, baseline) -> 
         index = {name: i for i, name in enumerate(encoding.classes)}
         classes = np.array([index[a] for a in actual], dtype=int)
         constant = np.eye(len(encoding.classes))[np.full(len(actual), index[baseline])]
-        return {name: {"ece": round(expected_calibration_error(p, classes), 6)}
-                for name, p in {**outputs, "baseline": constant}.items()}
+        return {
+            name: {"ece": round(expected_calibration_error(p, classes), 6)}
+            for name, p in {**outputs, "baseline": constant}.items()
+        }
     errors = {name: np.abs(np.asarray(p, dtype=np.float64).reshape(-1) - actual) for name, p in outputs.items()}
     errors["baseline"] = np.abs(np.asarray(actual, dtype=np.float64) - baseline)
-    return {name: {f"within_{units}": round(float(np.mean(e <= units)), 6) for units in WITHIN} for name, e in errors.items()}
+    return {
+        name: {f"within_{units}": round(float(np.mean(e <= units)), 6) for units in WITHIN}
+        for name, e in errors.items()
+    }
 
 
 def write_plots(actual: np.ndarray, outputs: dict, encoding: Encoding, folder, figures) -> None:
@@ -96,9 +114,12 @@ def residuals_figure(actual: np.ndarray, predictions: dict, path) -> None:
             ax.axhspan(-units, units, color=shade, zorder=0)
         ax.scatter(actual, residual, s=8, alpha=0.5)
         ax.axhline(0, color="black", linewidth=1)
-        ax.set(xlabel="actual target", ylabel="predicted - actual",
-               title=f"{name}: {np.mean(np.abs(residual) <= WITHIN[0]):.0%} within {WITHIN[0]}, "
-                     f"{np.mean(np.abs(residual) <= WITHIN[1]):.0%} within {WITHIN[1]}")
+        ax.set(
+            xlabel="actual target",
+            ylabel="predicted - actual",
+            title=f"{name}: {np.mean(np.abs(residual) <= WITHIN[0]):.0%} within {WITHIN[0]}, "
+            f"{np.mean(np.abs(residual) <= WITHIN[1]):.0%} within {WITHIN[1]}",
+        )
     fig.suptitle("Residuals against the target (test set); shaded: within 5 and 10 units")
     evaluation.save_figure(fig, path, top=0.93)
 
@@ -107,11 +128,19 @@ def review_lines(summary: dict, encoding: Encoding) -> list[str]:
     """The review's note on calibration (its figures are in the metrics table)."""
     figure = Path(os.path.relpath(paths.FIGURES / "residuals_vs_actual.png", paths.REVIEW.parent)).as_posix()
     if encoding.is_classification:
-        return ["## Calibration", "",
-                f"ece: the expected calibration error of the top probability ({BINS} equal-width bins; 0 is calibrated): "
-                f"head only {summary['head']['ece']:.3f}, fine-tuned {summary['fine_tuned']['ece']:.3f}. "
-                "The reliability diagram (accuracy against confidence per bin) is the `calibration` plot of `dvc plots`."]
-    return ["## Within 5 and 10 units", "",
-            f"Test images predicted within 5 / 10 units of their target: head only {summary['head']['within_5']:.1%} / "
-            f"{summary['head']['within_10']:.1%}, fine-tuned {summary['fine_tuned']['within_5']:.1%} / "
-            f"{summary['fine_tuned']['within_10']:.1%}.", "", f"![Residuals against the target]({figure})"]
+        return [
+            "## Calibration",
+            "",
+            f"ece: the expected calibration error of the top probability ({BINS} equal-width bins; 0 is calibrated): "
+            f"head only {summary['head']['ece']:.3f}, fine-tuned {summary['fine_tuned']['ece']:.3f}. "
+            "The reliability diagram (accuracy against confidence per bin) is the `calibration` plot of `dvc plots`.",
+        ]
+    return [
+        "## Within 5 and 10 units",
+        "",
+        f"Test images predicted within 5 / 10 units of their target: head only {summary['head']['within_5']:.1%} / "
+        f"{summary['head']['within_10']:.1%}, fine-tuned {summary['fine_tuned']['within_5']:.1%} / "
+        f"{summary['fine_tuned']['within_10']:.1%}.",
+        "",
+        f"![Residuals against the target]({figure})",
+    ]

@@ -3,6 +3,7 @@
 Images in nested folders belong to their class folder. Class names are compared in Unicode NFC form:
 `café` typed with a combining accent and with a precomposed `é` look alike and are one class.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -28,9 +29,12 @@ def class_folders(root: Path) -> tuple[list[Item], list[Skipped]]:
         else:
             skipped.append(Skipped(entry.name, "file outside any class folder"))
     if not classes:
-        raise PipelineError(f"data.source {root} has no class folders; put the images of each class in {root}/<class name>/")
+        raise PipelineError(
+            f"data.source {root} has no class folders; put the images of each class in {root}/<class name>/"
+        )
     found = {class_dir: walk(class_dir, root, real_root, skipped) for class_dir in classes}
-    labels = {class_dir: unicodedata.normalize("NFC", class_dir.name) for class_dir in classes}  # look-alike names: one class
+    # look-alike names: one class
+    labels = {class_dir: unicodedata.normalize("NFC", class_dir.name) for class_dir in classes}
     for class_dir, files in found.items():
         items += [Item(path=file.relative_to(root).as_posix(), label=labels[class_dir], file=file) for file in files]
         if not any(found[other] for other in classes if labels[other] == labels[class_dir]):

@@ -6,6 +6,7 @@
 
 Argument parsing imports nothing heavy: TensorFlow (about 5 s to import) loads only when a command needs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,15 +16,26 @@ from transfer_learning import errors
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Apply the trained model to new images (a folder, or a CSV listing them) and write one CSV row per image."
+    parser.description = (
+        "Apply the trained model to new images (a folder, or a CSV listing them) and write one CSV row per image."
+    )
     parser.epilog = "exit status: 0 every image predicted; 3 predictions written, some files skipped; 1 error (nothing written); 2 bad arguments"
-    parser.add_argument("source", type=Path, help="a folder of images (nested folders too), or a .csv file listing them")
-    parser.add_argument("-o", "--output", type=Path, default=Path("predictions.csv"), help="the CSV to write (default: %(default)s)")
+    parser.add_argument(
+        "source", type=Path, help="a folder of images (nested folders too), or a .csv file listing them"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("predictions.csv"), help="the CSV to write (default: %(default)s)"
+    )
     parser.add_argument("--model", type=Path, default=Path("models/model.keras"), help="default: %(default)s")
     parser.add_argument("--encoding", type=Path, help="the model's encoding.json (default: the one beside the model)")
-    parser.add_argument("--path-column", default="image", help="CSV source: the column of image paths, relative to the "
-                                                             "CSV's folder (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=3, help="classification: the most likely classes to list (default: %(default)s)")
+    parser.add_argument(
+        "--path-column",
+        default="image",
+        help="CSV source: the column of image paths, relative to the CSV's folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="classification: the most likely classes to list (default: %(default)s)"
+    )
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -45,11 +57,20 @@ def cuts(args: argparse.Namespace) -> None:
 
 
 def check_params_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Check params.yaml, with the overrides `dvc exp run -S` would apply, as every stage does before any work; "
-                          "run it from the project's root before queueing an experiment: a queued one runs in a copy of the project, "
-                          "where DVC can fail before any stage runs (a relative data.source outside the project).")
-    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="section.key=value",
-                        help="as for dvc exp run (repeatable)")
+    parser.description = (
+        "Check params.yaml, with the overrides `dvc exp run -S` would apply, as every stage does before any work; "
+        "run it from the project's root before queueing an experiment: a queued one runs in a copy of the project, "
+        "where DVC can fail before any stage runs (a relative data.source outside the project)."
+    )
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="section.key=value",
+        help="as for dvc exp run (repeatable)",
+    )
 
 
 def check_params(args: argparse.Namespace) -> None:
@@ -60,15 +81,32 @@ def check_params(args: argparse.Namespace) -> None:
     print(f"{params.paths.PARAMS}: valid" + (f" with {', '.join(args.overrides)}" if overrides else ""))
 
 
-COMMANDS = {"predict": (predict_arguments, predict, "nothing to resume: run it again", "the trained model on new images: one CSV row each"),
-            "cuts": (cuts_arguments, cuts, "nothing to resume: run it again", "where fine_tune.unfreeze_from can cut a base, with cached "
-                                                                                "activations, and their sizes (docs/backbones.md)"),
-            "check-params": (check_params_arguments, check_params, "nothing to resume: run it again",
-                             "check params.yaml (with -S overrides), e.g. before dvc exp run --queue")}
+COMMANDS = {
+    "predict": (
+        predict_arguments,
+        predict,
+        "nothing to resume: run it again",
+        "the trained model on new images: one CSV row each",
+    ),
+    "cuts": (
+        cuts_arguments,
+        cuts,
+        "nothing to resume: run it again",
+        "where fine_tune.unfreeze_from can cut a base, with cached activations, and their sizes (docs/backbones.md)",
+    ),
+    "check-params": (
+        check_params_arguments,
+        check_params,
+        "nothing to resume: run it again",
+        "check params.yaml (with -S overrides), e.g. before dvc exp run --queue",
+    ),
+}
 
 
 def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="transfer-learning", description="Transfer learning as a DVC pipeline: commands for its users.")
+    main_parser = argparse.ArgumentParser(
+        prog="transfer-learning", description="Transfer learning as a DVC pipeline: commands for its users."
+    )
     commands = main_parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (add_arguments, _, _, help_text) in COMMANDS.items():
         add_arguments(commands.add_parser(name, help=help_text))

@@ -7,6 +7,7 @@ same fold. Each fold's head is built, compiled and trained like the single-split
 rows, variants included, for a fixed number of epochs (the single-split head's best epoch: early stopping on the
 held-out fold would peek at it), then scored on the fold's original images. The test split is never read.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -31,8 +32,8 @@ def assign(values: np.ndarray, k: int, seed: int, task: str) -> np.ndarray:
     else:
         order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
         for start in range(0, len(values), k):
-            run = order[start:start + k]
-            folds[run] = rng.permutation(k)[:len(run)]
+            run = order[start : start + k]
+            folds[run] = rng.permutation(k)[: len(run)]
     return folds
 
 
@@ -57,15 +58,20 @@ class Rows:
 def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs: int) -> dict:
     """cfg: train_head's params; head_cfg: head's; per_image: rows per training image (augment.copies + 1).
     -> {'folds', 'epochs', '<metric>_mean', '<metric>_std' (over folds, n-1), '<metric>_min', '<metric>_max', 'per_fold'}."""
-    train_x, val_x = files.load_npy(paths.features("train"), mmap=True), files.load_npy(paths.features("val"), mmap=True)
+    train_x, val_x = (
+        files.load_npy(paths.features("train"), mmap=True),
+        files.load_npy(paths.features("val"), mmap=True),
+    )
     train_y, val_y = files.load_npy(paths.feature_targets("train")), files.load_npy(paths.feature_targets("val"))
     n_train = len(train_y) // per_image
     image_of_row = np.concatenate([np.arange(len(train_y)) // per_image, n_train + np.arange(len(val_y))])
     original = np.concatenate([np.arange(len(train_y)) % per_image == 0, np.ones(len(val_y), bool)])
     all_y = np.concatenate([train_y, val_y])
     if original.sum() < 2 * cfg.folds:
-        raise PipelineError(f"train_head.folds={cfg.folds} needs at least {2 * cfg.folds} images in train + val, "
-                            f"there are {original.sum()}; use fewer folds or 0 (off)")
+        raise PipelineError(
+            f"train_head.folds={cfg.folds} needs at least {2 * cfg.folds} images in train + val, "
+            f"there are {original.sum()}; use fewer folds or 0 (off)"
+        )
     fold_of_image = assign(all_y[original], cfg.folds, cfg.seed, encoding.task)
     fold_of_row = fold_of_image[image_of_row]
     replicas = strategy.num_replicas_in_sync
@@ -73,16 +79,31 @@ def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs
     for fold in range(cfg.folds):
         train_rows, held_rows = np.flatnonzero(fold_of_row != fold), np.flatnonzero((fold_of_row == fold) & original)
         keras.utils.set_random_seed((cfg.seed + fold) % 2**32)
-        train = batches.Batches(Rows([train_x, val_x], train_rows), all_y[train_rows], cfg.batch_size, cfg.seed, replicas,
-                                training.one_hot_classes(encoding, cfg.mixup), cfg.mixup)
+        train = batches.Batches(
+            Rows([train_x, val_x], train_rows),
+            all_y[train_rows],
+            cfg.batch_size,
+            cfg.seed,
+            replicas,
+            training.one_hot_classes(encoding, cfg.mixup),
+            cfg.mixup,
+        )
         held = batches.Batches(Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, None, replicas)
         with strategy.scope():
             head = training.compiled_head(train.inputs.shape[1], head_cfg, cfg, encoding, steps_per_epoch=len(train))
         if epochs:
             head.fit(train, epochs=epochs, shuffle=False, verbose=0)
         scores.append(training.score(packaging.package(head, encoding), held, encoding))
-        print(f"train-head: fold {fold + 1}/{cfg.folds}: {encoding.metric} {scores[-1]:.4f} on {len(held_rows)} held-out images")
+        print(
+            f"train-head: fold {fold + 1}/{cfg.folds}: {encoding.metric} {scores[-1]:.4f} on {len(held_rows)} held-out images"
+        )
     m = encoding.metric
-    return {"folds": cfg.folds, "epochs": epochs, f"{m}_mean": round(statistics.mean(scores), 6),
-            f"{m}_std": round(statistics.stdev(scores), 6), f"{m}_min": round(min(scores), 6), f"{m}_max": round(max(scores), 6),
-            "per_fold": [round(s, 6) for s in scores]}
+    return {
+        "folds": cfg.folds,
+        "epochs": epochs,
+        f"{m}_mean": round(statistics.mean(scores), 6),
+        f"{m}_std": round(statistics.stdev(scores), 6),
+        f"{m}_min": round(min(scores), 6),
+        f"{m}_max": round(max(scores), 6),
+        "per_fold": [round(s, 6) for s in scores],
+    }

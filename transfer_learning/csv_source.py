@@ -7,6 +7,7 @@ through a link) is one item; listed with two different targets, every row of it 
 Regression targets are plain decimal numbers (digits 0-9) within ±MAX_TARGET. Class labels are compared in Unicode
 NFC form, like class folder names.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,29 +27,46 @@ PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 MAX_TARGET = 1e30
 
 
-def csv_manifest(csv_path: Path, task: str, path_column: str, target_column: str | None,
-                 path_param: str = "data.path_column") -> tuple[list[Item], list[Skipped]]:
+def csv_manifest(
+    csv_path: Path, task: str, path_column: str, target_column: str | None, path_param: str = "data.path_column"
+) -> tuple[list[Item], list[Skipped]]:
     """Rows of (image path relative to the CSV's folder, data.source, and target). Paths may not leave that folder.
 
     target_column None: a list of images without targets (predict's), every item's label None; `path_param` is what
     error messages call the path column's setting."""
     header, rows = csv_rows(csv_path)
-    columns = ((path_param, path_column),) + ((("data.target_column", target_column),) if target_column is not None else ())
+    columns = ((path_param, path_column),) + (
+        (("data.target_column", target_column),) if target_column is not None else ()
+    )
     at = {column: column_index(header, column, param, csv_path) for param, column in columns}
     if not any(rows.values()):
         raise PipelineError(f"{csv_path} has no rows; add one row per image")
     if target_column is not None:
-        check_numeric({row: value(fields, at[target_column]) for row, fields in rows.items() if fields}, task, csv_path, target_column)
+        check_numeric(
+            {row: value(fields, at[target_column]) for row, fields in rows.items() if fields},
+            task,
+            csv_path,
+            target_column,
+        )
     real_root = csv_path.parent.resolve()
-    rejected, listed = [], {}  # rejected: (row, Skipped); listed: real file -> its rows, [(row, path as written, target)]
+    # rejected: (row, Skipped); listed: real file -> its rows, [(row, path as written, target)]
+    rejected, listed = [], {}
     for row, fields in rows.items():
         if not fields:  # a blank line: no row to report
             continue
         rel = value(fields, at[path_column]).replace("\\", "/")
         shown = rel or f"{csv_path.name}:{row}"
-        if any(extra.strip() for extra in fields[len(header):]):
-            rejected.append((row, Skipped(shown, f"row {row}: {len(fields)} values but the header names {len(header)} columns; "
-                                                 "quote a value that holds a comma")))
+        if any(extra.strip() for extra in fields[len(header) :]):
+            rejected.append(
+                (
+                    row,
+                    Skipped(
+                        shown,
+                        f"row {row}: {len(fields)} values but the header names {len(header)} columns; "
+                        "quote a value that holds a comma",
+                    ),
+                )
+            )
             continue
         try:
             target = None if target_column is None else parse_target(value(fields, at[target_column]), task)
@@ -68,13 +86,22 @@ def csv_manifest(csv_path: Path, task: str, path_column: str, target_column: str
         if conflict:  # every row of a file listed with two targets is skipped: neither can be trusted
             for row, path, mine in listings:
                 row_other, other = conflict if mine == target else (first, target)
-                rejected.append((row, Skipped(Path(path).as_posix(), f"row {row}: the same file has the {kind} {other!r} in row {row_other}; "
-                                                                     f"a file with conflicting {kind}s is left out")))
+                rejected.append(
+                    (
+                        row,
+                        Skipped(
+                            Path(path).as_posix(),
+                            f"row {row}: the same file has the {kind} {other!r} in row {row_other}; "
+                            f"a file with conflicting {kind}s is left out",
+                        ),
+                    )
+                )
             continue
         items.append(Item(path=Path(rel).as_posix(), label=target, file=csv_path.parent / rel))
-        rejected += [(row, Skipped(Path(path).as_posix(), f"row {row}: the same file as row {first}")) for row, path, _ in others]
+        rejected += [
+            (row, Skipped(Path(path).as_posix(), f"row {row}: the same file as row {first}")) for row, path, _ in others
+        ]
     return items, [skip for _, skip in sorted(rejected, key=lambda pair: pair[0])]
-
 
 
 def csv_rows(csv_path: Path) -> tuple[list[str], dict[int, list[str]]]:
@@ -90,28 +117,31 @@ def csv_rows(csv_path: Path) -> tuple[list[str], dict[int, list[str]]]:
     except OSError as exc:
         raise PipelineError(f"data.source {csv_path}: cannot read it ({exc.strerror})") from None
     if not records:
-        raise PipelineError(f"data.source {csv_path}: not a readable CSV (the file is empty; its first line names the columns)")
+        raise PipelineError(
+            f"data.source {csv_path}: not a readable CSV (the file is empty; its first line names the columns)"
+        )
     header = [unicodedata.normalize("NFC", name.strip()) for name in records[0]]
     return header, dict(enumerate(records[1:], start=2))
-
 
 
 def column_index(header: list[str], column: str, param: str, csv_path: Path) -> int:
     column = unicodedata.normalize("NFC", column)
     found = [i for i, name in enumerate(header) if name == column]
     if not found:
-        raise PipelineError(f"{csv_path} has no column {column!r} ({param}); its columns are {', '.join(name for name in header if name)}")
+        raise PipelineError(
+            f"{csv_path} has no column {column!r} ({param}); its columns are {', '.join(name for name in header if name)}"
+        )
     if len(found) > 1:
-        raise PipelineError(f"{csv_path}: the header names column {column!r} ({param}) {len(found)} times "
-                            f"(columns {', '.join(str(i + 1) for i in found)}); rename all but one")
+        raise PipelineError(
+            f"{csv_path}: the header names column {column!r} ({param}) {len(found)} times "
+            f"(columns {', '.join(str(i + 1) for i in found)}); rename all but one"
+        )
     return found[0]
-
 
 
 def value(fields: list[str], index: int) -> str:
     """A field, stripped; a short row misses its last fields."""
     return fields[index].strip() if index < len(fields) else ""
-
 
 
 def usable_row(rel: str, root: Path, real_root: Path) -> tuple[str | None, Path | None]:
@@ -133,7 +163,6 @@ def usable_row(rel: str, root: Path, real_root: Path) -> tuple[str | None, Path 
     return unusable_file(file), real
 
 
-
 def check_numeric(targets: dict[int, str], task: str, csv_path: Path, target_column: str) -> None:
     """A regression target column with text in every row is the wrong column, not a few bad rows."""
     if task != "regression":
@@ -141,9 +170,10 @@ def check_numeric(targets: dict[int, str], task: str, csv_path: Path, target_col
     filled = [(row, raw) for row, raw in targets.items() if raw]
     if filled and not any(PLAIN_NUMBER.fullmatch(raw) for _, raw in filled):
         row, raw = filled[0]
-        raise PipelineError(f"{csv_path}: column {target_column!r} (data.target_column) has no numbers (row {row}: {raw!r}); "
-                            "data.task=regression needs a numeric target, or set data.task=classification")
-
+        raise PipelineError(
+            f"{csv_path}: column {target_column!r} (data.target_column) has no numbers (row {row}: {raw!r}); "
+            "data.task=regression needs a numeric target, or set data.task=classification"
+        )
 
 
 def parse_target(raw: str, task: str) -> str | float:

@@ -8,6 +8,7 @@ One row per valid cut: the layer number N (fine_tune.unfreeze_from: N freezes la
 the family's default (fine_tune.unfreeze_from: default). Any other cut works only with fine_tune.cache_activations:
 false. The base is built with random weights (weights do not change the graph), so it needs no download.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ from transfer_learning import backbones, errors
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "List the cuts of a base where fine-tuning can train on cached activations, with their sizes."
     parser.add_argument("base", choices=backbones.NAMES, metavar="base.name", help="a base (docs/backbones.md)")
-    parser.add_argument("size", type=int, nargs="?", help="normalize.image_size (default: 224, or the family's smallest)")
+    parser.add_argument(
+        "size", type=int, nargs="?", help="normalize.image_size (default: 224, or the family's smallest)"
+    )
     parser.add_argument("--alpha", type=float, default=1.0, help="base.alpha, MobileNets only (default: %(default)s)")
     parser.add_argument("--minimalistic", action="store_true", help="base.minimalistic, MobileNetV3 only")
 
@@ -49,7 +52,9 @@ def main(args: argparse.Namespace) -> None:
     print(f"{'N':>5}  {'layer':<45} {'activations per image':<22} {'float32':>10}")
     for row in rows(args.base, size, args.alpha, args.minimalistic):
         mark = "  <- default" if row["default"] else ""
-        print(f"{row['number']:>5}  {row['layer']:<45} {'x'.join(map(str, row['shape'])):<22} {row['kib']:>7.1f} KiB{mark}")
+        print(
+            f"{row['number']:>5}  {row['layer']:<45} {'x'.join(map(str, row['shape'])):<22} {row['kib']:>7.1f} KiB{mark}"
+        )
 
 
 if __name__ == "__main__":

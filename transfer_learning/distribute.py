@@ -12,6 +12,7 @@ batch size, up to float rounding, dropout masks and batch order.
 Stages build, compile and run their models inside `strategy.scope()`; with multi_worker only the
 chief (worker 0) writes the stage's outputs, the others a temporary copy (`only_chief_writes`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,16 +38,21 @@ def strategy(name: str) -> tf.distribute.Strategy:
         chosen = tf.distribute.MirroredStrategy([device.name for device in devices])
     else:
         chosen = tf.distribute.get_strategy()
-    print(f"train.strategy={name}: {chosen.num_replicas_in_sync} replica(s)"
-          + (f", worker {chosen.cluster_resolver.task_id} of a cluster" if name == "multi_worker" else ""), flush=True)
+    print(
+        f"train.strategy={name}: {chosen.num_replicas_in_sync} replica(s)"
+        + (f", worker {chosen.cluster_resolver.task_id} of a cluster" if name == "multi_worker" else ""),
+        flush=True,
+    )
     return chosen
 
 
 def check_tf_config(raw: str) -> None:
     """TF_CONFIG must name the cluster's workers and this process's place in it."""
     if not raw.strip():
-        raise PipelineError(f"train.strategy=multi_worker needs TF_CONFIG on every machine, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
-                            "(index 0 on the chief, 1, 2, ... on the others); see docs/scaling.md")
+        raise PipelineError(
+            f"train.strategy=multi_worker needs TF_CONFIG on every machine, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
+            "(index 0 on the chief, 1, 2, ... on the others); see docs/scaling.md"
+        )
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -92,4 +98,5 @@ class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         def one(tensor):
             rank = self.experimental_local_results(tensor)[0].shape.rank
             return super(KerasMultiWorkerStrategy, self).reduce(reduce_op, tensor, axis if rank else None)
+
         return tf.nest.map_structure(one, value)

@@ -33,6 +33,7 @@ images (benchmarks/duplicates.py). The groups are exactly those of the exact sea
 keeps it as the reference): the components of one relation do not depend on the order its pairs are found in, and a
 group's name is the smallest key in it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,16 +46,16 @@ from PIL import Image
 NEAR_BITS = 4
 NEAR_LEVELS = 2.0
 BANDS = NEAR_BITS + 1  # two hashes within NEAR_BITS bits agree on at least one of NEAR_BITS + 1 bands (pigeonhole)
-SMALL = 64             # buckets up to this size are searched together, by offset (vectorised across buckets)
-BLOCK = 512            # larger buckets are searched in BLOCK x BLOCK tiles: bounds the memory of a bucket many share
-PAIRS = 8_192          # candidate pairs whose thumbnails are compared at a time
+SMALL = 64  # buckets up to this size are searched together, by offset (vectorised across buckets)
+BLOCK = 512  # larger buckets are searched in BLOCK x BLOCK tiles: bounds the memory of a bucket many share
+PAIRS = 8_192  # candidate pairs whose thumbnails are compared at a time
 
 
 @dataclass(frozen=True)
 class Fingerprint:
-    sha256: str              # of the decoded snapshot: its shape and its pixels
-    dhash: int               # 64-bit difference hash
-    thumbnail: np.ndarray    # 8x8 RGB, uint8
+    sha256: str  # of the decoded snapshot: its shape and its pixels
+    dhash: int  # 64-bit difference hash
+    thumbnail: np.ndarray  # 8x8 RGB, uint8
 
 
 def fingerprint(pixels: np.ndarray) -> Fingerprint:
@@ -78,8 +79,10 @@ def conflicting_labels(paths: list[str], labels: list[str], hashes: list[str]) -
         if len({labels[i] for i in rows}) > 1:
             for i in rows:
                 other = next(j for j in rows if labels[j] != labels[i])
-                reasons[i] = (f"the same picture as {paths[other]} (labeled {labels[other]!r}): an image with conflicting labels "
-                              "is left out, every copy of it")
+                reasons[i] = (
+                    f"the same picture as {paths[other]} (labeled {labels[other]!r}): an image with conflicting labels "
+                    "is left out, every copy of it"
+                )
     return reasons
 
 
@@ -123,12 +126,12 @@ class Fingerprints:
         return table
 
     @property
-    def dhash(self) -> np.ndarray:       # (n,) uint64
-        return self._dhash[:self._count]
+    def dhash(self) -> np.ndarray:  # (n,) uint64
+        return self._dhash[: self._count]
 
     @property
     def thumbnails(self) -> np.ndarray:  # (n, 8, 8, 3) uint8
-        return self._thumbnails[:self._count]
+        return self._thumbnails[: self._count]
 
 
 def groups(prints: Fingerprints, keys: list[str]) -> list[str]:
@@ -176,7 +179,7 @@ class _Components:
 
         # int32 weights: the repeats of an edge are summed, and must not wrap round to 0
         weights = np.ones(len(a), dtype=np.int32)
-        edges = coo_matrix((weights, (local[:len(a)], local[len(a):])), shape=(len(touched),) * 2)
+        edges = coo_matrix((weights, (local[: len(a)], local[len(a) :])), shape=(len(touched),) * 2)
         count, component = connected_components(edges, directed=False)
         # each merged component's new root: its largest old root (the smallest index among equals)
         ranked = np.lexsort((touched, -self.size[touched], component))
@@ -216,7 +219,7 @@ def near_components(dhashes: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
     def link(a: np.ndarray, b: np.ndarray) -> None:
         """Merges the pairs (a[k], b[k]) whose dHashes already passed and whose thumbnails pass, PAIRS at a time."""
         for at in range(0, len(a), PAIRS):
-            i, j = a[at:at + PAIRS], b[at:at + PAIRS]
+            i, j = a[at : at + PAIRS], b[at : at + PAIRS]
             apart = components.find(i) != components.find(j)
             i, j = i[apart], j[apart]
             x, y = thumbs[i], thumbs[j]
@@ -244,14 +247,14 @@ def near_components(dhashes: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
         del size_at, rank, active
         # large buckets: BLOCK x BLOCK tiles, skipped once every image in them is in one component
         for start, size in zip(starts[sizes > SMALL], sizes[sizes > SMALL]):
-            bucket = order[start:start + size]
+            bucket = order[start : start + size]
             for r in range(0, size, BLOCK):
                 rest = components.find(bucket[r:])
                 if rest.min() == rest.max():
                     break
-                rows = bucket[r:r + BLOCK]
+                rows = bucket[r : r + BLOCK]
                 for c in range(r, size, BLOCK):
-                    cols = bucket[c:c + BLOCK]
+                    cols = bucket[c : c + BLOCK]
                     row_roots, col_roots = components.find(rows), components.find(cols)
                     if row_roots.min() == row_roots.max() == col_roots.min() == col_roots.max():
                         continue

@@ -5,6 +5,7 @@ hidden files and folders (`.name`) are skipped, links are followed only while th
 root, names that are not UTF-8 are refused, and each real folder is listed once however many links
 lead to it (iteratively: no recursion limit, however deep the folders).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,17 +16,15 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 @dataclass(frozen=True)
 class Item:
-    path: str                         # as shown in reports: relative to the source root
+    path: str  # as shown in reports: relative to the source root
     label: str | float
-    file: Path                        # the image file
-
+    file: Path  # the image file
 
 
 @dataclass(frozen=True)
 class Skipped:
     path: str
     reason: str
-
 
 
 def walk(class_dir: Path, root: Path, real_root: Path, skipped: list) -> list[Path]:
@@ -46,8 +45,14 @@ def walk(class_dir: Path, root: Path, real_root: Path, skipped: list) -> list[Pa
             real = folder.resolve()
             if real in listed:
                 loop = folder.parent.resolve().is_relative_to(real)
-                skipped.append(Skipped(rel_shown(folder, root), "link to a folder that contains it (a loop)" if loop
-                                       else f"link to a folder already listed as {rel_shown(listed[real], root)}/"))
+                skipped.append(
+                    Skipped(
+                        rel_shown(folder, root),
+                        "link to a folder that contains it (a loop)"
+                        if loop
+                        else f"link to a folder already listed as {rel_shown(listed[real], root)}/",
+                    )
+                )
                 continue
             listed[real] = folder
         for entry in listing(folder, root, skipped):
@@ -69,10 +74,8 @@ def walk(class_dir: Path, root: Path, real_root: Path, skipped: list) -> list[Pa
     return files
 
 
-
 def rel_shown(path: Path, root: Path) -> str:
     return shown(path.relative_to(root).as_posix())
-
 
 
 def listing(folder: Path, root: Path, skipped: list) -> list[Path]:
@@ -81,7 +84,6 @@ def listing(folder: Path, root: Path, skipped: list) -> list[Path]:
     except OSError as exc:
         skipped.append(Skipped(f"{folder.relative_to(root).as_posix()}/", f"cannot read folder ({exc.strerror})"))
         return []
-
 
 
 def unusable_entry(entry: Path, real_root: Path) -> str | None:
@@ -105,7 +107,6 @@ def unusable_entry(entry: Path, real_root: Path) -> str | None:
     return None
 
 
-
 def utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -114,11 +115,9 @@ def utf8(name: str) -> bool:
     return True
 
 
-
 def shown(path: str) -> str:
     """A path as the report can write it (invalid bytes become U+FFFD)."""
     return path if utf8(path) else path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
 
 
 def unusable_file(file: Path) -> str | None:

@@ -7,6 +7,7 @@ rewritten at the end of every epoch, as dvclive's step images are: the file alwa
 not one per epoch. The grid is drawn with Pillow alone (no matplotlib: a few milliseconds an epoch) and saved by
 dvclive without metadata, so a rerun writes the same bytes. No epoch is trained (epochs: 0): no image.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ import numpy as np
 
 from transfer_learning.records import Encoding
 
-SAMPLES = 8       # validation images in the grid: spread evenly over the split, the same every epoch and run
+SAMPLES = 8  # validation images in the grid: spread evenly over the split, the same every epoch and run
 COLUMNS = 4
-CELL = 96         # pixels per image
-CAPTION = 28      # pixels under each image: true and predicted label
+CELL = 96  # pixels per image
+CAPTION = 28  # pixels under each image: true and predicted label
 HEADER = 18
 NAME = "predictions.png"
 
@@ -27,16 +28,29 @@ NAME = "predictions.png"
 @dataclass(frozen=True)
 class Samples:
     """The grid's rows: what the trained model reads (features, activations or images), the pictures, the true labels."""
+
     stage: str
     inputs: np.ndarray
     pictures: np.ndarray
-    actual: np.ndarray   # encoded: class indices or standardized targets
+    actual: np.ndarray  # encoded: class indices or standardized targets
     encoding: Encoding
 
     @classmethod
-    def pick(cls, stage: str, inputs: np.ndarray, pictures: np.ndarray, actual: np.ndarray, encoding: Encoding) -> Samples:
-        rows = np.unique(np.linspace(0, len(inputs) - 1, min(SAMPLES, len(inputs))).astype(int)) if len(inputs) else np.zeros(0, int)
-        return cls(stage, np.asarray(inputs[rows], dtype=np.float32), np.asarray(pictures[rows]), np.asarray(actual[rows]), encoding)
+    def pick(
+        cls, stage: str, inputs: np.ndarray, pictures: np.ndarray, actual: np.ndarray, encoding: Encoding
+    ) -> Samples:
+        rows = (
+            np.unique(np.linspace(0, len(inputs) - 1, min(SAMPLES, len(inputs))).astype(int))
+            if len(inputs)
+            else np.zeros(0, int)
+        )
+        return cls(
+            stage,
+            np.asarray(inputs[rows], dtype=np.float32),
+            np.asarray(pictures[rows]),
+            np.asarray(actual[rows]),
+            encoding,
+        )
 
     def label(self, encoded) -> str:
         if self.encoding.is_classification:
@@ -62,8 +76,12 @@ def grid(samples: Samples, outputs: np.ndarray, epoch: int):
         predicted = output.argmax() if samples.encoding.is_classification else output.reshape(-1)[0]
         right = samples.encoding.is_classification and predicted == actual
         draw.text((x + 3, y + CELL), f"true: {samples.label(actual)[:14]}", fill="black", font=font)
-        draw.text((x + 3, y + CELL + 13), f"pred: {samples.label(predicted)[:14]}", font=font,
-                  fill="black" if not samples.encoding.is_classification else "darkgreen" if right else "red")
+        draw.text(
+            (x + 3, y + CELL + 13),
+            f"pred: {samples.label(predicted)[:14]}",
+            font=font,
+            fill="black" if not samples.encoding.is_classification else "darkgreen" if right else "red",
+        )
     return image
 
 

@@ -1,4 +1,5 @@
 """How a stage fails: one clear line on stderr and a non-zero exit, never a half-written output."""
+
 from __future__ import annotations
 
 import errno
@@ -29,8 +30,11 @@ OS_HINTS = {
 def os_error(exc: OSError, path=None) -> PipelineError:
     """A file-system error as a PipelineError naming the file and what to do."""
     where = path if path is not None else exc.filename
-    return PipelineError(f"cannot write {where}: {OS_HINTS.get(exc.errno, exc.strerror or exc)}" if path is not None
-                         else f"{where or 'file system'}: {OS_HINTS.get(exc.errno, exc.strerror or exc)}")
+    return PipelineError(
+        f"cannot write {where}: {OS_HINTS.get(exc.errno, exc.strerror or exc)}"
+        if path is not None
+        else f"{where or 'file system'}: {OS_HINTS.get(exc.errno, exc.strerror or exc)}"
+    )
 
 
 def one_line(exc: Exception) -> str:
@@ -80,4 +84,4 @@ def fail(message: str, status: int = 1) -> None:
 
 def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
     """`message`, or its first `limit` - 1 characters and "…"."""
-    return message if len(message) <= limit else message[:limit - 1] + "…"
+    return message if len(message) <= limit else message[: limit - 1] + "…"

@@ -4,6 +4,7 @@
 (class names, or target values). Class names come from the data and are drawn literally: a `$`
 in one would otherwise start matplotlib math text (and `a$^$b` would crash the figure).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,12 +24,20 @@ plt.rcParams["svg.hashsalt"] = "0"  # no random ids in figures
 
 def classification_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
     precision, recall, f1, _ = skm.precision_recall_fscore_support(actual, predicted, average="macro", zero_division=0)
-    return {"accuracy": skm.accuracy_score(actual, predicted), "precision_macro": precision, "recall_macro": recall, "f1_macro": f1}
+    return {
+        "accuracy": skm.accuracy_score(actual, predicted),
+        "precision_macro": precision,
+        "recall_macro": recall,
+        "f1_macro": f1,
+    }
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
-    return {"mae": skm.mean_absolute_error(actual, predicted), "rmse": float(np.sqrt(skm.mean_squared_error(actual, predicted))),
-            "r2": skm.r2_score(actual, predicted)}
+    return {
+        "mae": skm.mean_absolute_error(actual, predicted),
+        "rmse": float(np.sqrt(skm.mean_squared_error(actual, predicted))),
+        "r2": skm.r2_score(actual, predicted),
+    }
 
 
 def summary(actual: np.ndarray, predictions: dict, encoding: Encoding, baseline) -> dict:
@@ -54,8 +63,9 @@ def target_ranges(actual: np.ndarray, n: int = 5) -> pd.Series:
     edges = np.unique(np.quantile(actual, np.linspace(0, 1, n + 1)))
     digits = next((d for d in range(4, 18) if len({f"{e:.{d}g}" for e in edges}) == len(edges)), 17)
     bins = np.clip(np.searchsorted(edges, actual, side="right") - 1, 0, len(edges) - 2)
-    return pd.Series([f"[{edges[b]:.{digits}g}, {edges[b + 1]:.{digits}g}{']' if b == len(edges) - 2 else ')'}"
-                      for b in bins])
+    return pd.Series(
+        [f"[{edges[b]:.{digits}g}, {edges[b + 1]:.{digits}g}{']' if b == len(edges) - 2 else ')'}" for b in bins]
+    )
 
 
 def breakdown(actual: np.ndarray, predictions: dict, encoding: Encoding) -> pd.DataFrame:
@@ -69,8 +79,18 @@ def breakdown(actual: np.ndarray, predictions: dict, encoding: Encoding) -> pd.D
         else:
             residual = pd.Series(predicted - actual)
             grouped = residual.groupby(target_ranges(actual), sort=False)
-            frame = pd.DataFrame({"model": name, "mae": grouped.apply(lambda r: r.abs().mean()),
-                                  "mean_residual": grouped.mean(), "count": grouped.size()}).rename_axis("target_range").reset_index()
+            frame = (
+                pd.DataFrame(
+                    {
+                        "model": name,
+                        "mae": grouped.apply(lambda r: r.abs().mean()),
+                        "mean_residual": grouped.mean(),
+                        "count": grouped.size(),
+                    }
+                )
+                .rename_axis("target_range")
+                .reset_index()
+            )
             frame = frame.sort_values("target_range", key=lambda s: s.str.slice(1).str.split(",").str[0].astype(float))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -79,8 +99,16 @@ def breakdown(actual: np.ndarray, predictions: dict, encoding: Encoding) -> pd.D
 def confusion_figure(actual, predictions: dict, classes: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(predictions), figsize=(6 * len(predictions), 5.5), squeeze=False)
     for ax, (name, predicted) in zip(axes[0], predictions.items()):
-        skm.ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=classes, display_labels=[literal(c) for c in classes],
-                                                   ax=ax, colorbar=False, xticks_rotation="vertical", include_values=len(classes) <= 20)
+        skm.ConfusionMatrixDisplay.from_predictions(
+            actual,
+            predicted,
+            labels=classes,
+            display_labels=[literal(c) for c in classes],
+            ax=ax,
+            colorbar=False,
+            xticks_rotation="vertical",
+            include_values=len(classes) <= 20,
+        )
         ax.set_title(f"{name}: accuracy {skm.accuracy_score(actual, predicted):.3f}")
     save_figure(fig, path)
 
@@ -96,7 +124,9 @@ def regression_figures(actual, predictions: dict, folder: Path) -> None:
     for ax, (name, predicted) in zip(axes[0], predictions.items()):
         ax.scatter(actual, predicted, s=8, alpha=0.5)
         ax.plot([low, high], [low, high], color="black", linewidth=1, label="identity")
-        ax.set(xlabel="actual", ylabel="predicted", title=f"{name}: MAE {skm.mean_absolute_error(actual, predicted):.3g}")
+        ax.set(
+            xlabel="actual", ylabel="predicted", title=f"{name}: MAE {skm.mean_absolute_error(actual, predicted):.3g}"
+        )
         ax.legend()
     save_figure(fig, folder / "predicted_vs_actual.png")
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -104,8 +134,15 @@ def regression_figures(actual, predictions: dict, folder: Path) -> None:
     order = sorted(ranges.unique(), key=lambda s: float(s[1:].split(",")[0]))
     for offset, (name, predicted) in zip((-0.2, 0.2), predictions.items()):
         residual = pd.Series(predicted - actual)
-        ax.boxplot([residual[ranges == r] for r in order], positions=np.arange(len(order)) + offset, widths=0.35,
-                   showfliers=False, label=name, patch_artist=True, boxprops={"facecolor": "C0" if offset < 0 else "C1"})
+        ax.boxplot(
+            [residual[ranges == r] for r in order],
+            positions=np.arange(len(order)) + offset,
+            widths=0.35,
+            showfliers=False,
+            label=name,
+            patch_artist=True,
+            boxprops={"facecolor": "C0" if offset < 0 else "C1"},
+        )
     ax.axhline(0, color="black", linewidth=1)
     ax.set_xticks(np.arange(len(order)), order)
     ax.set(xlabel="actual target range", ylabel="predicted - actual", title="Residuals by target range")
@@ -113,8 +150,17 @@ def regression_figures(actual, predictions: dict, folder: Path) -> None:
     save_figure(fig, folder / "residuals_by_range.png")
 
 
-def image_grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = 4, cell: float = 3,
-               row_height: float = 3.7, title_height: float = 0.6, fontsizes: tuple = (9, 13)) -> None:
+def image_grid(
+    images: np.ndarray,
+    captions: list[str],
+    title: str,
+    path: Path,
+    columns: int = 4,
+    cell: float = 3,
+    row_height: float = 3.7,
+    title_height: float = 0.6,
+    fontsizes: tuple = (9, 13),
+) -> None:
     """(n, H, W, 3) uint8 images in a grid, each with its caption (drawn literally: a `$` is a dollar), under `title`.
     No image: the title alone (e.g. no mistake to show). Sizes in inches: `cell` wide, `row_height` a row with its
     caption, the title on top; fontsizes: (caption, title)."""

@@ -17,6 +17,7 @@ outputs: metrics/export.json (test figures, agreement and largest difference to 
 its size, which changes by a few bytes, is in metrics/export_speed.json with the timings.
 Each runner has what predict needs of a Keras model: input_shape, output_shape and predict_on_batch(float32 pixels).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,16 @@ from transfer_learning.records import Encoding
 CALIBRATION_IMAGES = 100  # training images the int8 quantization is calibrated on (a seeded sample)
 CALIBRATION_SEED = 0
 ONNX_OPSET = 17
-BATCH_SIZE = 64           # test images per call when scoring a format (inference.BATCH_SIZE)
+BATCH_SIZE = 64  # test images per call when scoring a format (inference.BATCH_SIZE)
 SPEED_BATCHES = {1: 16, 32: 3}  # batch size -> timed calls (after one untimed warm-up call): seconds, not minutes
 
 # format -> file or folder in the export folder
-FILES = {"saved_model": "saved_model", "tflite_float32": "model.tflite", "tflite_int8": "model_int8.tflite", "onnx": "model.onnx"}
+FILES = {
+    "saved_model": "saved_model",
+    "tflite_float32": "model.tflite",
+    "tflite_int8": "model_int8.tflite",
+    "onnx": "model.onnx",
+}
 NOT_BYTE_IDENTICAL = ("onnx",)  # formats whose bytes (and size, by a few bytes) change from run to run: see above
 
 
@@ -76,7 +82,9 @@ def save_saved_model(model, encoding: Encoding, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         module = Serving(model, output_name(encoding))
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve, "serving_uint8": module.serve_uint8})
+        tf.saved_model.save(
+            module, str(tmp), signatures={"serving_default": module.serve, "serving_uint8": module.serve_uint8}
+        )
         clear_uuid(tmp / "fingerprint.pb")
         if folder.exists():
             shutil.rmtree(folder)
@@ -160,9 +168,11 @@ def export_all(model, encoding: Encoding, calibration: np.ndarray, folder: Path)
     saved_model = folder / FILES["saved_model"]
     save_saved_model(model, encoding, saved_model)
     written = {"saved_model": saved_model}
-    for name, convert in (("tflite_float32", lambda: tflite_float32(saved_model)),
-                          ("tflite_int8", lambda: tflite_int8(saved_model, calibration)),
-                          ("onnx", lambda: onnx_bytes(model, encoding))):
+    for name, convert in (
+        ("tflite_float32", lambda: tflite_float32(saved_model)),
+        ("tflite_int8", lambda: tflite_int8(saved_model, calibration)),
+        ("onnx", lambda: onnx_bytes(model, encoding)),
+    ):
         with quiet(), files.atomic_path(folder / FILES[name]) as tmp:
             tmp.write_bytes(convert())
         written[name] = folder / FILES[name]
@@ -179,6 +189,7 @@ class quiet(warnings.catch_warnings):
 
 # ---------------------------------------------------------------- runners (transfer-learning predict, the metrics)
 
+
 def runner(path: Path, threads: int | None = None):
     """The runner of an export, by its kind: a SavedModel folder, a .tflite or an .onnx file."""
     path = Path(path)
@@ -188,12 +199,16 @@ def runner(path: Path, threads: int | None = None):
         return TFLiteRunner(path, threads)
     if path.suffix.lower() == ".onnx":
         return OnnxRunner(path, threads)
-    raise PipelineError(f"--model {path}: not a model predict can run; give a .keras, .tflite or .onnx file, or a SavedModel folder")
+    raise PipelineError(
+        f"--model {path}: not a model predict can run; give a .keras, .tflite or .onnx file, or a SavedModel folder"
+    )
 
 
 def cannot_load(path: Path, exc: Exception) -> PipelineError:
-    return PipelineError(f"cannot load the model {path}: {' '.join(str(exc).split())[:300] or exc.__class__.__name__}; "
-                         "use a file the export stage wrote (`dvc repro export` rebuilds them)")
+    return PipelineError(
+        f"cannot load the model {path}: {' '.join(str(exc).split())[:300] or exc.__class__.__name__}; "
+        "use a file the export stage wrote (`dvc repro export` rebuilds them)"
+    )
 
 
 class SavedModelRunner:
@@ -207,8 +222,8 @@ class SavedModelRunner:
             self._fn = self._loaded.signatures["serving_default"]
         except Exception as exc:  # TensorFlow raises many kinds for a damaged or foreign folder
             raise cannot_load(folder, exc) from None
-        (self._input, spec), = self._fn.structured_input_signature[1].items()
-        (self._output, out), = self._fn.structured_outputs.items()
+        ((self._input, spec),) = self._fn.structured_input_signature[1].items()
+        ((self._output, out),) = self._fn.structured_outputs.items()
         self._dtype = spec.dtype
         self.input_shape, self.output_shape = tuple(spec.shape), tuple(out.shape)
 
@@ -226,8 +241,8 @@ class TFLiteRunner:
                 self._interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
         except (ValueError, RuntimeError) as exc:
             raise cannot_load(path, exc) from None
-        self._in, = self._interpreter.get_input_details()
-        self._out, = self._interpreter.get_output_details()
+        (self._in,) = self._interpreter.get_input_details()
+        (self._out,) = self._interpreter.get_output_details()
         self.input_shape = (None, *self._in["shape"][1:].tolist())
         self.output_shape = (None, *self._out["shape"][1:].tolist())
         self._batch = None
@@ -272,8 +287,8 @@ class OnnxRunner:
             self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's own exception types
             raise cannot_load(path, exc) from None
-        self._in, = self._session.get_inputs()
-        self._out, = self._session.get_outputs()
+        (self._in,) = self._session.get_inputs()
+        (self._out,) = self._session.get_outputs()
         self.input_shape = tuple(d if isinstance(d, int) else None for d in self._in.shape)
         self.output_shape = tuple(d if isinstance(d, int) else None for d in self._out.shape)
 
@@ -283,10 +298,15 @@ class OnnxRunner:
 
 # ---------------------------------------------------------------- the metrics
 
+
 def outputs_of(model, images: np.ndarray) -> np.ndarray:
     """The model (a Keras model or a runner) over memory-mapped uint8 images, BATCH_SIZE at a time."""
-    return np.concatenate([np.asarray(model.predict_on_batch(np.asarray(images[start:start + BATCH_SIZE], np.float32)))
-                           for start in range(0, len(images), BATCH_SIZE)])
+    return np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(np.asarray(images[start : start + BATCH_SIZE], np.float32)))
+            for start in range(0, len(images), BATCH_SIZE)
+        ]
+    )
 
 
 def quality(outputs: np.ndarray, reference: np.ndarray, actual: np.ndarray, encoding: Encoding) -> dict:
@@ -295,11 +315,16 @@ def quality(outputs: np.ndarray, reference: np.ndarray, actual: np.ndarray, enco
     difference = float(np.max(np.abs(outputs.astype(np.float64) - reference.astype(np.float64))))
     if encoding.is_classification:
         labels = outputs.argmax(axis=-1)
-        return {"accuracy": round(float(np.mean(labels == actual)), 6),
-                "agreement": round(float(np.mean(labels == reference.argmax(axis=-1))), 6),
-                "max_abs_difference": float(f"{difference:.6g}")}
+        return {
+            "accuracy": round(float(np.mean(labels == actual)), 6),
+            "agreement": round(float(np.mean(labels == reference.argmax(axis=-1))), 6),
+            "max_abs_difference": float(f"{difference:.6g}"),
+        }
     target = np.asarray(actual, np.float64).reshape(-1) * encoding.std + encoding.mean
-    return {"mae": round(float(np.mean(np.abs(outputs.reshape(-1) - target))), 6), "max_abs_difference": float(f"{difference:.6g}")}
+    return {
+        "mae": round(float(np.mean(np.abs(outputs.reshape(-1) - target))), 6),
+        "max_abs_difference": float(f"{difference:.6g}"),
+    }
 
 
 def size_bytes(path: Path) -> int:

@@ -8,6 +8,7 @@ temporary file is flushed to the disk (fsync) before the rename and the folder a
 after a power loss an output DVC recorded as done is there in full, not empty. A full disk or a
 read-only folder is a PipelineError naming the file, not a traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
         to_disk(path.parent)  # then the rename itself
     except OSError as exc:
-        if exc.errno in OS_HINTS and (tmp is None or concerns(exc, path, tmp)):  # None: making the folder or the file failed
+        # None: making the folder or the file failed
+        if exc.errno in OS_HINTS and (tmp is None or concerns(exc, path, tmp)):
             raise os_error(exc, path) from None
         raise
     finally:
@@ -65,7 +67,9 @@ def temporary_sibling(path: Path) -> Path:
         except FileExistsError:
             continue  # taken (a leftover, another writer, or a planted link): draw another name
         return tmp
-    raise PipelineError(f"cannot write {path}: no free temporary name beside it; remove the *.tmp files in {path.parent}")
+    raise PipelineError(
+        f"cannot write {path}: no free temporary name beside it; remove the *.tmp files in {path.parent}"
+    )
 
 
 def remove_leftovers(path: Path) -> None:
@@ -77,7 +81,11 @@ def remove_leftovers(path: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             found = pattern.fullmatch(entry.name)
-            if not found or not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            if (
+                not found
+                or not entry.is_file(follow_symlinks=False)
+                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
+            ):
                 continue
             try:
                 os.kill(int(found.group(1)), 0)
@@ -169,7 +177,9 @@ def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Python objects" in str(exc):
-            raise PipelineError(f"{path} holds Python objects, which are never unpickled; rerun the stage that writes it") from None
+            raise PipelineError(
+                f"{path} holds Python objects, which are never unpickled; rerun the stage that writes it"
+            ) from None
         raise PipelineError(f"{path} is not a valid .npy array ({exc}); rerun the stage that writes it") from None
 
 

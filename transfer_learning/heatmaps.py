@@ -14,6 +14,7 @@ average is explained, on the image as it is.
   as grids under plots/evaluate/figures/heatmaps (evaluation.image_grid: PNGs without metadata, the same bytes
   every run). -> the Markdown lines of the review that show them.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,10 @@ from transfer_learning import evaluation, review
 from transfer_learning.errors import PipelineError
 from transfer_learning.records import Encoding
 
-MISTAKES = 8            # worst cases shown with their heatmaps
-CORRECT_PER_CLASS = 2   # most confident correct test images per class (regression: smallest errors, in all)
-CORRECT_MAX = 24        # at most this many correct images (many classes: the first classes)
-BATCH = 16              # images per gradient pass
+MISTAKES = 8  # worst cases shown with their heatmaps
+CORRECT_PER_CLASS = 2  # most confident correct test images per class (regression: smallest errors, in all)
+CORRECT_MAX = 24  # at most this many correct images (many classes: the first classes)
+BATCH = 16  # images per gradient pass
 COLUMNS, CELL = 6, 1.6  # the grids: images per row, inches per image (160 pixels)
 # Layers after the last feature map, skipped in the search for it
 POOLING = (layers.MaxPooling2D, layers.AveragePooling2D)
@@ -43,13 +44,19 @@ class Explainer:
     def __init__(self, model: keras.Model):
         found = network_and_base(model)
         if found is None:
-            raise PipelineError(f"model {model.name}: no convolutional base (a nested model with a 4-D output) in it; "
-                                "heatmaps need the base (rebuild the model with `dvc repro --force`)")
+            raise PipelineError(
+                f"model {model.name}: no convolutional base (a nested model with a 4-D output) in it; "
+                "heatmaps need the base (rebuild the model with `dvc repro --force`)"
+            )
         self.network, self.base = found
         self.feature_layer = last_feature_map(self.base)
         output = self.feature_layer.output
         self.bottom = keras.Model(self.base.input, output, name="base_to_feature_map")
-        self.top = None if output is self.base.output else keras.Model(output, self.base.output, name="feature_map_to_base_output")
+        self.top = (
+            None
+            if output is self.base.output
+            else keras.Model(output, self.base.output, name="feature_map_to_base_output")
+        )
 
     def run(self, x, model: keras.Model | None = None, logits: bool = False, seen: list | None = None):
         """The network's layers in order (a chain: each takes the one before), the feature map appended to `seen`;
@@ -76,7 +83,7 @@ class Explainer:
 
         maps = []
         for start in range(0, len(images), BATCH):
-            x = tf.constant(np.asarray(images[start:start + BATCH], dtype=np.float32))
+            x = tf.constant(np.asarray(images[start : start + BATCH], dtype=np.float32))
             seen = []
             with tf.GradientTape() as tape:
                 out = self.run(x, logits=targets is not None, seen=seen)
@@ -85,7 +92,7 @@ class Explainer:
                 if targets is None:
                     score = tf.reduce_sum(out)
                 else:
-                    rows = targets[start:start + BATCH]
+                    rows = targets[start : start + BATCH]
                     score = tf.reduce_sum(tf.gather(out, rows, axis=1, batch_dims=1))
             self.check(x, out, targets is not None)
             features = tf.cast(seen[0], tf.float32)
@@ -101,8 +108,10 @@ class Explainer:
         expected = np.asarray(self.network(x, training=False), dtype=np.float32)
         got = np.asarray(keras.ops.softmax(out) if logits else out, dtype=np.float32)
         if not np.allclose(got, expected, atol=1e-3):
-            raise PipelineError(f"model {self.network.name}: its layers are not one chain from pixels to outputs; "
-                                "heatmaps cannot be computed for it")
+            raise PipelineError(
+                f"model {self.network.name}: its layers are not one chain from pixels to outputs; "
+                "heatmaps cannot be computed for it"
+            )
 
 
 def network_and_base(model: keras.Model):
@@ -150,8 +159,15 @@ def correct_cases(actual: np.ndarray, outputs: np.ndarray, encoding: Encoding, p
     errors), at most CORRECT_MAX; ties in test order. Columns as review.worst_cases."""
     if encoding.is_classification:
         classes = np.asarray(encoding.classes)
-        frame = pd.DataFrame({"index": np.arange(len(actual)), "path": paths, "actual": actual,
-                              "predicted": classes[outputs.argmax(axis=-1)], "probability": outputs.max(axis=-1).astype(float)})
+        frame = pd.DataFrame(
+            {
+                "index": np.arange(len(actual)),
+                "path": paths,
+                "actual": actual,
+                "predicted": classes[outputs.argmax(axis=-1)],
+                "probability": outputs.max(axis=-1).astype(float),
+            }
+        )
         frame = frame[frame["predicted"] == frame["actual"]]
         frame = frame.iloc[np.lexsort((frame["index"].to_numpy(), -frame["probability"].to_numpy()))]
         frame = frame.groupby("actual", sort=False).head(CORRECT_PER_CLASS)
@@ -159,37 +175,61 @@ def correct_cases(actual: np.ndarray, outputs: np.ndarray, encoding: Encoding, p
         frame = frame.iloc[np.lexsort((frame["index"].to_numpy(), -frame["probability"].to_numpy(), order))]
     else:
         frame = review.worst_cases(actual, outputs, encoding, paths)
-        frame = frame.iloc[np.lexsort((frame["index"].to_numpy(), frame["error"].abs().to_numpy()))].head(CORRECT_PER_CLASS * 4)
+        frame = frame.iloc[np.lexsort((frame["index"].to_numpy(), frame["error"].abs().to_numpy()))].head(
+            CORRECT_PER_CLASS * 4
+        )
     return frame.head(CORRECT_MAX).reset_index(drop=True)
 
 
 def grid(images: np.ndarray, captions: list[str], title: str, path: Path, columns: int = COLUMNS) -> None:
     """evaluation.image_grid in smaller cells (CELL inches, three caption lines over each image): a PR comment shows a
     page of them, not megabytes."""
-    evaluation.image_grid(images, captions, title, path, columns, cell=CELL, row_height=CELL + 0.55, title_height=0.5,
-                          fontsizes=(7, 10))
+    evaluation.image_grid(
+        images, captions, title, path, columns, cell=CELL, row_height=CELL + 0.55, title_height=0.5, fontsizes=(7, 10)
+    )
 
 
-def write(model: keras.Model, images: np.ndarray, worst: pd.DataFrame, correct: pd.DataFrame, encoding: Encoding,
-          folder: Path, report: Path) -> list[str]:
+def write(
+    model: keras.Model,
+    images: np.ndarray,
+    worst: pd.DataFrame,
+    correct: pd.DataFrame,
+    encoding: Encoding,
+    folder: Path,
+    report: Path,
+) -> list[str]:
     """The heatmap grids of the first MISTAKES rows of `worst` and of `correct` into `folder`; -> the review's section."""
     explainer = Explainer(model)
     task = encoding.task
     shown = {"mistakes.png": worst.head(MISTAKES), "correct.png": correct}
     index = {name: i for i, name in enumerate(encoding.classes or [])}  # regression has no classes
-    titles = {"mistakes.png": review.figure_title(worst, task, MISTAKES).replace("Fine-tuned model:", "Grad-CAM of the fine-tuned model:"),
-              "correct.png": "Grad-CAM of the fine-tuned model: its most confident correct test images" if task == "classification"
-              else "Grad-CAM of the fine-tuned model: the test images with the smallest errors"}
-    lines = ["## Where the fine-tuned model looked", "",
-             f"Grad-CAM at the last convolutional feature map of the base ({explainer.feature_layer.name}): red where the "
-             + ("predicted class's score" if task == "classification" else "predicted target") + " rose most.", ""]
+    titles = {
+        "mistakes.png": review.figure_title(worst, task, MISTAKES).replace(
+            "Fine-tuned model:", "Grad-CAM of the fine-tuned model:"
+        ),
+        "correct.png": "Grad-CAM of the fine-tuned model: its most confident correct test images"
+        if task == "classification"
+        else "Grad-CAM of the fine-tuned model: the test images with the smallest errors",
+    }
+    lines = [
+        "## Where the fine-tuned model looked",
+        "",
+        f"Grad-CAM at the last convolutional feature map of the base ({explainer.feature_layer.name}): red where the "
+        + ("predicted class's score" if task == "classification" else "predicted target")
+        + " rose most.",
+        "",
+    ]
     for name, cases in shown.items():
         rows = cases["index"].to_numpy()
         pictures = np.asarray(images[rows]) if len(rows) else np.zeros((0,) + images.shape[1:], np.uint8)
         classes = np.array([index[c] for c in cases["predicted"]]) if task == "classification" else None
         maps = explainer.gradcam(pictures, classes)
         path = folder / name
-        grid(np.stack([overlay(p, m) for p, m in zip(pictures, maps)]) if len(rows) else pictures,
-             [review.caption(row, task) for row in cases.itertuples()], titles[name], path)
+        grid(
+            np.stack([overlay(p, m) for p, m in zip(pictures, maps)]) if len(rows) else pictures,
+            [review.caption(row, task) for row in cases.itertuples()],
+            titles[name],
+            path,
+        )
         lines += [f"![{titles[name]}]({Path(os.path.relpath(path, Path(report).parent)).as_posix()})", ""]
     return lines[:-1]

@@ -15,6 +15,7 @@ file once, in threads), checks each file's sha256 against the manifest's (a file
 not a silent other picture), squares it as normalize said and, for a variant, applies augmentation.variant with its
 own seed: the bytes the stored arrays held, so features, activations and models are the same as before.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,9 @@ import pandas as pd
 from transfer_learning import augmentation, images, paths, records, settings
 from transfer_learning.errors import PipelineError
 
-LIST_COLUMNS = ["path", "file_sha256"]                       # normalize's <split>_images.csv
-VARIANT_COLUMNS = ["path", "file_sha256", "image", "copy"]   # augment's: `image` numbers the training image, `copy` 0 is it
+LIST_COLUMNS = ["path", "file_sha256"]  # normalize's <split>_images.csv
+# augment's: `image` numbers the training image, `copy` 0 is it
+VARIANT_COLUMNS = ["path", "file_sha256", "image", "copy"]
 
 
 def source_folder(files_record: records.ImageFiles) -> Path:
@@ -40,7 +42,9 @@ def source_folder(files_record: records.ImageFiles) -> Path:
 class ImageSet:
     """An (n, size, size, 3) uint8 array-like over image files: what Batches, inference and the review index."""
 
-    def __init__(self, rows: pd.DataFrame, files_record: records.ImageFiles, augment: records.Augmentation | None = None):
+    def __init__(
+        self, rows: pd.DataFrame, files_record: records.ImageFiles, augment: records.Augmentation | None = None
+    ):
         self.root = source_folder(files_record)
         self.preparation = files_record.preparation
         self.paths = rows["path"].astype(str).to_numpy()
@@ -79,7 +83,11 @@ class ImageSet:
             row = rows[i]
             picture = decoded[self.paths[row]]
             copy = int(self.copy[row])
-            out[i] = picture if copy == 0 else augmentation.variant(picture, self.augment, (self.augment.seed, int(self.image[row]), copy - 1))
+            out[i] = (
+                picture
+                if copy == 0
+                else augmentation.variant(picture, self.augment, (self.augment.seed, int(self.image[row]), copy - 1))
+            )
 
         list(self._pool.map(fill, range(len(rows))))
         return out
@@ -91,9 +99,13 @@ class ImageSet:
         try:
             data = file.read_bytes()
         except OSError as exc:
-            raise PipelineError(f"{file}: cannot read it ({exc.strerror or exc}); data.source changed after ingest: run `dvc repro`") from None
+            raise PipelineError(
+                f"{file}: cannot read it ({exc.strerror or exc}); data.source changed after ingest: run `dvc repro`"
+            ) from None
         if hashlib.sha256(data).hexdigest() != self.sha256[row]:
-            raise PipelineError(f"{file} changed after ingest read it (its sha256 differs from {paths.MANIFEST}'s); run `dvc repro`")
+            raise PipelineError(
+                f"{file} changed after ingest read it (its sha256 differs from {paths.MANIFEST}'s); run `dvc repro`"
+            )
         try:
             pixels, _ = images.decode(data, prep.max_short_side, int(prep.max_megapixels * 1e6))
         except images.Unusable as exc:  # cannot happen to the bytes ingest decoded, unless the decoder changed

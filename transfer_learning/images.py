@@ -16,6 +16,7 @@ image waits until its decoding fits, and one larger than the whole budget (up to
 ingest.max_megapixels) decodes alone. So decoding holds at most max(DECODE_BUDGET, the largest
 image's pixels x its bytes per pixel), whatever the number of threads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,9 +48,15 @@ STRIP_BYTES_PER_PIXEL = 26
 # The long side may be at most this many times the short side.
 MAX_ASPECT_RATIO = 10
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose does).
-UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # Modes that can be shrunk before conversion to RGB (smaller than RGB, or RGB itself); others are converted in strips.
 SHRINK_FIRST = {"L", "LA", "RGB", "RGBA", "CMYK"}
 
@@ -112,7 +119,9 @@ def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[
         raise
     except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses to even open it
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise Unusable(too_large(f"{int(pixels.group(1)) / 1e6:.3g} megapixels" if pixels else "too many pixels", max_pixels)) from None
+        raise Unusable(
+            too_large(f"{int(pixels.group(1)) / 1e6:.3g} megapixels" if pixels else "too many pixels", max_pixels)
+        ) from None
     except UnidentifiedImageError:
         raise Unusable("not a readable image: the content is not JPEG, PNG, BMP, GIF, TIFF or WebP") from None
     except (OSError, SyntaxError, EOFError) as exc:
@@ -140,8 +149,10 @@ def check_size(size: tuple[int, int], max_pixels: int) -> None:
 def check_aspect(size: tuple[int, int]) -> None:
     ratio = max(size) / max(1, min(size))
     if ratio > MAX_ASPECT_RATIO:
-        raise Unusable(f"{size[0]}x{size[1]} pixels is thinner than 1:{MAX_ASPECT_RATIO} (the long side is {ratio:.3g} times the short "
-                       "side); crop it to include it")
+        raise Unusable(
+            f"{size[0]}x{size[1]} pixels is thinner than 1:{MAX_ASPECT_RATIO} (the long side is {ratio:.3g} times the short "
+            "side); crop it to include it"
+        )
 
 
 def too_large(shown: str, max_pixels: int) -> str:
@@ -187,7 +198,8 @@ def converted_in_strips(im: Image.Image, factor: int) -> Image.Image:
     width, height = im.size
     top = intensity_top(im) if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") else None
     out = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
-    rows = max(1, STRIP_PIXELS // width // factor) * factor  # whole blocks of `factor` rows: the same as reducing at once
+    # whole blocks of `factor` rows: the same as reducing at once
+    rows = max(1, STRIP_PIXELS // width // factor) * factor
     for start in range(0, height, rows):
         strip = to_rgb(im.crop((0, start, width, min(start + rows, height))), top)
         out.paste(strip.reduce(factor) if factor > 1 else strip, (0, start // factor))

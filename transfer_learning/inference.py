@@ -3,6 +3,7 @@
 Memory holds one chunk of images and its outputs, whatever the dataset size; a progress bar
 shows the chunks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,11 +15,13 @@ from tqdm import tqdm
 
 from transfer_learning import batches, files
 
-CHUNK = 512       # images per predict call; outputs are written as they come
-BATCH_SIZE = 64   # images per forward pass
+CHUNK = 512  # images per predict call; outputs are written as they come
+BATCH_SIZE = 64  # images per forward pass
 
 
-def predict_to_npy(model: keras.Model, images: np.ndarray, paths: list[Path], dtype, desc: str, replicas: int = 1) -> list[tuple]:
+def predict_to_npy(
+    model: keras.Model, images: np.ndarray, paths: list[Path], dtype, desc: str, replicas: int = 1
+) -> list[tuple]:
     """model(images) -> one .npy (dtype) per output of the model, in the order of `paths`, written chunk by chunk and
     published atomically (all of them, or none if it fails). -> their shapes.
 
@@ -30,9 +33,11 @@ def predict_to_npy(model: keras.Model, images: np.ndarray, paths: list[Path], dt
         outs = [stack.enter_context(files.npy_writer(path, shape, dtype)) for path, shape in zip(paths, shapes)]
         progress = stack.enter_context(tqdm(total=len(images), desc=desc, unit="img"))
         for chunk in chunks(len(images)):
-            predicted = model.predict(batches.Batches(images[chunk.start:chunk.stop], None, BATCH_SIZE, replicas=replicas), verbose=0)
+            predicted = model.predict(
+                batches.Batches(images[chunk.start : chunk.stop], None, BATCH_SIZE, replicas=replicas), verbose=0
+            )
             for out, values in zip(outs, predicted if len(outs) > 1 else [predicted]):
-                out[chunk.start:chunk.stop] = values
+                out[chunk.start : chunk.stop] = values
             progress.update(len(chunk))
     return shapes
 

@@ -9,6 +9,7 @@ dvc.yaml declares the folder (an output), its metrics.json (top-level `metrics`)
 
 dvclive's metrics.json holds the last epoch; the restored best epoch is metrics/<stage>.json (training.best_epoch).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,4 +32,5 @@ def callbacks(folder: Path, chief: bool = True, resumed: int = 0, samples=None) 
     live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, resume=resumed > 0)
     if resumed:
         live.step = resumed
-    return ([samples.callback(live)] if samples is not None else []) + [DVCLiveCallback(live=live)]  # the image, then the step
+    # the image, then the step
+    return ([samples.callback(live)] if samples is not None else []) + [DVCLiveCallback(live=live)]

@@ -6,6 +6,7 @@ SavedModel its config names, and that graph (which may write files, read secrets
 (keras-team/keras#22035 and #23654). So `load` reads config.json itself first and refuses any class outside the few
 plain Keras classes this project's models are made of (ALLOWED): a model from elsewhere never reaches Keras' loader.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,23 @@ CORE = {
     (None, "__keras_tensor__", None),  # a layer's input, by the name of the layer that makes it
     ("keras", "DTypePolicy", None),
     *{("keras.initializers", name, None) for name in ("GlorotUniform", "Ones", "Zeros")},
-    *_layers("InputLayer", "Rescaling", "Dense", "Dropout", "GlobalAveragePooling2D", "Flatten", "Permute", "Average",
-             "Conv2D", "DepthwiseConv2D", "BatchNormalization", "ReLU", "Add", "ZeroPadding2D", "MaxPooling2D"),
+    *_layers(
+        "InputLayer",
+        "Rescaling",
+        "Dense",
+        "Dropout",
+        "GlobalAveragePooling2D",
+        "Flatten",
+        "Permute",
+        "Average",
+        "Conv2D",
+        "DepthwiseConv2D",
+        "BatchNormalization",
+        "ReLU",
+        "Add",
+        "ZeroPadding2D",
+        "MaxPooling2D",
+    ),
 }
 # What the other keras.applications families add (backbones.py; listed from a saved model of one family per
 # keras.applications module, tests/test_backbones.py loads them through `load`): plain layers, two of Keras' own
@@ -49,8 +65,17 @@ CORE = {
 APPLICATIONS = {
     ("keras", "Sequential", None),
     *{("keras.initializers", name, None) for name in ("HeNormal", "VarianceScaling")},
-    *_layers("Activation", "AveragePooling2D", "Concatenate", "Cropping2D", "LayerNormalization", "Multiply", "Normalization",
-             "Reshape", "SeparableConv2D"),
+    *_layers(
+        "Activation",
+        "AveragePooling2D",
+        "Concatenate",
+        "Cropping2D",
+        "LayerNormalization",
+        "Multiply",
+        "Normalization",
+        "Reshape",
+        "SeparableConv2D",
+    ),
     ("keras.src.applications.convnext", "LayerScale", "LayerScale"),
     ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer", "CustomScaleLayer"),
     ("keras.src.ops.numpy", "Add", "Add"),
@@ -122,8 +147,12 @@ def renumber_shared_objects(config, ids: dict | None = None):
     number them 1, 2, ... in order of appearance instead (same sharing, reproducible bytes)."""
     ids = {} if ids is None else ids
     if isinstance(config, dict):
-        return {key: ids.setdefault(value, len(ids) + 1) if key == "shared_object_id" else renumber_shared_objects(value, ids)
-                for key, value in config.items()}
+        return {
+            key: ids.setdefault(value, len(ids) + 1)
+            if key == "shared_object_id"
+            else renumber_shared_objects(value, ids)
+            for key, value in config.items()
+        }
     if isinstance(config, list):
         return [renumber_shared_objects(value, ids) for value in config]
     return config
@@ -136,36 +165,58 @@ def load(path: Path) -> keras.Model:
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise PipelineError(f"cannot load the model {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                            f"{REBUILD}") from None
+        raise PipelineError(
+            f"cannot load the model {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; {REBUILD}"
+        ) from None
 
 
 def check_archive(path: Path) -> None:
     """A PipelineError unless `path` is an intact zip archive whose config.json names only ALLOWED classes."""
     if not path.is_file():
-        raise PipelineError(f"cannot load the model {path}: {'it is a folder' if path.is_dir() else 'no such file'}; {REBUILD}")
+        raise PipelineError(
+            f"cannot load the model {path}: {'it is a folder' if path.is_dir() else 'no such file'}; {REBUILD}"
+        )
     not_keras = f"cannot load the model {path}: not a Keras model file (a zip archive)"
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()  # every member against its checksum: a flipped byte or a truncated copy
             if damaged is not None:
-                raise PipelineError(f"cannot load the model {path}: the file is damaged ({damaged} fails its checksum); "
-                                    f"copy it again or {REBUILD}")
+                raise PipelineError(
+                    f"cannot load the model {path}: the file is damaged ({damaged} fails its checksum); "
+                    f"copy it again or {REBUILD}"
+                )
             info = archive.getinfo("config.json")
             if info.file_size > CONFIG_LIMIT:
-                raise PipelineError(f"{not_keras}: its config.json holds {info.file_size / 2**20:.0f} MB, more than the "
-                                    f"{CONFIG_LIMIT // 2**20} MB a model of this project needs; {REBUILD}")
+                raise PipelineError(
+                    f"{not_keras}: its config.json holds {info.file_size / 2**20:.0f} MB, more than the "
+                    f"{CONFIG_LIMIT // 2**20} MB a model of this project needs; {REBUILD}"
+                )
             config = json.loads(archive.read(info).decode("utf-8"))
     except KeyError:
         raise PipelineError(f"{not_keras}: it holds no config.json; {REBUILD}") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, ValueError, RecursionError, NotImplementedError,
-            RuntimeError) as exc:  # NotImplementedError: an unknown compression; RuntimeError: an encrypted member
-        raise PipelineError(f"{not_keras}; it is damaged, truncated or another kind of file ({type(exc).__name__}): "
-                            f"copy it again or {REBUILD}") from None
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:  # NotImplementedError: an unknown compression; RuntimeError: an encrypted member
+        raise PipelineError(
+            f"{not_keras}; it is damaged, truncated or another kind of file ({type(exc).__name__}): "
+            f"copy it again or {REBUILD}"
+        ) from None
     except OSError as exc:
         raise PipelineError(f"cannot load the model {path}: cannot read it ({exc.strerror or exc})") from None
-    if not isinstance(config, dict) or (config.get("module"), config.get("class_name")) != ("keras.src.models.functional", "Functional"):
-        raise PipelineError(f"{not_keras}: its config.json describes no Keras model of this project (a Functional model); {REBUILD}")
+    if not isinstance(config, dict) or (config.get("module"), config.get("class_name")) != (
+        "keras.src.models.functional",
+        "Functional",
+    ):
+        raise PipelineError(
+            f"{not_keras}: its config.json describes no Keras model of this project (a Functional model); {REBUILD}"
+        )
     # Keras drops the model's own compile_config unread when loading with compile=False (old models carry one)
     config = {key: value for key, value in config.items() if key != "compile_config"}
     refused = first_refused_class(config)
@@ -174,9 +225,11 @@ def check_archive(path: Path) -> None:
         named = ".".join(part for part in (module, class_name) if part) or "without a name"
         if registered_name and registered_name != class_name:
             named += f" (registered as {registered_name})"
-        raise PipelineError(f"cannot load the model {path}: it names the class {named}, which this project never writes "
-                            "(its models hold only plain Keras layers); a model from elsewhere can run code when it is loaded "
-                            "or called: use a model this project trained (`dvc repro`)")
+        raise PipelineError(
+            f"cannot load the model {path}: it names the class {named}, which this project never writes "
+            "(its models hold only plain Keras layers); a model from elsewhere can run code when it is loaded "
+            "or called: use a model this project trained (`dvc repro`)"
+        )
 
 
 def first_refused_class(config) -> tuple | None:

@@ -10,6 +10,7 @@ default cut) is backbones.py, docs/backbones.md.
 How the trained network becomes the file users load (test-time augmentation, the target's unit) is packaging.py;
 saving and loading .keras files is model_files.py.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,9 +28,14 @@ def set_precision(precision: str) -> None:
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
 
 
-
-def build_base(name: str, alpha: float, weights: str, minimalistic: bool = False, image_size: int | None = None,
-               fixed_size: bool = False) -> keras.Model:
+def build_base(
+    name: str,
+    alpha: float,
+    weights: str,
+    minimalistic: bool = False,
+    image_size: int | None = None,
+    fixed_size: bool = False,
+) -> keras.Model:
     """The convolutional base of a keras.applications family (backbones.py) without its classifier.
     weights: imagenet | none | path/to/x.weights.h5.
 
@@ -45,19 +51,24 @@ def build_base(name: str, alpha: float, weights: str, minimalistic: bool = False
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Weights for input shape")  # intended: any input size
-            base = application(input_shape=shape, include_top=False, weights=keras_weights, **family.options(alpha, minimalistic))
+            base = application(
+                input_shape=shape, include_top=False, weights=keras_weights, **family.options(alpha, minimalistic)
+            )
     except ValueError as exc:
-        raise PipelineError(f"base.name={name}, base.alpha={alpha:g}, base.weights={weights}: {' '.join(str(exc).split())}") from None
+        raise PipelineError(
+            f"base.name={name}, base.alpha={alpha:g}, base.weights={weights}: {' '.join(str(exc).split())}"
+        ) from None
     except Exception as exc:  # the download failed: no network and nothing in the Keras cache
-        raise PipelineError(f"cannot get the ImageNet weights of {name} ({exc.__class__.__name__}: {exc}); "
-                            "put the weights file in ~/.keras/models (see docs/setup.md) or set base.weights") from None
+        raise PipelineError(
+            f"cannot get the ImageNet weights of {name} ({exc.__class__.__name__}: {exc}); "
+            "put the weights file in ~/.keras/models (see docs/setup.md) or set base.weights"
+        ) from None
     if weights not in ("imagenet", "none"):
         try:
             base.load_weights(weights)
         except (ValueError, OSError) as exc:
             raise PipelineError(f"base.weights {weights} does not fit {name}: {exc}") from None
     return base
-
 
 
 def preprocessing(name: str) -> list[layers.Layer]:
@@ -68,8 +79,13 @@ def preprocessing(name: str) -> list[layers.Layer]:
         return [layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit_range")]
     if style == "torch":  # (x / 255 - mean) / std per channel = (x - 255 mean) / sqrt((255 std)^2)
         mean, std = np.array(backbones.IMAGENET_MEAN), np.array(backbones.IMAGENET_STD)
-        return [layers.Normalization(mean=(255 * mean).tolist(), variance=((255 * std) ** 2).tolist(), name="imagenet_mean_std")]
-    if style == "caffe":  # a fixed Dense layer: its kernel swaps R and B (every output is one input times 1), its bias the mean
+        return [
+            layers.Normalization(
+                mean=(255 * mean).tolist(), variance=((255 * std) ** 2).tolist(), name="imagenet_mean_std"
+            )
+        ]
+    # a fixed Dense layer: its kernel swaps R and B (every output is one input times 1), its bias the mean
+    if style == "caffe":
         to_bgr = layers.Dense(3, trainable=False, name="rgb_to_bgr_minus_mean")
         to_bgr.build((None, 3))
         to_bgr.set_weights([np.eye(3, dtype=np.float32)[::-1], -np.array(backbones.CAFFE_BGR_MEAN, np.float32)])
@@ -77,13 +93,13 @@ def preprocessing(name: str) -> list[layers.Layer]:
     return []  # "none": the base's own Rescaling/Normalization layers do it
 
 
-
 def pooling(kind: str) -> layers.Layer:
     return layers.GlobalAveragePooling2D(name="pool") if kind == "avg" else layers.Flatten(name="pool")
 
 
-
-def feature_extractor(base: keras.Model, base_name: str, image_size: int, pooling_kind: str, cut: str | int | None = None) -> keras.Model:
+def feature_extractor(
+    base: keras.Model, base_name: str, image_size: int, pooling_kind: str, cut: str | int | None = None
+) -> keras.Model:
     """Raw pixels -> pooled base features: what the head is trained on.
 
     With `cut` (a layer of the base) a second output from the same pass: the frozen base's activations at the input
@@ -100,7 +116,6 @@ def feature_extractor(base: keras.Model, base_name: str, image_size: int, poolin
     return keras.Model(inputs, [features, activations], name="feature_and_activation_extractor")
 
 
-
 def build_head(n_features: int, units: int, dropout: float, n_outputs: int, task: str) -> keras.Model:
     """pooled features -> Dense(units, relu) -> Dropout -> Dense(n_outputs) (softmax, or linear for regression)."""
     inputs = keras.Input((n_features,), name="features")
@@ -110,11 +125,9 @@ def build_head(n_features: int, units: int, dropout: float, n_outputs: int, task
     return keras.Model(inputs, outputs, name="head")
 
 
-
 def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
     """Feature extractor + head: raw pixels -> head outputs (standardized for regression)."""
     return keras.Model(extractor.input, head(extractor.output), name="transfer_model")
-
 
 
 def cut_index(base: keras.Model, cut: str | int) -> int:
@@ -124,15 +137,18 @@ def cut_index(base: keras.Model, cut: str | int) -> int:
     names = [layer.name for layer in base.layers]
     if isinstance(cut, int):
         if not 1 <= cut < len(names):
-            raise PipelineError(f"fine_tune.unfreeze_from {cut} is not a layer number of {base.name}: it has {len(names)} layers, "
-                                f"so freeze between 1 and {len(names) - 1} of them (layer 0 is its input)")
+            raise PipelineError(
+                f"fine_tune.unfreeze_from {cut} is not a layer number of {base.name}: it has {len(names)} layers, "
+                f"so freeze between 1 and {len(names) - 1} of them (layer 0 is its input)"
+            )
         return cut
     if cut not in names:
         blocks = [n for n in names if n.endswith(("_expand", "_conv1", "Conv_1", "_project"))] or names
-        raise PipelineError(f"fine_tune.unfreeze_from {cut!r} is not a layer of {base.name}; for example: {', '.join(blocks[:40])} "
-                            f"(or a number of layers to freeze; `python -m transfer_learning.cuts <base.name>` lists the cuts)")
+        raise PipelineError(
+            f"fine_tune.unfreeze_from {cut!r} is not a layer of {base.name}; for example: {', '.join(blocks[:40])} "
+            f"(or a number of layers to freeze; `python -m transfer_learning.cuts <base.name>` lists the cuts)"
+        )
     return names.index(cut)
-
 
 
 def unfreeze_from(base: keras.Model, cut: str | int) -> int:
@@ -159,7 +175,6 @@ def unfreeze_from(base: keras.Model, cut: str | int) -> int:
             for inner in layer._flatten_layers(include_self=False):
                 inner.trainable = not isinstance(inner, layers.BatchNormalization)
     return len(base.trainable_weights)
-
 
 
 def crossings(base: keras.Model) -> list[int]:
@@ -191,12 +206,14 @@ def crossings(base: keras.Model) -> list[int]:
     return [at_operation[index[id(layer)]] for layer in base.layers]
 
 
-
 def valid_cuts(base: keras.Model) -> list[int]:
     """The layer numbers where the base can be cut for cached activations: one tensor crosses, and the layer there is
     not a BatchNormalization (it stays frozen, so the cut would really start at the layer after it)."""
-    return [i for i, n in enumerate(crossings(base)) if i >= 1 and n == 1 and not isinstance(base.layers[i], layers.BatchNormalization)]
-
+    return [
+        i
+        for i, n in enumerate(crossings(base))
+        if i >= 1 and n == 1 and not isinstance(base.layers[i], layers.BatchNormalization)
+    ]
 
 
 def nearest_cuts(base: keras.Model, start: int, count: int = 3) -> str:
@@ -205,7 +222,6 @@ def nearest_cuts(base: keras.Model, start: int, count: int = 3) -> str:
     below = [i for i in valid if i < start][-count:]
     above = [i for i in valid if i > start][:count]
     return ", ".join(f"{i} ({base.layers[i].name})" for i in below + above)
-
 
 
 def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Model]:
@@ -224,18 +240,22 @@ def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Mo
         inputs = layer.input
         if start == 0:
             why = " is the input layer of the base, with nothing below it to cache"
-        elif all(isinstance(below, layers.InputLayer) for below in base.layers[:start]):  # VGG16's block1_conv1, MobileNetV2's Conv1
-            why = (" is the first layer of the base: nothing lies below it, so there is nothing to cache or keep frozen "
-                   "(every layer would train)")
+        # VGG16's block1_conv1, MobileNetV2's Conv1
+        elif all(isinstance(below, layers.InputLayer) for below in base.layers[:start]):
+            why = (
+                " is the first layer of the base: nothing lies below it, so there is nothing to cache or keep frozen "
+                "(every layer would train)"
+            )
         elif isinstance(inputs, (list, tuple)) and len(inputs) > 1:
             why = f" takes {len(inputs)} inputs (it joins the branches of a residual connection), so what enters it is not one activation"
         else:
             why = ": a residual connection jumps over this layer, so the activations below it cannot be cached"
-        raise PipelineError(f"fine_tune.unfreeze_from {shown}{why}; the nearest cuts that can be cached: "
-                            f"{nearest_cuts(base, start)} (all: python -m transfer_learning.cuts <base.name> <image size>; "
-                            "or set fine_tune.cache_activations: false)")
+        raise PipelineError(
+            f"fine_tune.unfreeze_from {shown}{why}; the nearest cuts that can be cached: "
+            f"{nearest_cuts(base, start)} (all: python -m transfer_learning.cuts <base.name> <image size>; "
+            "or set fine_tune.cache_activations: false)"
+        )
     return keras.Model(base.input, layer.input, name="base_bottom"), top
-
 
 
 def _top(base: keras.Model, start: int) -> keras.Model | None:
@@ -248,8 +268,9 @@ def _top(base: keras.Model, start: int) -> keras.Model | None:
     return None if any(layer.name in below for layer in top.layers) else top
 
 
-
-def top_model(base: keras.Model, cut: str | int, activation_shape: tuple, pooling_kind: str, head: keras.Model) -> keras.Model:
+def top_model(
+    base: keras.Model, cut: str | int, activation_shape: tuple, pooling_kind: str, head: keras.Model
+) -> keras.Model:
     """Cached activations -> top of the base -> pooling -> head: what cached fine-tuning trains.
 
     It shares its layers with `base`, so training it trains the full model's weights too.

@@ -4,6 +4,7 @@ and test-time augmentation baked in.
 With fine_tune.tta: flip the saved model runs the network on the image and on its mirror image and averages the two
 outputs, so predict and every user of the file get it. Plain serializable layers only (safe_mode=True loads them).
 """
+
 from __future__ import annotations
 
 import keras
@@ -28,7 +29,6 @@ def package(model: keras.Model, encoding: Encoding, tta: str = "none") -> keras.
         return model
     outputs = layers.Rescaling(encoding.std, offset=encoding.mean, name="to_target_unit")(model.output)
     return keras.Model(model.input, outputs, name=model.name)
-
 
 
 def mirror(width: int) -> list[layers.Layer]:

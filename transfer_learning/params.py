@@ -3,6 +3,7 @@
 Each stage calls `load()` first, so a typo (`fine_tune.lr_rate`), a wrong type or an out-of-range
 value stops the run before any work, with one line naming the key and what is allowed.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -17,12 +18,13 @@ from transfer_learning import backbones, paths
 from transfer_learning.errors import PipelineError
 
 BASE_NAMES = backbones.NAMES  # every ImageNet family of keras.applications (backbones.py)
-SEED_LIMIT = 2**32         # NumPy and TensorFlow seeds are 32-bit: a larger one would crash train-head with a traceback
-MIN_FRACTION = 0.001       # least split.val, split.test and training share: each split needs one image per class, so
-                           # smaller fractions would need thousands of images per class (and a long loop to say so)
-MAX_AUGMENT_COPIES = 100   # the augmented training set is copies + 1 times the normalized one, on disk and in every epoch
-MAX_MIXUP = 10            # mixup's Beta(alpha, alpha): larger alphas all blend about half and half
-MAX_FOLDS = 20            # train_head.folds: each fold trains a head
+SEED_LIMIT = 2**32  # NumPy and TensorFlow seeds are 32-bit: a larger one would crash train-head with a traceback
+MIN_FRACTION = 0.001  # least split.val, split.test and training share: each split needs one image per class, so
+# smaller fractions would need thousands of images per class (and a long loop to say so)
+# the augmented training set is copies + 1 times the normalized one, on disk and in every epoch
+MAX_AUGMENT_COPIES = 100
+MAX_MIXUP = 10  # mixup's Beta(alpha, alpha): larger alphas all blend about half and half
+MAX_FOLDS = 20  # train_head.folds: each fold trains a head
 
 
 # How an image file becomes the model's input: params of ingest and normalize that the saved model's encoding.json
@@ -38,6 +40,7 @@ Resize = Literal["crop", "pad"]
 class Section(BaseModel):
     """A section of params.yaml. Each key's docstring is its description, the one place it is written: docs/params.md
     is generated from this schema (python -m transfer_learning.params_doc), and a test keeps the two equal."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
@@ -58,7 +61,9 @@ class Data(Section):
     @model_validator(mode="after")
     def two_columns(self):
         if self.path_column == self.target_column:
-            raise ValueError(f"data.path_column and data.target_column are both {self.path_column!r}; they must be two columns")
+            raise ValueError(
+                f"data.path_column and data.target_column are both {self.path_column!r}; they must be two columns"
+            )
         return self
 
     @model_validator(mode="after")
@@ -66,17 +71,23 @@ class Data(Section):
         """A relative data.source must stay inside the project: queued experiments (dvc exp run --queue) run in a
         copy of the project under .dvc/tmp/exps, where `../x` is another folder. It may not hold the pipeline's outputs."""
         if not Path(self.source).is_absolute() and leaves(self.source):
-            raise ValueError(f"data.source {self.source} is a relative path outside the project: give its absolute path "
-                             f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` (docs/data.md); "
-                             "queued experiments run in a copy of the project, where a relative path outside it points elsewhere")
+            raise ValueError(
+                f"data.source {self.source} is a relative path outside the project: give its absolute path "
+                f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` (docs/data.md); "
+                "queued experiments run in a copy of the project, where a relative path outside it points elsewhere"
+            )
         source = Path(self.source).resolve()
         for output in paths.OUTPUT_FOLDERS:
             output = output.resolve()
             if source == output or source.is_relative_to(output) or output.is_relative_to(source):
-                raise ValueError(f"data.source {self.source} overlaps the pipeline's own outputs ({output.relative_to(Path.cwd().resolve())}); "
-                                 "point it at a folder that holds only your images, e.g. data/raw/<name>")
+                raise ValueError(
+                    f"data.source {self.source} overlaps the pipeline's own outputs ({output.relative_to(Path.cwd().resolve())}); "
+                    "point it at a folder that holds only your images, e.g. data/raw/<name>"
+                )
         if self.csv and (Path(self.csv).is_absolute() or leaves(self.csv) or not self.csv.lower().endswith(".csv")):
-            raise ValueError(f"data.csv {self.csv!r} must name a .csv file inside data.source (e.g. labels.csv), or be empty for class folders")
+            raise ValueError(
+                f"data.csv {self.csv!r} must name a .csv file inside data.source (e.g. labels.csv), or be empty for class folders"
+            )
         return self
 
 
@@ -108,8 +119,10 @@ class Split(Section):
     def leaves_a_training_set(self):
         total = self.val + self.test
         if round(total, 12) > 1 - MIN_FRACTION:
-            raise ValueError(f"split.val + split.test = {total:g} leaves {'no' if total >= 1 else 'almost no'} training set; "
-                             f"keep it at most {1 - MIN_FRACTION:g}")
+            raise ValueError(
+                f"split.val + split.test = {total:g} leaves {'no' if total >= 1 else 'almost no'} training set; "
+                f"keep it at most {1 - MIN_FRACTION:g}"
+            )
         return self
 
 
@@ -163,17 +176,28 @@ class Base(Section):
     def weights_exist(self):
         family = backbones.get(self.name)  # a ValueError naming the closest bases
         if self.minimalistic and not family.minimalistic:
-            raise ValueError(f"base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, not {self.name}; set it to false")
+            raise ValueError(
+                f"base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, not {self.name}; set it to false"
+            )
         alphas = family.imagenet_alphas(self.minimalistic)
         if alphas is not None and self.weights == "imagenet" and self.alpha not in alphas:
             variant = f"{self.name}{' (minimalistic)' if self.minimalistic else ''}"
-            raise ValueError(f"base.alpha={self.alpha:g} has no ImageNet weights for {variant}; "
-                             f"use one of {', '.join(f'{a:g}' for a in alphas)}")
+            raise ValueError(
+                f"base.alpha={self.alpha:g} has no ImageNet weights for {variant}; "
+                f"use one of {', '.join(f'{a:g}' for a in alphas)}"
+            )
         if self.weights not in ("imagenet", "none"):
             weights = Path(self.weights)
-            if not self.weights.endswith(".weights.h5") or weights.is_absolute() or leaves(self.weights) or weights.parts[0] != paths.WEIGHTS.name:
-                raise ValueError(f"base.weights must be imagenet, none or a .weights.h5 file in the project's {paths.WEIGHTS}/ folder "
-                                 f"(a dependency of every stage that builds the base, so replacing the file reruns them), got {self.weights!r}")
+            if (
+                not self.weights.endswith(".weights.h5")
+                or weights.is_absolute()
+                or leaves(self.weights)
+                or weights.parts[0] != paths.WEIGHTS.name
+            ):
+                raise ValueError(
+                    f"base.weights must be imagenet, none or a .weights.h5 file in the project's {paths.WEIGHTS}/ folder "
+                    f"(a dependency of every stage that builds the base, so replacing the file reruns them), got {self.weights!r}"
+                )
             if not weights.is_file():
                 raise ValueError(f"base.weights file {self.weights} does not exist")
         return self
@@ -255,7 +279,12 @@ class FineTune(Fit):
     @field_validator("unfreeze_from", mode="before")
     @classmethod
     def a_layer_or_a_number(cls, value):
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or value in ("", 0) or (isinstance(value, int) and value < 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, str))
+            or value in ("", 0)
+            or (isinstance(value, int) and value < 0)
+        ):
             raise ValueError("must be a layer name, 'default', or a number N >= 1 of layers to freeze")
         return value
 
@@ -283,12 +312,16 @@ class Params(Section):
         """normalize.image_size against the base's input-size rules (Keras' own check would fail only in extract-features)."""
         family, size = backbones.FAMILIES[self.base.name], self.normalize.image_size
         if size < family.min_size:
-            raise ValueError(f"normalize.image_size={size} is below {family.min_size}, the smallest input {self.base.name} takes; "
-                             f"raise it to at least {family.min_size}")
+            raise ValueError(
+                f"normalize.image_size={size} is below {family.min_size}, the smallest input {self.base.name} takes; "
+                f"raise it to at least {family.min_size}"
+            )
         if family.imagenet_sizes and self.base.weights == "imagenet" and size not in family.imagenet_sizes:
-            raise ValueError(f"normalize.image_size={size}: {self.base.name} with base.weights=imagenet takes only "
-                             f"{' or '.join(map(str, family.imagenet_sizes))} (the size its weights were made for); "
-                             "set normalize.image_size to it, or base.weights: none")
+            raise ValueError(
+                f"normalize.image_size={size}: {self.base.name} with base.weights=imagenet takes only "
+                f"{' or '.join(map(str, family.imagenet_sizes))} (the size its weights were made for); "
+                "set normalize.image_size to it, or base.weights: none"
+            )
         return self
 
 
@@ -302,7 +335,9 @@ def load(path: Path = paths.PARAMS, overrides: dict | None = None) -> Params:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PipelineError(f"{path}: cannot read params ({' '.join(str(exc).split())})") from None
     except RecursionError:
-        raise PipelineError(f"{path}: cannot read params (nested too deeply); params.yaml needs a few levels of sections") from None
+        raise PipelineError(
+            f"{path}: cannot read params (nested too deeply); params.yaml needs a few levels of sections"
+        ) from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected sections {', '.join(Params.model_fields)}, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
@@ -355,8 +390,9 @@ def expanded_values(node: yaml.Node, counted: dict, path: Path) -> int:
     a node is being counted). A shared node is counted once and its count reused, so the walk is as long as the file."""
     if id(node) in counted:
         if counted[id(node)] is None:
-            raise PipelineError(f"{path}: a YAML alias (*name) is used inside the value its anchor (&name) names; "
-                                "write the values out")
+            raise PipelineError(
+                f"{path}: a YAML alias (*name) is used inside the value its anchor (&name) names; write the values out"
+            )
         return counted[id(node)]
     counted[id(node)] = None
     if isinstance(node, yaml.MappingNode):
@@ -365,8 +401,10 @@ def expanded_values(node: yaml.Node, counted: dict, path: Path) -> int:
         children = node.value if isinstance(node, yaml.SequenceNode) else []
     total = 1 + sum(expanded_values(child, counted, path) for child in children)
     if total > MAX_YAML_VALUES:
-        raise PipelineError(f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
-                            "params.yaml needs about a hundred: write the values out instead of nesting aliases")
+        raise PipelineError(
+            f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
+            "params.yaml needs about a hundred: write the values out instead of nesting aliases"
+        )
     counted[id(node)] = total
     return total
 
@@ -382,7 +420,8 @@ def describe(exc: ValidationError) -> str:
             lines.append(f"missing key {key}")
         else:
             message = err["msg"].removeprefix("Value error, ")
-            whole_section = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # our validators name their keys
+            # our validators name their keys
+            whole_section = err["type"] == "value_error" and isinstance(err.get("input"), dict)
             lines.append(message if whole_section or not key else f"{key}: {message} (got {err.get('input')!r})")
     return " ".join("; ".join(lines).splitlines())
 
@@ -394,7 +433,9 @@ def unknown_key(loc: tuple) -> str:
         model = model.model_fields[part].annotation
     valid = list(model.model_fields)
     typo = str(loc[-1])
-    close = sorted((v for v in valid if typo.startswith(v) or v.startswith(typo)), key=len)[-1:] or difflib.get_close_matches(typo, valid, n=1)
+    close = sorted((v for v in valid if typo.startswith(v) or v.startswith(typo)), key=len)[
+        -1:
+    ] or difflib.get_close_matches(typo, valid, n=1)
     where = ".".join(map(str, section)) or "params.yaml"
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown key {'.'.join(map(str, loc))}{hint}; {where} keys: {', '.join(valid)}"

@@ -8,6 +8,7 @@ a tampered file with `"image_size": "24"` or `"max_megapixels": "180"` is refuse
 key, never coerced. Written with `dump()`, whose key order and values are those of the files before these records
 existed, so the committed run's bytes did not change.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,13 +51,17 @@ class Record(BaseModel):
 
 def problems(exc: ValidationError, shown: int = 3) -> str:
     """The first few problems of a validation, on one line: `input.image_size: Input should be a valid integer`."""
-    found = [f"{'.'.join(map(str, err['loc'])) or 'the file'}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
+    found = [
+        f"{'.'.join(map(str, err['loc'])) or 'the file'}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    ]
     more = f" and {len(found) - shown} more" if len(found) > shown else ""
     return "; ".join(found[:shown])[:500] + more
 
 
 class Preparation(Record):
     """How an image file becomes the model's input: the run's ingest and normalize params, for predict."""
+
     max_short_side: MaxShortSide
     max_megapixels: MaxMegapixels
     image_size: ImageSize
@@ -67,6 +72,7 @@ class ImageFiles(Record):
     """Where the images are and how a file becomes the model's input (normalize, data/normalized/images.json): the
     manifest's paths are relative to `source` (or to the folder of its CSV, `csv`). Readers decode the files
     (image_sets.ImageSet): no stage stores pixels."""
+
     source: str
     csv: str
     preparation: Preparation
@@ -75,6 +81,7 @@ class ImageFiles(Record):
 class Augmentation(Record):
     """The training set's random variants (augment, data/augmented/augment.json): the augment params, which
     augmentation.variant applies with each variant's own seed (seed, image, copy)."""
+
     copies: int
     seed: int
     horizontal_flip: bool
@@ -89,6 +96,7 @@ class Encoding(Record):
     """What the model's outputs mean: the class order (classification), or the training split's mean and std of the
     target (regression: the network learns the standardized target); beside the saved model also `input`, how images
     are prepared for it."""
+
     task: Task
     classes: tuple[str, ...] | None = None
     mean: float | None = None
@@ -102,7 +110,12 @@ class Encoding(Record):
                 raise ValueError("classification needs 'classes' (the class order) and no 'mean' or 'std'")
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError("'classes' names a class twice")
-        elif self.classes is not None or self.mean is None or self.std is None or not (self.std > 0 and math.isfinite(self.std)):
+        elif (
+            self.classes is not None
+            or self.mean is None
+            or self.std is None
+            or not (self.std > 0 and math.isfinite(self.std))
+        ):
             raise ValueError("regression needs the target's 'mean' and a positive 'std', and no 'classes'")
         return self
 
@@ -135,11 +148,12 @@ class SkippedFile(Record):
 
 class DataReport(Record):
     """metrics/data.json: what ingest found. `duplicates` counts images whose decoded pixels equal another's."""
+
     images: int
     skipped: int
     duplicates: int
-    classes: dict[str, int] | None = None                  # classification: images per class
-    target: dict[str, float] | None = None                 # regression: count, mean, std, min, quartiles, max
-    duplicates_with_different_targets: int | None = None   # regression: copies measured twice, kept in one split
+    classes: dict[str, int] | None = None  # classification: images per class
+    target: dict[str, float] | None = None  # regression: count, mean, std, min, quartiles, max
+    duplicates_with_different_targets: int | None = None  # regression: copies measured twice, kept in one split
     near_duplicates: tuple[NearDuplicates, ...]
     skipped_files: tuple[SkippedFile, ...]

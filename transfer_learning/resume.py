@@ -16,6 +16,7 @@ of replicas, the TensorFlow and Keras versions), so a backup is resumed only by 
 same epochs; backups of other fingerprints are deleted when the stage starts, and the stage's backups once it has
 written its outputs (`Backup.discard`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,11 @@ class Backup:
         backup = cls(folder, stage, live, chief)
         found = epochs_found(strategy, backup.epoch)  # every worker asks, whatever it found
         if len(set(found)) > 1:
-            print(f"{stage}: the workers found backups of epochs {', '.join(map(str, found))} (0: none) in {folder}: "
-                  "they do not share the chief's project folder; every worker starts at epoch 1", flush=True)
+            print(
+                f"{stage}: the workers found backups of epochs {', '.join(map(str, found))} (0: none) in {folder}: "
+                "they do not share the chief's project folder; every worker starts at epoch 1",
+                flush=True,
+            )
             backup.epoch, backup.state, backup.latest = 0, None, None
         if not backup.epoch and chief:
             shutil.rmtree(folder, ignore_errors=True)  # unreadable or not shared: epochs written from now on replace it
@@ -128,8 +132,10 @@ class Backup:
             with np.load(self.latest / "variables.npz", allow_pickle=False) as stored:
                 return {name: stored[name] for name in stored.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise PipelineError(f"cannot read the backup {self.latest} ({one_line(exc)}); delete {self.folder} and run "
-                                "`dvc repro` again") from None
+            raise PipelineError(
+                f"cannot read the backup {self.latest} ({one_line(exc)}); delete {self.folder} and run "
+                "`dvc repro` again"
+            ) from None
 
     def discard(self) -> None:
         """Delete the stage's backups: its outputs are written, nothing is left to resume."""
@@ -159,8 +165,10 @@ class EpochBackup(keras.callbacks.Callback):
                 optimizer.build(self.model.trainable_variables)
         for kind, variables in (("model", self.model.variables), ("optimizer", optimizer.variables)):
             if describe(variables) != state[f"{kind}_variables"]:
-                raise PipelineError(f"the backup {self.backup.latest} does not fit the {self.model.name} being trained "
-                                    f"({kind} variables differ); delete {self.backup.folder} and run `dvc repro` again")
+                raise PipelineError(
+                    f"the backup {self.backup.latest} does not fit the {self.model.name} being trained "
+                    f"({kind} variables differ); delete {self.backup.folder} and run `dvc repro` again"
+                )
             for i, variable in enumerate(variables):
                 variable.assign(stored[f"{kind}_{i}"])
         if self.stopping is not None and state["early_stopping"]:
@@ -185,13 +193,23 @@ class EpochBackup(keras.callbacks.Callback):
             best = self.stopping.best_weights or []
             arrays |= {f"best_{i}": np.asarray(w) for i, w in enumerate(best)}
             kept = self.stopping
-            stopping = {"wait": kept.wait, "best": None if kept.best is None else float(kept.best),
-                        "best_epoch": kept.best_epoch, "stopped_epoch": kept.stopped_epoch, "best_weights": len(best)}
-        state = {"epoch": epoch + 1, "stopped": bool(self.model.stop_training), "data_epoch": self.train.epoch,
-                 "history": self.rows, "early_stopping": stopping,
-                 "ema_in_model": bool(self.averaging and self.averaging._ema_weights_in_model),  # noqa: SLF001
-                 "model_variables": describe(self.model.variables),
-                 "optimizer_variables": describe(optimizer.variables)}
+            stopping = {
+                "wait": kept.wait,
+                "best": None if kept.best is None else float(kept.best),
+                "best_epoch": kept.best_epoch,
+                "stopped_epoch": kept.stopped_epoch,
+                "best_weights": len(best),
+            }
+        state = {
+            "epoch": epoch + 1,
+            "stopped": bool(self.model.stop_training),
+            "data_epoch": self.train.epoch,
+            "history": self.rows,
+            "early_stopping": stopping,
+            "ema_in_model": bool(self.averaging and self.averaging._ema_weights_in_model),  # noqa: SLF001
+            "model_variables": describe(self.model.variables),
+            "optimizer_variables": describe(optimizer.variables),
+        }
         self.backup.write(epoch + 1, state, arrays)
 
 
@@ -222,11 +240,18 @@ def fingerprint(stage: str, p, replicas: int) -> str:
     try:
         spec = yaml.safe_load(paths.DVC_YAML.read_text(encoding="utf-8"))["stages"][stage]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise PipelineError(f"cannot read the stage {stage} in {paths.DVC_YAML} ({one_line(exc)}), which says what its "
-                            "backups depend on; run the stage from the project's root folder") from None
+        raise PipelineError(
+            f"cannot read the stage {stage} in {paths.DVC_YAML} ({one_line(exc)}), which says what its "
+            "backups depend on; run the stage from the project's root folder"
+        ) from None
     values = p.model_dump(mode="json")
-    described = {"stage": spec, "params": {key: lookup(values, key) for key in spec.get("params", [])},
-                 "replicas": replicas, "tensorflow": tf.__version__, "keras": keras.__version__}
+    described = {
+        "stage": spec,
+        "params": {key: lookup(values, key) for key in spec.get("params", [])},
+        "replicas": replicas,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for dep in spec.get("deps", []):
         dep = Path(re.sub(r"\$\{([\w.]+)\}", lambda m: str(lookup(values, m.group(1))), dep))

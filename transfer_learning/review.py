@@ -10,6 +10,7 @@
 Text from the data (class names, file names) is drawn and written literally: no math text in figures, no
 Markdown or HTML in the report. No TensorFlow; evaluation.py draws the grid.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,8 @@ from transfer_learning import evaluation, files, paths
 from transfer_learning.records import DataReport, Encoding
 
 GRID_COLUMNS = 4
-WORST_CASES = 16      # images in the grid and rows in the report's table
-SKIPPED_SHOWN = 50    # skipped files listed in the report; every one is in metrics/data.json
+WORST_CASES = 16  # images in the grid and rows in the report's table
+SKIPPED_SHOWN = 50  # skipped files listed in the report; every one is in metrics/data.json
 MODEL_NAMES = {"head": "head only", "fine_tuned": "fine-tuned", "baseline": "constant baseline"}
 
 
@@ -37,14 +38,28 @@ def worst_cases(actual: np.ndarray, outputs: np.ndarray, encoding: Encoding, pat
     if encoding.is_classification:
         classes = np.asarray(encoding.classes)
         predicted = outputs.argmax(axis=-1)
-        frame = pd.DataFrame({"index": np.arange(len(actual)), "path": paths, "actual": actual, "predicted": classes[predicted],
-                              "probability": outputs.max(axis=-1).astype(float)})
+        frame = pd.DataFrame(
+            {
+                "index": np.arange(len(actual)),
+                "path": paths,
+                "actual": actual,
+                "predicted": classes[predicted],
+                "probability": outputs.max(axis=-1).astype(float),
+            }
+        )
         frame = frame[frame["predicted"] != frame["actual"]]
         order = np.lexsort((frame["index"].to_numpy(), -frame["probability"].to_numpy()))
     else:
         predicted = np.asarray(outputs, dtype=np.float64).reshape(-1)
-        frame = pd.DataFrame({"index": np.arange(len(actual)), "path": paths, "actual": actual, "predicted": predicted,
-                              "error": predicted - actual})
+        frame = pd.DataFrame(
+            {
+                "index": np.arange(len(actual)),
+                "path": paths,
+                "actual": actual,
+                "predicted": predicted,
+                "error": predicted - actual,
+            }
+        )
         order = np.lexsort((frame["index"].to_numpy(), -frame["error"].abs().to_numpy()))
     return frame.iloc[order].reset_index(drop=True)
 
@@ -72,7 +87,7 @@ def caption(row, task: str) -> str:
 
 
 def shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ------------------------------------------------------------------------------------------------ Markdown
@@ -91,15 +106,27 @@ def md(text) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+    ]
 
 
 def number(value, task: str) -> str:
     return f"{value:.3f}" if task == "classification" else f"{value:.4g}"
 
 
-def markdown(summary: dict, breakdown: pd.DataFrame, worst: pd.DataFrame, baseline, training: dict, data_report: DataReport,
-             encoding: Encoding, figure: Path, report: Path, extra: list[str] = ()) -> str:
+def markdown(
+    summary: dict,
+    breakdown: pd.DataFrame,
+    worst: pd.DataFrame,
+    baseline,
+    training: dict,
+    data_report: DataReport,
+    encoding: Encoding,
+    figure: Path,
+    report: Path,
+    extra: list[str] = (),
+) -> str:
     """The review report (to be written to `report`). `summary` is metrics/evaluate.json, `training` maps head and
     fine_tuned to their best-epoch metrics, `figure` is the worst-cases grid (linked relative to the report);
     `extra`: lines after the worst cases (the heatmaps, calibration)."""
@@ -114,26 +141,47 @@ def markdown(summary: dict, breakdown: pd.DataFrame, worst: pd.DataFrame, baseli
 
 def results(summary: dict, baseline, task: str) -> list[str]:
     models = [name for name in MODEL_NAMES if name in summary]
-    constant = f"always '{md(baseline)}' (the most frequent training class)" if task == "classification" else \
-        f"always {baseline:.4g} (the training mean)"
-    rows = [[md(metric.replace("_", " "))] + [number(summary[name][metric], task) for name in models] for metric in summary["head"]]
-    return ["## Test metrics", ""] + table(["metric"] + [MODEL_NAMES[name] for name in models], rows) + \
-        ["", f"Head only: the ImageNet base as it is, with the trained head. Constant baseline: {constant}."]
+    constant = (
+        f"always '{md(baseline)}' (the most frequent training class)"
+        if task == "classification"
+        else f"always {baseline:.4g} (the training mean)"
+    )
+    rows = [
+        [md(metric.replace("_", " "))] + [number(summary[name][metric], task) for name in models]
+        for metric in summary["head"]
+    ]
+    return (
+        ["## Test metrics", ""]
+        + table(["metric"] + [MODEL_NAMES[name] for name in models], rows)
+        + ["", f"Head only: the ImageNet base as it is, with the trained head. Constant baseline: {constant}."]
+    )
 
 
 def per_group(breakdown: pd.DataFrame, task: str) -> list[str]:
-    key, figures = ("class", ["precision", "recall", "f1"]) if task == "classification" else ("target_range", ["mae", "mean_residual"])
+    key, figures = (
+        ("class", ["precision", "recall", "f1"])
+        if task == "classification"
+        else ("target_range", ["mae", "mean_residual"])
+    )
     count = "support" if task == "classification" else "count"
     head, fine = (breakdown[breakdown["model"] == name].set_index(key) for name in ("head", "fine_tuned"))
-    rows = [[md(group), int(fine.loc[group, count])] + [f"{number(head.loc[group, f], task)} → {number(fine.loc[group, f], task)}"
-                                                         for f in figures] for group in fine.index]
+    rows = [
+        [md(group), int(fine.loc[group, count])]
+        + [f"{number(head.loc[group, f], task)} → {number(fine.loc[group, f], task)}" for f in figures]
+        for group in fine.index
+    ]
     title = "## Per class" if task == "classification" else "## Per target range"
-    return [title, "", "Head only → fine-tuned.", ""] + table([key.replace("_", " "), "test images"] + [f.replace("_", " ") for f in figures], rows)
+    return [title, "", "Head only → fine-tuned.", ""] + table(
+        [key.replace("_", " "), "test images"] + [f.replace("_", " ") for f in figures], rows
+    )
 
 
 def worst_section(worst: pd.DataFrame, task: str, figure: str) -> list[str]:
-    title = "## Most confident mistakes of the fine-tuned model" if task == "classification" else \
-        "## Largest errors of the fine-tuned model"
+    title = (
+        "## Most confident mistakes of the fine-tuned model"
+        if task == "classification"
+        else "## Largest errors of the fine-tuned model"
+    )
     lines = [title, "", f"![{figure_title(worst, task)}]({figure})", ""]
     if worst.empty:
         return lines + ["It classifies every test image correctly."]
@@ -150,22 +198,44 @@ def training_section(training: dict, task: str) -> list[str]:
     rows = []
     for name, run in training.items():
         if run.get("epochs_run"):
-            rows.append([MODEL_NAMES.get(name, name), f"{run['best_epoch']} of {run['epochs_run']}", number(run[f"train_{metric}"], task),
-                         number(run[f"val_{metric}"], task), f"{run['val_loss']:.4g}"])
+            rows.append(
+                [
+                    MODEL_NAMES.get(name, name),
+                    f"{run['best_epoch']} of {run['epochs_run']}",
+                    number(run[f"train_{metric}"], task),
+                    number(run[f"val_{metric}"], task),
+                    f"{run['val_loss']:.4g}",
+                ]
+            )
         else:
             rows.append([MODEL_NAMES.get(name, name), "not trained (0 epochs)", "", "", ""])
-    return ["## Training (best epoch, restored)", ""] + table(["model", "best epoch", f"train {metric}", f"val {metric}", "val loss"], rows)
+    return ["## Training (best epoch, restored)", ""] + table(
+        ["model", "best epoch", f"train {metric}", f"val {metric}", "val loss"], rows
+    )
 
 
 def data_section(report: DataReport, task: str) -> list[str]:
-    lines = ["## Data", "", f"{report.images} images, {report.duplicates} duplicates (same decoded pixels), {report.skipped} skipped."]
+    lines = [
+        "## Data",
+        "",
+        f"{report.images} images, {report.duplicates} duplicates (same decoded pixels), {report.skipped} skipped.",
+    ]
     if report.classes:
-        lines += ["", "Images per class: " + ", ".join(f"{md(name)} {count}" for name, count in report.classes.items()) + "."]
+        lines += [
+            "",
+            "Images per class: " + ", ".join(f"{md(name)} {count}" for name, count in report.classes.items()) + ".",
+        ]
     if report.duplicates_with_different_targets:
-        lines += ["", f"{report.duplicates_with_different_targets} pictures appear with two different targets (kept, in one split)."]
+        lines += [
+            "",
+            f"{report.duplicates_with_different_targets} pictures appear with two different targets (kept, in one split).",
+        ]
     if report.target:
         target = report.target
-        lines += ["", f"Target: mean {target['mean']:.4g}, std {target['std']:.4g}, from {target['min']:.4g} to {target['max']:.4g}."]
+        lines += [
+            "",
+            f"Target: mean {target['mean']:.4g}, std {target['std']:.4g}, from {target['min']:.4g} to {target['max']:.4g}.",
+        ]
     lines += ["", "### Skipped files", ""]
     if not report.skipped_files:
         return lines + ["None."]
@@ -175,17 +245,41 @@ def data_section(report: DataReport, task: str) -> list[str]:
     return lines
 
 
-def write(worst: pd.DataFrame, images: np.ndarray, summary: dict, breakdown: pd.DataFrame, baseline, training: dict, data_report: DataReport,
-          encoding: Encoding, extra: list[str] = ()) -> Path:
+def write(
+    worst: pd.DataFrame,
+    images: np.ndarray,
+    summary: dict,
+    breakdown: pd.DataFrame,
+    baseline,
+    training: dict,
+    data_report: DataReport,
+    encoding: Encoding,
+    extra: list[str] = (),
+) -> Path:
     """The grid of the WORST_CASES first of `worst` (rows of `images`, the test images) and the report around it
     (`extra`: see markdown). -> the grid."""
     task = encoding.task
     shown = worst.head(WORST_CASES)
     grid = paths.FIGURES / figure_name(task)
-    evaluation.image_grid(images[shown["index"].to_numpy()], [caption(row, task) for row in shown.itertuples()],
-                          figure_title(worst, task), grid, columns=GRID_COLUMNS)
-    report = markdown(summary, breakdown, worst, baseline, training, data_report, encoding, figure=grid, report=paths.REVIEW,
-                      extra=extra)
+    evaluation.image_grid(
+        images[shown["index"].to_numpy()],
+        [caption(row, task) for row in shown.itertuples()],
+        figure_title(worst, task),
+        grid,
+        columns=GRID_COLUMNS,
+    )
+    report = markdown(
+        summary,
+        breakdown,
+        worst,
+        baseline,
+        training,
+        data_report,
+        encoding,
+        figure=grid,
+        report=paths.REVIEW,
+        extra=extra,
+    )
     with files.atomic_path(paths.REVIEW) as tmp:
         tmp.write_text(report, encoding="utf-8")
     return grid

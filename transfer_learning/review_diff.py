@@ -12,6 +12,7 @@
 Neither is a pipeline output (git ignores them): they describe the workspace against a revision, not a run.
 No TensorFlow; DVC runs as `python -m dvc` of this Python.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ PLOTS = paths.REVIEW.parent / "plots-diff"
 def dvc(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
     if result.returncode != 0:
-        raise PipelineError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}; "
-                            "is the revision a commit, branch or tag of this repository?")
+        raise PipelineError(
+            f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}; "
+            "is the revision a commit, branch or tag of this repository?"
+        )
     return result.stdout
 
 
@@ -44,16 +47,22 @@ def plot_changes(data: dict, base: str) -> list[tuple[str, str, list[str]]]:
             urls = {entry["revisions"][0]: Path(entry["url"]) for entry in entries}
             if base in urls and "workspace" in urls:
                 same = urls[base].read_bytes() == urls["workspace"].read_bytes()
-                changes.append((name, "unchanged" if same else "changed", [] if same else [urls[base], urls["workspace"]]))
+                changes.append(
+                    (name, "unchanged" if same else "changed", [] if same else [urls[base], urls["workspace"]])
+                )
             else:
                 changes.append((name, "new" if "workspace" in urls else "removed", list(urls.values())))
             continue
         rows = {}
         for entry in entries:
             for row in entry["content"]["data"]["values"]:
-                rows.setdefault(row.get("rev"), []).append(json.dumps({k: v for k, v in row.items() if k != "rev"}, sort_keys=True))
+                rows.setdefault(row.get("rev"), []).append(
+                    json.dumps({k: v for k, v in row.items() if k != "rev"}, sort_keys=True)
+                )
         if base in rows and "workspace" in rows:
-            changes.append((name, "unchanged" if rows[base] == rows["workspace"] else "changed (chart: plots-diff/index.html)", []))
+            changes.append(
+                (name, "unchanged" if rows[base] == rows["workspace"] else "changed (chart: plots-diff/index.html)", [])
+            )
         else:
             changes.append((name, "new" if "workspace" in rows else "removed", []))
     return changes
@@ -63,15 +72,31 @@ def markdown(base: str, params: str, metrics: str, changes: list, report: Path) 
     def link(image: Path) -> str:
         return Path(os.path.relpath(image, report.parent)).as_posix()
 
-    lines = [f"# Changes against {base}", "", f"`dvc params diff {base}`, `dvc metrics diff {base}` and `dvc plots diff {base}`.", "",
-             "## Params", "", params.strip() if params.strip().count("\n") > 1 else "No param changed.", "",
-             "## Metrics", "", metrics.strip() if metrics.strip().count("\n") > 1 else "No metric changed.", "",
-             "## Plots", "", "| plot | against " + base + " |", "|---|---|"]
+    lines = [
+        f"# Changes against {base}",
+        "",
+        f"`dvc params diff {base}`, `dvc metrics diff {base}` and `dvc plots diff {base}`.",
+        "",
+        "## Params",
+        "",
+        params.strip() if params.strip().count("\n") > 1 else "No param changed.",
+        "",
+        "## Metrics",
+        "",
+        metrics.strip() if metrics.strip().count("\n") > 1 else "No metric changed.",
+        "",
+        "## Plots",
+        "",
+        "| plot | against " + base + " |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {change} |" for name, change, _ in changes]
     for name, change, images in changes:
         if images:
-            shown = " ".join(f"![{name} ({'workspace' if i == len(images) - 1 and change != 'removed' else base})]({link(image)})"
-                             for i, image in enumerate(images))
+            shown = " ".join(
+                f"![{name} ({'workspace' if i == len(images) - 1 and change != 'removed' else base})]({link(image)})"
+                for i, image in enumerate(images)
+            )
             lines += ["", f"### {name}: {change}", "", shown]
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@
 Its own module because every TensorFlow stage needs it: extract-features depends on this file, not on training.py,
 so changing how models are trained does not rerun the most expensive stage.
 """
+
 from __future__ import annotations
 
 import keras

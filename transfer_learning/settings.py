@@ -5,6 +5,7 @@ They are environment variables, not params: changing one changes no output, so i
     PIPELINE_WORKERS   threads that decode, resize and augment images (default: the CPUs this
                        process may use)
 """
+
 from __future__ import annotations
 
 import os
@@ -17,5 +18,7 @@ def workers() -> int:
     if not raw:
         return len(os.sched_getaffinity(0))
     if not raw.isdecimal() or not 1 <= int(raw) <= 256:
-        raise PipelineError(f"PIPELINE_WORKERS={raw!r}: expected a whole number of threads from 1 to 256 (or unset it: one per CPU)")
+        raise PipelineError(
+            f"PIPELINE_WORKERS={raw!r}: expected a whole number of threads from 1 to 256 (or unset it: one per CPU)"
+        )
     return int(raw)

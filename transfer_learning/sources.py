@@ -21,6 +21,7 @@ Anything that cannot be an item (hidden files, other extensions, links leaving t
 rows) is returned as skipped, with the reason, for the data report. Only a source that cannot
 make any dataset (missing, empty, wrong CSV columns) is a PipelineError.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,15 +31,25 @@ from transfer_learning.entries import Item, Skipped
 from transfer_learning.errors import PipelineError
 
 
-def list_source(source: str, csv: str, task: str, path_column: str, target_column: str) -> tuple[list[Item], list[Skipped]]:
+def list_source(
+    source: str, csv: str, task: str, path_column: str, target_column: str
+) -> tuple[list[Item], list[Skipped]]:
     root = Path(source)
     if not root.exists():
-        raise PipelineError(f"data.source {source} does not exist; give a folder of class folders, or the folder of a CSV (data.csv)")
+        raise PipelineError(
+            f"data.source {source} does not exist; give a folder of class folders, or the folder of a CSV (data.csv)"
+        )
     if not root.is_dir():
-        hint = f"; for a CSV use data.source={root.parent} and data.csv={root.name}" if root.suffix.lower() == ".csv" else ""
+        hint = (
+            f"; for a CSV use data.source={root.parent} and data.csv={root.name}"
+            if root.suffix.lower() == ".csv"
+            else ""
+        )
         raise PipelineError(f"data.source {source} is not a folder{hint}")
     if csv:
         return csv_source.csv_manifest(root / csv, task, path_column, target_column)
     if task == "regression":
-        raise PipelineError(f"data.task=regression needs a CSV of image paths and numeric targets: set data.csv (a file in {source})")
+        raise PipelineError(
+            f"data.task=regression needs a CSV of image paths and numeric targets: set data.csv (a file in {source})"
+        )
     return class_folders.class_folders(root)

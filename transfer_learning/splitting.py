@@ -9,6 +9,7 @@ params (a larger ingest.max_short_side keeps every image in its split): reorderi
 changes nothing, and adding an image to a class moves at most a couple of that class's images
 across a cut (where a shuffle of the rows would reassign every image).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,28 +27,38 @@ def strata(manifest: pd.DataFrame, task: str, bins: int) -> pd.Series:
     if task == "classification":
         return manifest["label"].astype(str)
     ranks = pd.Series(np.empty(len(manifest)), index=manifest.index)
-    ranks.iloc[np.lexsort((manifest["file_sha256"].to_numpy(), manifest["label"].astype(float).to_numpy()))] = np.arange(len(manifest))
+    ranks.iloc[np.lexsort((manifest["file_sha256"].to_numpy(), manifest["label"].astype(float).to_numpy()))] = (
+        np.arange(len(manifest))
+    )
     return pd.qcut(ranks, q=min(bins, len(manifest)), labels=False).map(lambda b: f"target bin {b + 1} of {bins}")
 
 
 def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, seed: int) -> pd.Series:
     """-> 'train' | 'val' | 'test' per manifest row; rows of one group always share a split."""
-    group_stratum = pd.DataFrame({"group": manifest["group"], "stratum": stratum}).groupby("group")["stratum"].agg(
-        lambda s: s.value_counts().sort_index().idxmax())  # most of its rows; a tie goes to the first name
+    group_stratum = (
+        pd.DataFrame({"group": manifest["group"], "stratum": stratum})
+        .groupby("group")["stratum"]
+        .agg(lambda s: s.value_counts().sort_index().idxmax())
+    )  # most of its rows; a tie goes to the first name
     split_of_group = {}
     for name in sorted(stratum.unique()):
         groups = sorted(group_stratum.index[group_stratum == name], key=lambda group: rank(group, seed))
         if not fills_every_split(len(groups), val, test):
             fix = "lower split.bins or add images" if name.startswith("target bin") else "add images to it or remove it"
             joined = (stratum == name) & manifest["group"].map(group_stratum).ne(name)
-            near = (f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see metrics/data.json)"
-                    if joined.any() else "")
-            raise PipelineError(f"{name!r} has {len(groups)} distinct images{near}; split.val={val:g} and split.test={test:g} "
-                                f"need at least {minimum_size(val, test)} (one in each split): {fix}")
+            near = (
+                f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see metrics/data.json)"
+                if joined.any()
+                else ""
+            )
+            raise PipelineError(
+                f"{name!r} has {len(groups)} distinct images{near}; split.val={val:g} and split.test={test:g} "
+                f"need at least {minimum_size(val, test)} (one in each split): {fix}"
+            )
         n_val, n_test = round(len(groups) * val), round(len(groups) * test)
         split_of_group.update({group: "test" for group in groups[:n_test]})
-        split_of_group.update({group: "val" for group in groups[n_test:n_test + n_val]})
-        split_of_group.update({group: "train" for group in groups[n_test + n_val:]})
+        split_of_group.update({group: "val" for group in groups[n_test : n_test + n_val]})
+        split_of_group.update({group: "train" for group in groups[n_test + n_val :]})
     return manifest["group"].map(split_of_group)
 
 

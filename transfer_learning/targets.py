@@ -3,6 +3,7 @@
 The encoding is saved as JSON (data/normalized/encoding.json, copied next to the model) and is the
 only place later stages learn the class order or the target's mean and std.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,11 @@ def check_classes(labels: pd.Series, split: pd.Series, encoding: Encoding) -> No
     for name in ("val", "test"):
         unseen = sorted(set(labels[split == name].astype(str)) - set(encoding.classes))
         if unseen:
-            raise PipelineError(f"class {unseen[0]!r} has images in the {name} split but none in train"
-                                f"{f' (and {len(unseen) - 1} more)' if len(unseen) > 1 else ''}, so the model cannot learn it: "
-                                "add training images of it, or remove it from data.source")
+            raise PipelineError(
+                f"class {unseen[0]!r} has images in the {name} split but none in train"
+                f"{f' (and {len(unseen) - 1} more)' if len(unseen) > 1 else ''}, so the model cannot learn it: "
+                "add training images of it, or remove it from data.source"
+            )
 
 
 def encode(labels: pd.Series, encoding: Encoding) -> np.ndarray:
@@ -42,7 +45,9 @@ def encode(labels: pd.Series, encoding: Encoding) -> np.ndarray:
         index = {name: i for i, name in enumerate(encoding.classes)}
         encoded = labels.astype(str).map(index)
         if encoded.isna().any():  # check_classes first; never a silent -2147483648
-            raise PipelineError(f"class {labels[encoded.isna()].iloc[0]!r} is not one of the training classes {encoding.classes}")
+            raise PipelineError(
+                f"class {labels[encoded.isna()].iloc[0]!r} is not one of the training classes {encoding.classes}"
+            )
         return encoded.to_numpy(dtype=np.int32)
     return ((labels.astype(float) - encoding.mean) / encoding.std).to_numpy(dtype=np.float32)
 

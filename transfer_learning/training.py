@@ -4,6 +4,7 @@ Classification: softmax + sparse cross-entropy (optionally label-smoothed), accu
 Regression: linear unit on the standardized target, MSE, Huber or MAE, MAE reported in the target's own
 unit, early stopping on val_mae.
 """
+
 from __future__ import annotations
 
 import keras
@@ -18,8 +19,15 @@ from transfer_learning.records import Encoding
 from transfer_learning.resume import Backup
 
 
-def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "constant", total_steps: int = 0,
-              warmup_steps: int = 0, ema: float = 0.0) -> keras.optimizers.Optimizer:
+def optimizer(
+    name: str,
+    lr: float,
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    total_steps: int = 0,
+    warmup_steps: int = 0,
+    ema: float = 0.0,
+) -> keras.optimizers.Optimizer:
     """`schedule: cosine` warms the learning rate up from 0 to `lr` over `warmup_steps`, then decays it
     to 0 by `total_steps`. The warm-up keeps the first fine-tuning steps, where the new head sends
     large gradients into the pretrained layers, from wrecking the ImageNet weights.
@@ -27,8 +35,9 @@ def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "cons
     `ema` > 0 keeps an exponential moving average of the weights (Keras' use_ema: after each step
     average = ema * average + (1 - ema) * weights); `fit` validates and keeps that average, not the last step's weights."""
     if schedule == "cosine" and total_steps > warmup_steps:
-        lr = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total_steps - warmup_steps,
-                                                    warmup_target=lr, warmup_steps=warmup_steps)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=total_steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
+        )
     averaging = {"use_ema": True, "ema_momentum": ema} if ema > 0 else {}
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, **averaging)
@@ -39,9 +48,11 @@ def optimizer(name: str, lr: float, momentum: float = 0.0, schedule: str = "cons
 
 def target_unit_mae(std: float) -> keras.metrics.Metric:
     """MAE of a standardized target, reported in the target's own unit (years, not std devs)."""
+
     def mae(y_true, y_pred):
         y_true = keras.ops.reshape(keras.ops.cast(y_true, y_pred.dtype), keras.ops.shape(y_pred))
         return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1) * std
+
     return keras.metrics.MeanMetricWrapper(mae, name="mae")
 
 
@@ -59,7 +70,9 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] and y_true.shape[-1] != 1:
             weights = keras.ops.cast(y_true, y_pred.dtype)
         else:
-            weights = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), keras.ops.shape(y_pred)[-1])
+            weights = keras.ops.one_hot(
+                keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), keras.ops.shape(y_pred)[-1]
+            )
         return keras.losses.categorical_crossentropy(weights, y_pred, label_smoothing=self.label_smoothing)
 
     def get_config(self) -> dict:
@@ -76,19 +89,35 @@ REGRESSION_LOSSES = {"auto": "mse", "mse": "mse", "huber": "huber", "mae": "mae"
 STEPS_PER_CALL = 64
 
 
-def compile_for(model: keras.Model, encoding: Encoding, loss: str, opt: keras.optimizers.Optimizer, label_smoothing: float = 0.0,
-                mixup: float = 0.0, steps_per_call: int = STEPS_PER_CALL) -> None:
+def compile_for(
+    model: keras.Model,
+    encoding: Encoding,
+    loss: str,
+    opt: keras.optimizers.Optimizer,
+    label_smoothing: float = 0.0,
+    mixup: float = 0.0,
+    steps_per_call: int = STEPS_PER_CALL,
+) -> None:
     """label_smoothing: classification only (0: Keras' own sparse cross-entropy). mixup > 0: the model is fed
     one-hot class targets (batches with classes=one_hot_classes(encoding, mixup)), blended while training."""
     if not encoding.is_classification:
         model_loss, metrics = REGRESSION_LOSSES[loss], [target_unit_mae(encoding.std)]
     elif mixup:
-        model_loss, metrics = SmoothedSparseCrossentropy(label_smoothing), [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        model_loss, metrics = (
+            SmoothedSparseCrossentropy(label_smoothing),
+            [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
     else:
-        model_loss = SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy"
+        model_loss = (
+            SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy"
+        )
         metrics = ["accuracy"]
-    model.compile(optimizer=opt, loss=model_loss, metrics=metrics,
-                  steps_per_execution=1 if tf.distribute.has_strategy() else steps_per_call)
+    model.compile(
+        optimizer=opt,
+        loss=model_loss,
+        metrics=metrics,
+        steps_per_execution=1 if tf.distribute.has_strategy() else steps_per_call,
+    )
 
 
 def compiled_head(n_features: int, head_cfg, cfg, encoding: Encoding, steps_per_epoch: int) -> keras.Model:
@@ -110,8 +139,16 @@ def monitor(encoding: Encoding) -> str:
     return "val_loss" if encoding.is_classification else "val_mae"
 
 
-def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encoding: Encoding,
-        callbacks: list[keras.callbacks.Callback] = (), backup: Backup | None = None) -> pd.DataFrame:
+def fit(
+    model,
+    train: Batches,
+    val: Batches,
+    epochs: int,
+    patience: int,
+    encoding: Encoding,
+    callbacks: list[keras.callbacks.Callback] = (),
+    backup: Backup | None = None,
+) -> pd.DataFrame:
     """Fit with early stopping (best epoch restored); one log line per epoch; `callbacks` too (live.callbacks).
     -> history per epoch.
 
@@ -132,31 +169,56 @@ def fit(model, train: Batches, val: Batches, epochs: int, patience: int, encodin
     replicas = model.distribute_strategy.num_replicas_in_sync
     for name, data in (("training", train), ("validation", val)):
         if data.first_batch_rows() % replicas:  # Keras reduces the first batch over the replicas to learn its shapes
-            raise PipelineError(f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share evenly; "
-                                f"use a batch size that is a multiple of {replicas} and at most half the {len(data.inputs)} {name} rows")
-    print(f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch (global batches)", flush=True)
-    stopping = [keras.callbacks.EarlyStopping(monitor=monitor(encoding), patience=patience, restore_best_weights=True,
-                                              mode="min")] if patience > 0 else []
-    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if model.optimizer.use_ema else []  # before the others
+            raise PipelineError(
+                f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share evenly; "
+                f"use a batch size that is a multiple of {replicas} and at most half the {len(data.inputs)} {name} rows"
+            )
+    print(
+        f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch (global batches)",
+        flush=True,
+    )
+    stopping = (
+        [
+            keras.callbacks.EarlyStopping(
+                monitor=monitor(encoding), patience=patience, restore_best_weights=True, mode="min"
+            )
+        ]
+        if patience > 0
+        else []
+    )
+    # before the others
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if model.optimizer.use_ema else []
     # A loss that overflows (a learning rate far too high) makes every later weight NaN: stop at once, save nothing
     diverged = [keras.callbacks.TerminateOnNaN()]
     callbacks = averaging + diverged + stopping + list(callbacks)
     done, earlier = (backup.epoch, backup.history) if backup else (0, [])
     if done:
         ended = backup.stopped or done >= epochs
-        what = (f"its training ended at epoch {done} of {epochs}: restoring it" if ended
-                else f"resuming at epoch {done + 1} of {epochs}")
+        what = (
+            f"its training ended at epoch {done} of {epochs}: restoring it"
+            if ended
+            else f"resuming at epoch {done + 1} of {epochs}"
+        )
         print(f"{backup.stage}: {what} from {backup.latest}", flush=True)
     last = done if backup and backup.stopped else epochs  # early stopping ended it there: no epoch is left
-    history = model.fit(train, validation_data=val, epochs=last, initial_epoch=done, shuffle=False, verbose=2,
-                        callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []))
+    history = model.fit(
+        train,
+        validation_data=val,
+        epochs=last,
+        initial_epoch=done,
+        shuffle=False,
+        verbose=2,
+        callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []),
+    )
     frame = pd.DataFrame(earlier + [dict(zip(history.history, values)) for values in zip(*history.history.values())])
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     losses = frame[[c for c in ("loss", "val_loss") if c in frame]].to_numpy(dtype=float)
     if not np.isfinite(losses).all():  # TerminateOnNaN ended the epoch it happened in, which history records
         epoch = int(frame["epoch"].to_numpy()[~np.isfinite(losses).all(axis=1)][0])
-        raise PipelineError(f"training {model.name}: the loss became NaN or infinite at epoch {epoch}, so no model is "
-                            "saved; lower the learning rate (train_head.lr for the head, fine_tune.lr for fine-tuning)")
+        raise PipelineError(
+            f"training {model.name}: the loss became NaN or infinite at epoch {epoch}, so no model is "
+            "saved; lower the learning rate (train_head.lr for the head, fine_tune.lr for fine-tuning)"
+        )
     return frame
 
 
@@ -166,9 +228,14 @@ def best_epoch(history: pd.DataFrame, encoding: Encoding) -> dict:
         return {"best_epoch": 0, "epochs_run": 0}
     best = history.loc[history[monitor(encoding)].idxmin()]
     m = encoding.metric
-    return {"best_epoch": int(best["epoch"]), "epochs_run": len(history),
-            f"train_{m}": round(float(best[m]), 6), f"val_{m}": round(float(best[f"val_{m}"]), 6),
-            "train_loss": round(float(best["loss"]), 6), "val_loss": round(float(best["val_loss"]), 6)}
+    return {
+        "best_epoch": int(best["epoch"]),
+        "epochs_run": len(history),
+        f"train_{m}": round(float(best[m]), 6),
+        f"val_{m}": round(float(best[f"val_{m}"]), 6),
+        "train_loss": round(float(best["loss"]), 6),
+        "val_loss": round(float(best["val_loss"]), 6),
+    }
 
 
 def score(model: keras.Model, data: Batches, encoding: Encoding) -> float:
@@ -178,4 +245,6 @@ def score(model: keras.Model, data: Batches, encoding: Encoding) -> float:
     actual = np.asarray(data.targets)
     if encoding.is_classification:
         return float(np.mean(np.argmax(outputs, axis=-1) == actual))
-    return float(np.mean(np.abs(np.asarray(outputs, dtype=np.float64).reshape(-1) - (actual * encoding.std + encoding.mean))))
+    return float(
+        np.mean(np.abs(np.asarray(outputs, dtype=np.float64).reshape(-1) - (actual * encoding.std + encoding.mean)))
+    )

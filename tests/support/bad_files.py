@@ -1,5 +1,6 @@
 """Real files that break things, made for the tests: broken and hostile images, a messy folder of them, a full disk.
 (Not a test module: test_images, test_sources, test_files and test_robustness use these.)"""
+
 from __future__ import annotations
 
 import io
@@ -19,20 +20,27 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png(path: Path, width: int, height: int, row: bytes, bit_depth: int = 8, color_type: int = 0, chunks: bytes = b"") -> Path:
+def png(
+    path: Path, width: int, height: int, row: bytes, bit_depth: int = 8, color_type: int = 0, chunks: bytes = b""
+) -> Path:
     """A PNG written row by row (a 12000x9000 one costs a row of memory, not the image); every row is `row`.
     `chunks` go before the pixels (a palette: PLTE, its transparency: tRNS)."""
     z = zlib.compressobj(9)
     data = b"".join(z.compress(b"\0" + row) for _ in range(height)) + z.flush()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
-                     + chunks + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+        + chunks
+        + png_chunk(b"IDAT", data)
+        + png_chunk(b"IEND", b"")
+    )
     return path
 
 
 def gray16_png(path: Path, width: int, height: int) -> Path:
     """16-bit grey: decoded as float64 at full size it took 26 bytes a pixel."""
-    return png(path, width, height, (bytes(range(256)) * (2 * width // 256 + 1))[:2 * width], bit_depth=16)
+    return png(path, width, height, (bytes(range(256)) * (2 * width // 256 + 1))[: 2 * width], bit_depth=16)
 
 
 def transparent_palette_png(path: Path, width: int, height: int) -> Path:
@@ -43,7 +51,9 @@ def transparent_palette_png(path: Path, width: int, height: int) -> Path:
 
 def jpeg_bytes(size=(64, 64), seed=0) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
     return buffer.getvalue()
 
 
@@ -77,11 +87,13 @@ def messy_folder(root: Path, outside: Path) -> dict:
     Image.new("L", (9, 9), 10).save(root / "ünïcode" / "gray.png")
     Image.new("RGBA", (9, 9), (1, 2, 3, 100)).save(root / "ünïcode" / "alpha.png")
     Image.new("CMYK", (9, 9), (0, 0, 255, 0)).save(root / "dots.in.name" / "cmyk.jpg")
-    Image.new("RGB", (5, 5), (1, 1, 1)).save(root / "dots.in.name" / "anim.gif", save_all=True,
-                                               append_images=[Image.new("RGB", (5, 5), (9, 9, 9))])
+    Image.new("RGB", (5, 5), (1, 1, 1)).save(
+        root / "dots.in.name" / "anim.gif", save_all=True, append_images=[Image.new("RGB", (5, 5), (9, 9, 9))]
+    )
     make_image(root / "NA" / "tiny.bmp", (5, 5, 5), size=(1, 1))
     (root / "with space" / "inside_link.png").symlink_to(root / "NA" / "img_0.png")  # inside the root: followed
-    (root / "NA" / "linked_folder").symlink_to(root / "with space" / "nested", target_is_directory=True)  # inside: followed
+    # inside: followed
+    (root / "NA" / "linked_folder").symlink_to(root / "with space" / "nested", target_is_directory=True)
     expected = {
         "Thumbs.db": "file outside any class folder",
         ".DS_Store": "hidden file",
@@ -144,8 +156,10 @@ def hostile_additions(root: Path) -> dict:
             make_image(root / name / f"img_{i}.png", (60 * c, 200 - 40 * c, 90), noise_seed=10 * c + i)
     conflict = "an image with conflicting labels is left out, every copy of it"
     Image.open(root / "NA" / "img_4.png").save(root / "ünïcode" / "relabeled.bmp")  # the same pixels, another label
-    Image.open(root / "dots.in.name" / "img_5.png").save(root / "dots.in.name" / "img_5.bmp")  # a copy, same label: kept
-    Image.open(root / "dots.in.name" / "img_6.png").save(root / "dots.in.name" / "img_6.jpg", quality=95)  # a near-duplicate
+    # a copy, same label: kept
+    Image.open(root / "dots.in.name" / "img_5.png").save(root / "dots.in.name" / "img_5.bmp")
+    # a near-duplicate
+    Image.open(root / "dots.in.name" / "img_6.png").save(root / "dots.in.name" / "img_6.jpg", quality=95)
     png(root / "NA" / "strip.png", 256, 100_000, bytes(256))
     gray16_png(root / "with space" / "deep16.png", 6000, 5000)  # 30 megapixels each: hundreds of MB if converted whole
     transparent_palette_png(root / "ünïcode" / "glass.png", 6000, 5000)
@@ -161,7 +175,8 @@ def hostile_additions(root: Path) -> dict:
     expected = {
         "NA/img_4.png": f"the same picture as ünïcode/relabeled.bmp (labeled 'ünïcode'): {conflict}",
         "ünïcode/relabeled.bmp": f"the same picture as NA/img_4.png (labeled 'NA'): {conflict}",
-        "with space/inside_link.png": f"the same picture as NA/img_0.png (labeled 'NA'): {conflict}",  # links into another class
+        # links into another class
+        "with space/inside_link.png": f"the same picture as NA/img_0.png (labeled 'NA'): {conflict}",
         "NA/img_0.png": f"the same picture as with space/inside_link.png (labeled 'with space'): {conflict}",
         "NA/linked_folder/deeper/x.Png": f"the same picture as with space/nested/deeper/x.Png (labeled 'with space'): {conflict}",
         "with space/nested/deeper/x.Png": f"the same picture as NA/linked_folder/deeper/x.Png (labeled 'NA'): {conflict}",

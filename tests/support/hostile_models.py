@@ -1,4 +1,5 @@
 """Model files made to attack the loader: a .keras file whose layer runs a TensorFlow graph that writes a file."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Real image files written by Pillow."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Project copies in temporary git + DVC repositories, the commands run in them, and the fast params they use."""
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,13 @@ def stage_project(tmp_path: Path, overrides: dict | None = None) -> Path:
 
 
 def run_stage(project: Path, name: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project, capture_output=True, text=True,
-                          env=None if env is None else {**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def make_project(tmp_path: Path, params_override: dict) -> Path:
@@ -152,8 +158,10 @@ class Run:
 
 # Experiments queued on the shared fast run from its committed baseline and run two at a time (dvc queue start -j 2).
 # lower-lr trains 3 epochs so that its live metrics can be seen changing while it runs.
-FAST_EXPERIMENTS = {"more-head-epochs": {"train_head.epochs": 3},
-                    "lower-lr": {"fine_tune.lr": 0.0001, "fine_tune.epochs": 3, "fine_tune.patience": 0}}
+FAST_EXPERIMENTS = {
+    "more-head-epochs": {"train_head.epochs": 3},
+    "lower-lr": {"fine_tune.lr": 0.0001, "fine_tune.epochs": 3, "fine_tune.patience": 0},
+}
 
 
 def copy_project(project: Path, where: Path) -> Path:
@@ -166,16 +174,26 @@ def run_queue(project: Path, timeout: float = 900) -> tuple[str, set]:
     """`dvc queue start -j 2` and wait until nothing is queued or running. -> the final `dvc queue status`, and what was
     seen of fine-tune's live metrics while it ran: (step in dvclive's metrics.json, rows in its eval/loss.tsv)."""
     # Not through pipes: the queue's workers would inherit them, and reading them to the end would wait for the queue
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=tool_env(), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=project,
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
     seen, asked = set(), 0.0
     try:
         deadline = time.monotonic() + timeout
         while True:
             for live in project.glob(".dvc/tmp/exps/*/dvclive/fine_tune"):  # the queued experiments' copies
                 try:
-                    seen.add((json.loads((live / "metrics.json").read_text())["step"],
-                              len((live / "plots/metrics/eval/loss.tsv").read_text().splitlines()) - 1))
+                    seen.add(
+                        (
+                            json.loads((live / "metrics.json").read_text())["step"],
+                            len((live / "plots/metrics/eval/loss.tsv").read_text().splitlines()) - 1,
+                        )
+                    )
                 except (OSError, ValueError, KeyError):  # between two writes, or not there yet
                     pass
             if time.monotonic() - asked > 1:
@@ -194,7 +212,10 @@ def audited(log_dir: Path) -> dict:
     log_dir (tests/support/file_audit/sitecustomize.py); file_events() reads the records."""
     log_dir.mkdir(parents=True, exist_ok=True)
     site = Path(__file__).parent / "file_audit"
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])), "FILE_AUDIT": str(log_dir)}
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+        "FILE_AUDIT": str(log_dir),
+    }
 
 
 def file_events(log_dir: Path) -> dict[str, set[tuple[str, Path]]]:

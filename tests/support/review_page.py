@@ -5,6 +5,7 @@ DVC's page loads Vega, Vega-Lite and vega-embed from a CDN; this machine (and CI
 otherwise DVC's own. `inspect()` adds a probe that records, for every plot, whether it rendered, its title and
 the images it loaded; `screenshot()` photographs the page as it is (Vega draws on a canvas, as for a reviewer).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,19 @@ NPM = ROOT / ".cache" / "npm" / "node_modules"
 BUILD = {"vega": "build/vega.min.js", "vega-lite": "build/vega-lite.min.js", "vega-embed": "build/vega-embed.min.js"}
 CDN_SCRIPT = re.compile(r'<script src="https://cdn\.jsdelivr\.net/npm/(vega|vega-lite|vega-embed)@([\d.]+)"></script>')
 # Chromium as the machine's browser tests run it: no sandbox (root), no network of its own, a fresh profile.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--allow-file-access-from-files", "--hide-scrollbars",
-         "--virtual-time-budget=20000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-file-access-from-files",
+    "--hide-scrollbars",
+    "--virtual-time-budget=20000",
+]
 
 # Runs before DVC's plot scripts: every vegaEmbed call renders as SVG (text in the page, where titles can be read) and
 # is remembered; once all have settled, the result is written into the page as JSON for --dump-dom.
@@ -83,7 +94,9 @@ def local_scripts(page: Path) -> Path:
         installed = json.loads((NPM / name / "package.json").read_text())["version"]
         assert installed == version, f"DVC's page loads {name} {version}, npm installed {installed}: update `make vega`"
     local = CDN_SCRIPT.sub(lambda m: f'<script src="{(NPM / m.group(1) / BUILD[m.group(1)]).as_uri()}"></script>', html)
-    assert "http" not in re.sub(r"https?://(vega\.github\.io/schema|www\.w3\.org)[^\"' ]*", "", local), "the page still loads something online"
+    assert "http" not in re.sub(r"https?://(vega\.github\.io/schema|www\.w3\.org)[^\"' ]*", "", local), (
+        "the page still loads something online"
+    )
     out = page.with_name("local.html")
     out.write_text(local)
     return out
@@ -91,7 +104,9 @@ def local_scripts(page: Path) -> Path:
 
 def run_chromium(browser: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        result = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

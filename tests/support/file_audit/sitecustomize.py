@@ -4,6 +4,7 @@ fast run's first `dvc repro` puts it there, with FILE_AUDIT naming the folder fo
 (`python -m stages.<name>`) are recorded, through an audit hook (PEP 578): the events `open`, `os.listdir`, `os.scandir`
 (reads), `os.rename`, `os.replace` (writes), `os.remove` and `os.rmdir`, which every Python-level file access raises (NumPy, Keras' zip files,
 Pillow, matplotlib and dvclive all write through Python; C libraries that open files themselves are not seen)."""
+
 import atexit
 import json
 import os
