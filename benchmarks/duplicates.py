@@ -1,7 +1,8 @@
-"""Near-duplicate grouping (transfer_learning/duplicates.py `groups`) at scale: the tiled search against the exact search it
-replaced (kept as the reference in benchmarks/duplicates_reference.py, one copy for the benchmark and the tests), side by side.
+"""Near-duplicate grouping (transfer_learning/duplicates.py `groups`) at scale: the tiled search against the exact
+search it replaced (kept as the reference in benchmarks/duplicates_reference.py, one copy for the benchmark and the
+tests), side by side.
 
-    .venv/bin/python benchmarks/duplicates.py             # frames 2,000 / 10,000 / 50,000, random 100,000, lookalike 10,000
+    .venv/bin/python benchmarks/duplicates.py             # frames 2k/10k/50k, random 100k, lookalike 10k
     .venv/bin/python benchmarks/duplicates.py --smallest  # a few seconds: what tests/test_duplicates.py runs
 
 Cases: `frames N` is N near-identical frames of one scene (64x48, each with its own noise of +-2 levels and shifted by

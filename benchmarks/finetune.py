@@ -80,16 +80,19 @@ def main():
     print(f"{'seconds per epoch':24}{cached['epoch']:12.2f}{e2e['epoch']:12.2f}   (median of epochs 2-{args.epochs})")
     print(f"{'fastest epoch, s':24}{cached['fastest']:12.2f}{e2e['fastest']:12.2f}")
     print(
-        f"{'every epoch, s':24}{' '.join(f'{s:.1f}' for s in cached['epochs'])} | {' '.join(f'{s:.1f}' for s in e2e['epochs'])}"
+        f"{'every epoch, s':24}{' '.join(f'{s:.1f}' for s in cached['epochs'])} | "
+        f"{' '.join(f'{s:.1f}' for s in e2e['epochs'])}"
     )
     print(
-        f"{'extract-features, s':24}{cached['extract']:12.1f}{e2e['extract']:12.1f}   (the difference: caching the activations)"
+        f"{'extract-features, s':24}{cached['extract']:12.1f}{e2e['extract']:12.1f}   (the difference: caching the "
+        "activations)"
     )
     print(f"{'fine-tune stage, s':24}{cached['stage']:12.1f}{e2e['stage']:12.1f}")
     print(f"{'val accuracy':24}{cached['val']:12.4f}{e2e['val']:12.4f}")
     print(f"{'test accuracy':24}{cached['test']:12.4f}{e2e['test']:12.4f}")
     print(
-        f"\nper-epoch speed-up: {e2e['epoch'] / cached['epoch']:.1f}x (fastest epochs: {e2e['fastest'] / cached['fastest']:.1f}x)   "
+        f"\nper-epoch speed-up: {e2e['epoch'] / cached['epoch']:.1f}x (fastest epochs: "
+        f"{e2e['fastest'] / cached['fastest']:.1f}x)   "
         f"stage speed-up incl. caching: {e2e['stage'] / (cached['stage'] + cached['extract'] - e2e['extract']):.1f}x   "
         f"test accuracy difference: {100 * (cached['test'] - e2e['test']):+.2f} points"
     )

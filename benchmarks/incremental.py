@@ -33,7 +33,8 @@ def main():
     for name, timed in (("full dvc repro", full), ("no-op dvc repro", noop), ("train_head.lr changed", head)):
         ran = ", ".join(harness.stages_run(timed.output)) or "nothing"
         print(
-            f"{name:24}{timed.seconds:8.1f} s  {100 * timed.seconds / full.seconds:5.1f} % of the full run  (ran: {ran})"
+            f"{name:24}{timed.seconds:8.1f} s  {100 * timed.seconds / full.seconds:5.1f} % of the full run  (ran: "
+            f"{ran})"
         )
 
 

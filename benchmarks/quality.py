@@ -4,7 +4,7 @@
     python benchmarks/quality.py --dataset flowers --seeds 0      # one dataset, one seed
     python benchmarks/quality.py -S fine_tune.epochs=16           # the README configurations plus an override
     python benchmarks/quality.py --project /tmp/q/project -S ...  # reuse a clone: its DVC cache skips unchanged stages
-    python benchmarks/quality.py --smoke                          # generated images for both, one seed, smallest params (tests)
+    python benchmarks/quality.py --smoke                          # generated images, one seed, smallest params
 
 In one clone (fresh, after a `dvc repro` of the committed params that fills its DVC cache; or --project, brought up to
 this repository's commit with `git pull`), queues one
@@ -14,7 +14,8 @@ UTKFACE below) plus the -S overrides, runs them with `dvc queue start -j N`, and
 fine-tuned model, their validation figures (metrics/train_head.json, fine_tune.json: what to select on) and the
 wall time of each run (from `dvc queue status`, polled every 10 s; with -j 1 one run at a time). An experiment of
 the same name (same dataset, seed and overrides) made on the clone's current commit is reported, not run again; after
-`git pull` brings a new commit it runs again (its stages come from DVC's run cache where their code and params did not change).
+`git pull` brings a new commit it runs again (its stages come from DVC's run cache where their code and params did not
+change).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def smoke_configs() -> dict:
 
 
 def prepare(project_arg: str | None, baseline: dict | None = None) -> Path:
-    """baseline: params set and committed in a fresh clone before its first `dvc repro` (--smoke: not the digits run)."""
+    """baseline: params set and committed in a fresh clone before its first `dvc repro` (--smoke: not the digits
+    run)."""
     if project_arg is None:
         project = harness.clone("quality")
         if baseline:  # its run committed as the baseline: the committed dvc.lock then names what the cache holds
@@ -122,7 +124,8 @@ def experiments(project: Path) -> dict:
 
 def queue_tasks(project: Path, attempts: int = 5, poll: float = POLL) -> list[tuple[str, str, str]]:
     """`dvc queue status`: (task, name, state) of every task, old ones included. It sometimes fails while a worker
-    writes a task's state file ("unexpected error - Expecting value"): asked again after a poll interval, up to `attempts` times."""
+    writes a task's state file ("unexpected error - Expecting value"): asked again after a poll interval, up to
+    `attempts` times."""
     for attempt in range(attempts):
         try:
             status = harness.run(["dvc", "queue", "status"], project).output
@@ -194,7 +197,8 @@ def report(dataset: str, seeds: list[int], rows: dict, seconds: dict, overrides:
     task = "classification" if dataset == "flowers" else "regression"
     unit = "accuracy" if task == "classification" else "MAE, years"
     print(
-        f"\n{dataset} ({unit}); README params{' + ' + ' '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}"
+        f"\n{dataset} ({unit}); README "
+        f"params{' + ' + ' '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}"
     )
     columns = list(next(iter(rows.values())))
     print(f"{'split.seed':>12}" + "".join(f"{c:>17}" for c in columns) + f"{'minutes':>10}")
@@ -206,12 +210,8 @@ def report(dataset: str, seeds: list[int], rows: dict, seconds: dict, overrides:
             + (f"{minutes / 60:>10.1f}" if minutes else f"{'-':>10}")
         )
     if len(seeds) > 1:
-        cells = "".join(
-            f"{statistics.mean(rows[s][c] for s in seeds):.4f} ±{statistics.stdev(rows[s][c] for s in seeds):.4f}".rjust(
-                17
-            )
-            for c in columns
-        )
+        spreads = ([rows[s][c] for s in seeds] for c in columns)
+        cells = "".join(f"{statistics.mean(v):.4f} ±{statistics.stdev(v):.4f}".rjust(17) for v in spreads)
         print(f"{'mean ± std':>12}" + cells)
 
 

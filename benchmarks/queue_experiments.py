@@ -57,7 +57,8 @@ def main():
 
     n = 1 if args.smoke else 3
     print(
-        f"\n{'smoke' if args.smoke else 'digits'}, {os.cpu_count()} CPU cores; baseline dvc repro {baseline.seconds:.0f} s"
+        f"\n{'smoke' if args.smoke else 'digits'}, {os.cpu_count()} CPU cores; baseline dvc repro "
+        f"{baseline.seconds:.0f} s"
     )
     print(f"{n} queued experiments, dvc queue start -j 1: {one:7.1f} s")
     print(f"{n} queued experiments, dvc queue start -j 2: {two:7.1f} s   ({one / two:.2f}x faster)")

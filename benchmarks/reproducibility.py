@@ -98,7 +98,8 @@ def main():
 
     reference = results["project"]
     print(
-        f"\n{'smoke' if args.smoke else 'Flowers-17 at 224' if not args.digits else 'digits'}, {CORES} cores; seconds per stage "
+        f"\n{'smoke' if args.smoke else 'Flowers-17 at 224' if not args.digits else 'digits'}, {CORES} cores; "
+        "seconds per stage "
         f"(ratio to the project's settings), and whether its output is byte-identical to the project's:"
     )
     header = ["settings"] + [s.replace("_", "-") for s in STAGES] + ["fine-tune epoch", "head / fine-tuned test acc."]

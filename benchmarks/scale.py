@@ -156,7 +156,8 @@ def main():
     for scale, r in results.items():
         total = sum(d for _, _, d in r["stages"].values()) + r["cache"]
         print(
-            f"{scale}x: source {r['source'] / mb:.0f} MB, outputs + cache {total / mb:.0f} MB = {total / r['source']:.2f}x the "
+            f"{scale}x: source {r['source'] / mb:.0f} MB, outputs + cache {total / mb:.0f} MB = "
+            f"{total / r['source']:.2f}x the "
             f"source; dvc status {r['status_noop']:.1f} s (no-op), {r['status_added']:.1f} s (one image added)"
         )
     base = results[scales[0]]

@@ -6,9 +6,9 @@ on Flowers-17 and on a 10x larger copy of it.
     python benchmarks/throughput_memory.py --smoke       # a few generated images, 1x and 2x, smallest params (tests)
 
 Runs each stage's script in order in a fresh clone (224 px, 1 augmented copy, 2 fine-tune epochs)
-and records its wall time and peak memory: anonymous (sampled from /proc) and resident (wait4's ru_maxrss). The 10x set repeats
-every image 10 times (hard links) in its class folder. Memory should stay flat, not grow ~10x:
-arrays are memory-mapped and processed a chunk at a time.
+and records its wall time and peak memory: anonymous (sampled from /proc) and resident (wait4's ru_maxrss). The 10x set
+repeats every image 10 times (hard links) in its class folder. Memory should stay flat, not grow ~10x: arrays are
+memory-mapped and processed a chunk at a time.
 """
 
 import argparse
@@ -97,21 +97,26 @@ def main():
         f"  float32  {float32:7.1f} s  {n_images / float32:6.1f} images/s  head-only test accuracy {head_float32:.4f}"
     )
     print(
-        f"  bfloat16 {bfloat16:7.1f} s  {n_images / bfloat16:6.1f} images/s  head-only test accuracy {head_bfloat16:.4f}"
+        f"  bfloat16 {bfloat16:7.1f} s  {n_images / bfloat16:6.1f} images/s  head-only test accuracy "
+        f"{head_bfloat16:.4f}"
     )
     print(
-        f"  bfloat16 speed-up {float32 / bfloat16:.2f}x, accuracy change {100 * (head_bfloat16 - head_float32):+.2f} points"
+        f"  bfloat16 speed-up {float32 / bfloat16:.2f}x, accuracy change {100 * (head_bfloat16 - head_float32):+.2f} "
+        "points"
     )
 
     if args.scale > 1:
         print(f"\n{args.scale}x: every image repeated {args.scale} times")
         _, big = run_stages(repeated(args.source, args.scale), args.copies, smoke=args.smoke)
         print(
-            f"\npeak memory per stage, MB: anonymous (what the stage holds) and resident (ru_maxrss, which also counts\n"
-            f"the pages of the memory-mapped arrays it streams through; the kernel reclaims those), 1x vs {args.scale}x the images:"
+            "\npeak memory per stage, MB: anonymous (what the stage holds) and resident (ru_maxrss, which also "
+            "counts\n"
+            "the pages of the memory-mapped arrays it streams through; the kernel reclaims those), 1x vs "
+            f"{args.scale}x the images:"
         )
         print(
-            f"  {'stage':22}{'anon 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}{'rss 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}"
+            "  "
+            f"{'stage':22}{'anon 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}{'rss 1x':>9}{f'{args.scale}x':>8}{'ratio':>7}"
         )
         for stage in STAGES:
             a, b = one[stage], big[stage]

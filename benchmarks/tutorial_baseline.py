@@ -7,9 +7,8 @@ resized once, then cached), augmentation layers inside the model (on the fly, ev
 frozen MobileNetV2 base, the head fit for 25 epochs, then the top of the base unfrozen (BatchNorm
 frozen) from the project's fine_tune.unfreeze_from and fit again at keras.io's Adam(1e-5) (or, with
 --fine-tune-optimizer project, SGD at the project's fine_tune.lr). It uses the pipeline's own
-train/val/test split of `<project>` (data/split/split.csv), so both are scored on the same test images. After every epoch
-it scores the test set (that time is not counted) and prints when the test accuracy first reaches
---target.
+train/val/test split of `<project>` (data/split/split.csv), so both are scored on the same test images. After every
+epoch it scores the test set (that time is not counted) and prints when the test accuracy first reaches --target.
 """
 
 import argparse
@@ -69,7 +68,8 @@ def main():
         "--fine-tune-optimizer",
         choices=["keras-io", "project"],
         default="keras-io",
-        help="keras-io: Adam(1e-5) as keras.io's guide fine-tunes; project: SGD at the project's fine_tune.lr, momentum 0.9",
+        help="keras-io: Adam(1e-5) as keras.io's guide fine-tunes; project: SGD at the project's fine_tune.lr, "
+        "momentum 0.9",
     )
     args = parser.parse_args()
 

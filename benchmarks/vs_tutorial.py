@@ -47,15 +47,18 @@ def main():
     result = json.loads(baseline.output.strip().splitlines()[-1])
     data = "smoke" if args.smoke else "Flowers-17"
     print(
-        f"\n{data}, split.seed {args.seed}: pipeline {pipeline.seconds:.1f} s to test accuracy {accuracy:.4f} (whole dvc repro)"
+        f"\n{data}, split.seed {args.seed}: pipeline {pipeline.seconds:.1f} s to test accuracy {accuracy:.4f} (whole "
+        "dvc repro)"
     )
     if result["reached_target_s"] is None:
         print(
-            f"tutorial: never reached it in {result['total_s']:.1f} s of training (best {result['best_accuracy']:.4f}); "
+            f"tutorial: never reached it in {result['total_s']:.1f} s of training (best "
+            f"{result['best_accuracy']:.4f}); "
             f"speed-up > {result['total_s'] / pipeline.seconds:.1f}x"
         )
         print(
-            f"at the tutorial's best accuracy instead: tutorial {result['reached_best_s']:.1f} s to {result['best_accuracy']:.4f}, "
+            f"at the tutorial's best accuracy instead: tutorial {result['reached_best_s']:.1f} s to "
+            f"{result['best_accuracy']:.4f}, "
             f"pipeline {pipeline.seconds:.1f} s (its only test score, {accuracy:.4f}, is the end of the run): "
             f"speed-up {result['reached_best_s'] / pipeline.seconds:.1f}x"
         )

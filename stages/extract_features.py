@@ -62,7 +62,8 @@ def main():
         files.write_json(paths.ACTIVATIONS_INFO, info)
     cached = f" and activations below {cut} ({info['train_shape'][1:]} per image) -> {paths.ACTIVATIONS}" if cut else ""
     print(
-        f"extract-features: {p.base.name} ({p.base.precision}) on {extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
+        f"extract-features: {p.base.name} ({p.base.precision}) on "
+        f"{extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
         f"-> {shapes[0][1]} features per image -> {paths.FEATURES}{cached}"
     )
 

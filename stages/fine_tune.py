@@ -9,8 +9,9 @@ unit) out. fine_tune.epochs: 0 skips training but still writes the assembled mod
 augmentation into it (the mean over the image and its mirror image); metrics/fine_tune.json gives the saved model's
 validation figure (model_val_<metric>) beside the training run's.
 Built, compiled and trained under train.strategy (transfer_learning/distribute.py); fine_tune.batch_size is global.
-Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to metrics/fine_tune.json.
-Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one.
+Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to
+metrics/fine_tune.json. Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it
+resumes at the next one.
 """
 
 import numpy as np

@@ -1,11 +1,11 @@
 """Stage train-head: stored features -> a trained dense head (no images, no base forward pass).
 
 The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
-Each epoch's figures go to dvclive/train_head as it trains (transfer_learning/live.py); the restored best epoch to metrics/train_head.json.
-Built, compiled and trained under train.strategy (transfer_learning/distribute.py); train_head.batch_size is global.
-train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val (transfer_learning/crossval.py) to the metrics.
-Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it resumes at the next one
-(an interrupted k-fold estimate starts its folds again).
+Each epoch's figures go to dvclive/train_head as it trains (transfer_learning/live.py); the restored best epoch to
+metrics/train_head.json. Built, compiled and trained under train.strategy (transfer_learning/distribute.py);
+train_head.batch_size is global. train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val
+(transfer_learning/crossval.py) to the metrics. Each finished epoch is backed up (transfer_learning/resume.py): rerun
+after an interruption, it resumes at the next one (an interrupted k-fold estimate starts its folds again).
 """
 
 from transfer_learning import (

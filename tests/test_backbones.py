@@ -76,8 +76,8 @@ def test_the_table_names_every_imagenet_family_once():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Each family of BUILT at its smallest size: -> {name: (base, saved model path)}; the saved models' inputs and outputs
-    in the folder for the subprocess."""
+    """Each family of BUILT at its smallest size: -> {name: (base, saved model path)}; the saved models' inputs and
+    outputs in the folder for the subprocess."""
     folder = tmp_path_factory.mktemp("backbones")
     out = {}
     for name in BUILT:
@@ -160,9 +160,9 @@ def test_the_saved_models_load_in_safe_mode_without_the_project(built, tmp_path)
 
 
 def train_twice(name: str, cut, size: int, lr: float):
-    """As tests/test_models.py train_twice, for any family with random weights: two identical fresh models, one fine-tuned
-    end to end on images, one on the activations cached at `cut`. -> ([(model, base)] end to end, cached), the images,
-    the first trained kernel before training"""
+    """As tests/test_models.py train_twice, for any family with random weights: two identical fresh models, one
+    fine-tuned end to end on images, one on the activations cached at `cut`. -> ([(model, base)] end to end, cached),
+    the images, the first trained kernel before training"""
     images = pixels(8, size, seed=5)
     labels = np.arange(8) % 2
     trained_models = []
@@ -200,9 +200,9 @@ def train_twice(name: str, cut, size: int, lr: float):
 def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut, lr):
     """tests/test_models.py's bounds (3e-6 on the weights, 1e-5 on the outputs) for families of other shapes: plain
     (VGG16), branches joined by concatenation cut by number (InceptionV3: its first 249 layers frozen), pre-activation
-    residual (ResNet50V2), squeeze-and-excite with its own preprocessing (EfficientNetV2B0), LayerNormalization (ConvNeXt).
-    Random weights at the smallest size give small gradients in InceptionV3 and EfficientNetV2B0: a larger learning rate
-    moves their weights well past the bound."""
+    residual (ResNet50V2), squeeze-and-excite with its own preprocessing (EfficientNetV2B0), LayerNormalization
+    (ConvNeXt). Random weights at the smallest size give small gradients in InceptionV3 and EfficientNetV2B0: a
+    larger learning rate moves their weights well past the bound."""
     cut = backbones.cut(name, cut)
     [(end_to_end, base_e2e), (cached, base_cached)], images, initial = train_twice(
         name, cut, backbones.get(name).min_size, lr
@@ -218,8 +218,9 @@ def test_fine_tuning_on_cached_activations_equals_end_to_end(name, cut, lr):
 
 
 def test_the_cuts_command_lists_the_valid_cuts_with_their_sizes(capsys):
-    """python -m transfer_learning.cuts / transfer-learning cuts: each row a cut split_base accepts, the activations' shape
-    at the given size, the family's default marked; the table in docs/backbones.md names every family and its default."""
+    """python -m transfer_learning.cuts / transfer-learning cuts: each row a cut split_base accepts, the activations'
+    shape at the given size, the family's default marked; the table in docs/backbones.md names every family and its
+    default."""
     from support.projects import ROOT
     from transfer_learning import cli, cuts
 

@@ -1,4 +1,5 @@
-"""Calibration (calibration.py): the ECE over 10 equal-width bins, the reliability table, the shares within 5 and 10 units."""
+"""Calibration (calibration.py): the ECE over 10 equal-width bins, the reliability table, the shares within 5 and 10
+units."""
 
 from __future__ import annotations
 

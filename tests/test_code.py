@@ -1,5 +1,6 @@
 """The code itself: dvc.yaml lists exactly the code each stage runs and the params keys it reads (computed from
-the scripts with ast), TensorFlow is left to the package, and nothing loads untrusted data with a code-running loader."""
+the scripts with ast), TensorFlow is left to the package, and nothing loads untrusted data with a code-running
+loader."""
 
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def test_the_python_snippet_of_using_the_model_runs_on_a_real_model(fast_run, tmp_path):
-    """The snippet exactly as written, in a fresh interpreter, beside a copy of a real run's models/ and a digit as some.jpg."""
+    """The snippet exactly as written, in a fresh interpreter, beside a copy of a real run's models/ and a digit as
+    some.jpg."""
     import shutil
 
     from PIL import Image

@@ -1,5 +1,5 @@
-"""transfer_learning/duplicates.py: the same picture found by its pixels (exact copies in any format, near-duplicates), and
-what happens to a picture under two labels."""
+"""transfer_learning/duplicates.py: the same picture found by its pixels (exact copies in any format,
+near-duplicates), and what happens to a picture under two labels."""
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def planted(seed: int, n: int, shared_low_bits: int = 0):
     two). Planted: near pairs at the limits (4 bits and a mean of exactly 2 levels), pairs just past either limit,
     exact copies (one snapshot, two files), chains a-b-c and a-b-d whose ends are not near-duplicates (c is 6 bits from
     a, d 3 levels), and clusters of one dHash (sizes around SMALL and above BLOCK) whose thumbnails are near or far at
-    random. With `shared_low_bits`, every hash has the same lowest bits: one bucket of them all, searched tile by tile."""
+    random. With `shared_low_bits`, every hash has the same lowest bits: one bucket of them all, searched tile by
+    tile."""
     rng = np.random.default_rng(seed)
     low = (1 << shared_low_bits) - 1
     common = int(rng.integers(0, 2**63)) & low

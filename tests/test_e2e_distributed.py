@@ -64,7 +64,8 @@ def flat(metrics, prefix: str = "") -> dict:
 
 
 def assert_same_metrics(a: Path, b: Path, leave_out: str | None = None) -> None:
-    """Every figure of two metrics files to 1e-4, but the `leave_out` section's (one run computed it, the other did not)."""
+    """Every figure of two metrics files to 1e-4, but the `leave_out` section's (one run computed it, the other did
+    not)."""
     ma, mb = (flat({k: v for k, v in json.loads(path.read_text()).items() if k != leave_out}) for path in (a, b))
     assert ma.keys() == mb.keys() and ma["epochs_run"] == mb["epochs_run"] > 0
     for key in ma:
@@ -79,7 +80,8 @@ def project(fast_run) -> Path:
 
 
 def test_mirrored_head_on_two_logical_cpus_matches_default(project, tmp_path):
-    """Without the k-fold estimate (train_head.folds: 0): its heads under a distribution strategy are the multi-worker test's."""
+    """Without the k-fold estimate (train_head.folds: 0): its heads under a distribution strategy are the
+    multi-worker test's."""
     mirrored = copy_project(project, tmp_path / "mirrored")
     write_params(mirrored, {"train.strategy": "mirrored", "train_head.folds": 0})
     result = run([sys.executable, "-c", TWO_CPUS, "stages.train_head"], mirrored)

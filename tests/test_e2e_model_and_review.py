@@ -29,7 +29,8 @@ pytestmark = pytest.mark.e2e
 
 def test_predict_on_new_images_gives_what_the_evaluated_model_gives(fast_run, tmp_path):
     """Test images of the run as new files (one in a nested folder), next to broken ones: the good ones get the
-    probabilities the model gives them as the pipeline decodes them, so predict prepares images exactly as the pipeline."""
+    probabilities the model gives them as the pipeline decodes them, so predict prepares images exactly as the
+    pipeline."""
     project = fast_run.project
     manifest = pd.read_csv(project / "data/ingested/manifest.csv", dtype={"label": str})
     test = manifest[pd.read_csv(project / "data/split/split.csv")["split"] == "test"].reset_index(drop=True)
@@ -92,7 +93,10 @@ def test_the_review_of_a_run_reports_the_three_models_and_shows_the_worst_mistak
     project = fast_run.project
     text = (project / "reports/review.md").read_text()
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    row = f"| accuracy | {metrics['head']['accuracy']:.3f} | {metrics['fine_tuned']['accuracy']:.3f} | {metrics['baseline']['accuracy']:.3f} |"
+    row = (
+        f"| accuracy | {metrics['head']['accuracy']:.3f} | {metrics['fine_tuned']['accuracy']:.3f} | "
+        f"{metrics['baseline']['accuracy']:.3f} |"
+    )
     assert row in text and "## Per class" in text and text.count("| 36 |") >= 5, "a row per class with its test images"
     assert (
         "1797 images, 0 duplicates (same decoded pixels), 0 skipped." in text and "### Skipped files\n\nNone." in text

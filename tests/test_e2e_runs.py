@@ -236,8 +236,8 @@ def test_regression_from_csv_end_to_end(tmp_path):
     # the review of a regression run: per target range, largest errors
     review = (project / "reports/review.md").read_text()
     assert (
-        f"| mae | {metrics['head']['mae']:.4g} | {metrics['fine_tuned']['mae']:.4g} | {metrics['baseline']['mae']:.4g} |"
-        in review
+        f"| mae | {metrics['head']['mae']:.4g} | {metrics['fine_tuned']['mae']:.4g} | "
+        f"{metrics['baseline']['mae']:.4g} |" in review
     )
     assert "## Per target range" in review and "| images/missing.png | row 62: file not found |" in review
     largest = review.split("## Largest errors of the fine-tuned model")[1].split("## Training")[0]

@@ -32,7 +32,8 @@ FORMATS = ["saved_model", "tflite_float32", "tflite_int8", "onnx"]
 
 
 def tiny_model(outputs: int, task: str) -> keras.Model:
-    """A small network shaped like the real one (pixel scaling, convolution, BatchNormalization, pooling, dense head)."""
+    """A small network shaped like the real one (pixel scaling, convolution, BatchNormalization, pooling, dense
+    head)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)

@@ -1,5 +1,6 @@
-"""transfer_learning/files.py and transfer_learning/errors.py: outputs written atomically and durably, arrays read without pickle, and a
-stage that fails (full or read-only disk, a signal) says so in one line and leaves no half-written output."""
+"""transfer_learning/files.py and transfer_learning/errors.py: outputs written atomically and durably, arrays read
+without pickle, and a stage that fails (full or read-only disk, a signal) says so in one line and leaves no
+half-written output."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, write):
 
 
 def test_disk_full_when_reserving_a_memory_mapped_array(tmp_path, monkeypatch):
-    """npy_writer reserves the space first: on a full disk a later write to the mapping would kill the stage (SIGBUS)."""
+    """npy_writer reserves the space first: on a full disk a later write to the mapping would kill the stage
+    (SIGBUS)."""
 
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -155,7 +157,8 @@ def test_an_input_error_inside_a_write_is_not_blamed_on_the_output(tmp_path):
         ),
         (
             RuntimeError(
-                "Unable to synchronously create file (file write failed: errno = 28, error message = 'No space left on device')"
+                "Unable to synchronously create file (file write failed: errno = 28, error message = 'No space left "
+                "on device')"
             ),
             f"error: {DISK_FULL} (RuntimeError)",
         ),

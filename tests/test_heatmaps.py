@@ -124,7 +124,8 @@ def test_the_grids_show_mistakes_and_correct_images_the_same_bytes_every_run(tra
 
 
 def test_a_regression_model_is_explained_by_its_predicted_target(tmp_path):
-    """Regression has no classes: the gradient of the one output (the CI failure of 2026-12-02: encoding.classes None)."""
+    """Regression has no classes: the gradient of the one output (the CI failure of 2026-12-02: encoding.classes
+    None)."""
     from transfer_learning import review
 
     seeding.make_deterministic(0)

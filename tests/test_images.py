@@ -1,5 +1,5 @@
-"""transfer_learning/images.py: decoding untrusted image files with Pillow (every mode to upright RGB, bounded memory, reasons
-for what cannot be used) and squaring them for the model."""
+"""transfer_learning/images.py: decoding untrusted image files with Pillow (every mode to upright RGB, bounded
+memory, reasons for what cannot be used) and squaring them for the model."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from transfer_learning.records import Encoding
 
 
 def call(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """The model on a few images, eagerly: what predict computes, without tracing a function per model (seconds each)."""
+    """The model on a few images, eagerly: what predict computes, without tracing a function per model (seconds
+    each)."""
     out = model(x, training=False)
     return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
 
@@ -267,8 +268,8 @@ assert not any(name.startswith("transfer_learning") for name in sys.modules), "t
 def test_every_trained_model_saves_without_training_configuration_and_loads_in_plain_keras(tmp_path):
     """Fine-tuning end to end with label smoothing or mixup once saved its compile config with the project's
     SmoothedSparseCrossentropy: plain Keras could not load model.keras ("Could not locate class"), nor evaluate with
-    tta: flip. Each configuration is trained a step, packaged and saved as fine-tune does; one process that never imported
-    the project loads them all (one, not one each: importing TensorFlow takes seconds)."""
+    tta: flip. Each configuration is trained a step, packaged and saved as fine-tune does; one process that never
+    imported the project loads them all (one, not one each: importing TensorFlow takes seconds)."""
     keras.utils.set_random_seed(0)
     base = networks.build_base("mobilenet_v2", 0.35, "none")
     pixels = np.random.default_rng(5).uniform(0, 255, (4, 32, 32, 3)).astype("float32")

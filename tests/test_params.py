@@ -27,7 +27,8 @@ CASES = [
     ({"data.labels": "x.csv"}, "unknown key data.labels; data keys: source, csv, task, path_column, target_column"),
     (
         {"extras.x": 1},
-        "unknown key extras; params.yaml keys: data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train",
+        "unknown key extras; params.yaml keys: data, ingest, split, normalize, augment, base, head, train_head, "
+        "fine_tune, train",
     ),
     ({"train_head.epochs": DELETE}, "missing key train_head.epochs"),
     # wrong types
@@ -227,7 +228,8 @@ def test_several_problems_are_all_named_on_one_line(tmp_path):
         ("data: [unclosed\n  - x\n", "cannot read params (while parsing a flow sequence"),
         (
             "- just\n- a list\n",
-            "expected sections data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train, got list",
+            "expected sections data, ingest, split, normalize, augment, base, head, train_head, fine_tune, train, "
+            "got list",
         ),
         ("", "expected sections data, ingest"),
         ("data:\n  source: a\n\tbad: tab\n", "cannot read params ("),
@@ -283,7 +285,8 @@ def test_unfreeze_from_not_a_layer_lists_the_valid_names():
         networks.unfreeze_from(base, "block_10_expnd")
     text = str(info.value)
     assert re.match(
-        r"fine_tune.unfreeze_from 'block_10_expnd' is not a layer of mobilenetv2_0.35_32; for example: .*block_10_expand",
+        r"fine_tune.unfreeze_from 'block_10_expnd' is not a layer of mobilenetv2_0.35_32; for example: "
+        r".*block_10_expand",
         text,
     )
     assert "block_16_expand" in text and "Conv_1" in text and "\n" not in text

@@ -1,5 +1,5 @@
-"""transfer-learning predict: new images (a folder or a CSV) -> one CSV row each, prepared as ingest and normalize prepare the
-training images, with unusable files reported and exit codes a script can use.
+"""transfer-learning predict: new images (a folder or a CSV) -> one CSV row each, prepared as ingest and normalize
+prepare the training images, with unusable files reported and exit codes a script can use.
 
 A small real Keras model (saved as fine-tune saves one) stands in for a trained one here; test_e2e_model_and_review.py
 runs it on the model of a real pipeline run.

@@ -186,7 +186,8 @@ def test_class_names_never_run_as_formulas_in_csv_outputs(tmp_path):
 
 
 def test_class_names_with_dollar_signs_are_drawn_literally(tmp_path):
-    """matplotlib reads $...$ as math text: 'a$^$b' made evaluate's confusion matrix crash after the whole pipeline ran."""
+    """matplotlib reads $...$ as math text: 'a$^$b' made evaluate's confusion matrix crash after the whole pipeline
+    ran."""
     from transfer_learning import evaluation
 
     actual = np.array(HOSTILE_CLASSES * 2)

@@ -160,7 +160,8 @@ def test_no_usable_image_fails_clearly_and_still_writes_the_report(tmp_path):
     project = stage_project(tmp_path, {"data.source": str(junk)})
     line = one_error_line(run_stage(project, "ingest"))
     assert line.startswith(
-        f"error: data.source {junk}: no usable image (2 skipped, e.g. cats/a.jpg: empty file; cats/b.png: not a readable image"
+        f"error: data.source {junk}: no usable image (2 skipped, e.g. cats/a.jpg: empty file; cats/b.png: not a "
+        "readable image"
     )
     assert line.endswith("every one is in metrics/data.json)")
     report = json.loads((project / "metrics/data.json").read_text())
@@ -248,9 +249,9 @@ def temporary_files(project: Path) -> list[str]:
 @pytest.mark.e2e
 def test_a_killed_then_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_run(fast_run, tmp_path):
     """Same inputs and params, same bytes, interruptions or not: a new project with the fast run's params, killed while
-    extract-features writes its first split (SIGKILL of DVC and the stage: a power cut, the OOM killer), interrupted while
-    it writes its second (Ctrl-C), then resumed to the end, has the uninterrupted fast run's dvc.lock: every output byte
-    for byte."""
+    extract-features writes its first split (SIGKILL of DVC and the stage: a power cut, the OOM killer), interrupted
+    while it writes its second (Ctrl-C), then resumed to the end, has the uninterrupted fast run's dvc.lock: every
+    output byte for byte."""
     project = make_project(tmp_path, FAST)
 
     killed = start(["dvc", "repro"], project)

@@ -1,4 +1,5 @@
-"""transfer_learning/splitting.py: stratified, seeded train/val/test assignment by content, never a picture in two splits."""
+"""transfer_learning/splitting.py: stratified, seeded train/val/test assignment by content, never a picture in two
+splits."""
 
 from __future__ import annotations
 

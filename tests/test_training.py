@@ -1,4 +1,5 @@
-"""Compiling options (transfer_learning/training.py): label smoothing, the regression losses, and the saved model's score."""
+"""Compiling options (transfer_learning/training.py): label smoothing, the regression losses, and the saved model's
+score."""
 
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loa
 
 
 def test_steps_per_call_train_the_same_weights_as_one_call_a_step():
-    """compile_for runs STEPS_PER_CALL steps in one call: the same batches, dropout masks and updates as one step a call,
-    bit for bit (one process, one CPU: the same kernels), also when an epoch ends inside a call (3 steps a call, 7 an epoch)."""
+    """compile_for runs STEPS_PER_CALL steps in one call: the same batches, dropout masks and updates as one step a
+    call, bit for bit (one process, one CPU: the same kernels), also when an epoch ends inside a call (3 steps a
+    call, 7 an epoch)."""
     x = np.random.default_rng(0).normal(size=(100, 8)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
     keras.utils.set_random_seed(0)

@@ -51,7 +51,8 @@ def reliability(probabilities: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
 
 
 def regression_reliability(predicted: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
-    """Per bin of equal count of the predictions (in test order among ties): its images, mean prediction, mean target."""
+    """Per bin of equal count of the predictions (in test order among ties): its images, mean prediction, mean
+    target."""
     predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)
     order = np.lexsort((np.arange(len(predicted)), predicted))
     rows = [part for part in np.array_split(order, min(BINS, len(order))) if len(part)]
@@ -91,7 +92,8 @@ def metrics(actual: np.ndarray, outputs: dict, encoding: Encoding, baseline) -> 
 
 
 def write_plots(actual: np.ndarray, outputs: dict, encoding: Encoding, folder, figures) -> None:
-    """The reliability table of each model as <folder>/<model>.csv; regression: also the residuals figure in `figures`."""
+    """The reliability table of each model as <folder>/<model>.csv; regression: also the residuals figure in
+    `figures`."""
     if encoding.is_classification:
         index = {name: i for i, name in enumerate(encoding.classes)}
         classes = np.array([index[a] for a in actual], dtype=int)

@@ -19,7 +19,10 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Apply the trained model to new images (a folder, or a CSV listing them) and write one CSV row per image."
     )
-    parser.epilog = "exit status: 0 every image predicted; 3 predictions written, some files skipped; 1 error (nothing written); 2 bad arguments"
+    parser.epilog = (
+        "exit status: 0 every image predicted; 3 predictions written, some files skipped; 1 error "
+        "(nothing written); 2 bad arguments"
+    )
     parser.add_argument(
         "source", type=Path, help="a folder of images (nested folders too), or a .csv file listing them"
     )

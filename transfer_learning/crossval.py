@@ -57,7 +57,8 @@ class Rows:
 
 def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs: int) -> dict:
     """cfg: train_head's params; head_cfg: head's; per_image: rows per training image (augment.copies + 1).
-    -> {'folds', 'epochs', '<metric>_mean', '<metric>_std' (over folds, n-1), '<metric>_min', '<metric>_max', 'per_fold'}."""
+    -> {'folds', 'epochs', '<metric>_mean', '<metric>_std' (over folds, n-1), '<metric>_min', '<metric>_max',
+    'per_fold'}."""
     train_x, val_x = (
         files.load_npy(paths.features("train"), mmap=True),
         files.load_npy(paths.features("val"), mmap=True),
@@ -95,7 +96,8 @@ def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs
             head.fit(train, epochs=epochs, shuffle=False, verbose=0)
         scores.append(training.score(packaging.package(head, encoding), held, encoding))
         print(
-            f"train-head: fold {fold + 1}/{cfg.folds}: {encoding.metric} {scores[-1]:.4f} on {len(held_rows)} held-out images"
+            f"train-head: fold {fold + 1}/{cfg.folds}: {encoding.metric} {scores[-1]:.4f} on {len(held_rows)} "
+            "held-out images"
         )
     m = encoding.metric
     return {

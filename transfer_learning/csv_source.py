@@ -106,7 +106,8 @@ def csv_manifest(
 
 def csv_rows(csv_path: Path) -> tuple[list[str], dict[int, list[str]]]:
     """-> (header, {row number: fields}). Rows are numbered as a spreadsheet shows them: the header is row 1 and blank
-    lines count (they come back as []). No column becomes an index and no repeated header name is renamed, as pandas does."""
+    lines count (they come back as []). No column becomes an index and no repeated header name is renamed, as pandas
+    does."""
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as f:
             records = list(csv.reader(f))
@@ -129,7 +130,8 @@ def column_index(header: list[str], column: str, param: str, csv_path: Path) -> 
     found = [i for i, name in enumerate(header) if name == column]
     if not found:
         raise PipelineError(
-            f"{csv_path} has no column {column!r} ({param}); its columns are {', '.join(name for name in header if name)}"
+            f"{csv_path} has no column {column!r} ({param}); its columns are "
+            f"{', '.join(name for name in header if name)}"
         )
     if len(found) > 1:
         raise PipelineError(

@@ -53,7 +53,8 @@ def main(args: argparse.Namespace) -> None:
     for row in rows(args.base, size, args.alpha, args.minimalistic):
         mark = "  <- default" if row["default"] else ""
         print(
-            f"{row['number']:>5}  {row['layer']:<45} {'x'.join(map(str, row['shape'])):<22} {row['kib']:>7.1f} KiB{mark}"
+            f"{row['number']:>5}  {row['layer']:<45} {'x'.join(map(str, row['shape'])):<22} {row['kib']:>7.1f} "
+            f"KiB{mark}"
         )
 
 

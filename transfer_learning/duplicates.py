@@ -24,7 +24,8 @@ measurements: copies with different targets are kept (in one split) and counted 
 At scale (near_components): the near-duplicates are never listed. Candidate pairs are checked and merged batch by
 batch into a union-find, and a pair already in one component is not checked again. The exact search this replaced
 kept every near pair in a Python set before uniting them: 2,000 frames of one scene made 1.5 million pairs (6.6 s,
-375 MB), so 10,000 about 37 million (some 9 GB, extrapolated). Memory now, whatever the number of look-alikes, for N images:
+375 MB), so 10,000 about 37 million (some 9 GB, extrapolated). Memory now, whatever the number of look-alikes, for N
+images:
 
     about 120 N bytes  +  40 BLOCK^2 bytes (a tile: 10 MB)  +  600 PAIRS bytes (thumbnail checks: 5 MB)
 

@@ -27,7 +27,8 @@ NAME = "predictions.png"
 
 @dataclass(frozen=True)
 class Samples:
-    """The grid's rows: what the trained model reads (features, activations or images), the pictures, the true labels."""
+    """The grid's rows: what the trained model reads (features, activations or images), the pictures, the true
+    labels."""
 
     stage: str
     inputs: np.ndarray

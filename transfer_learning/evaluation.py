@@ -41,8 +41,8 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
 
 
 def summary(actual: np.ndarray, predictions: dict, encoding: Encoding, baseline) -> dict:
-    """{'head': {...}, 'fine_tuned': {...}, 'baseline': {...}, 'test_images': n}. The baseline always predicts `baseline`
-    (targets.constant: the most frequent training class, or the training mean)."""
+    """{'head': {...}, 'fine_tuned': {...}, 'baseline': {...}, 'test_images': n}. The baseline always predicts
+    `baseline` (targets.constant: the most frequent training class, or the training mean)."""
     score = classification_metrics if encoding.is_classification else regression_metrics
     result = {name: score(actual, predicted) for name, predicted in predictions.items()}
     result["baseline"] = score(actual, np.full(len(actual), baseline))

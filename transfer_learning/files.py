@@ -143,9 +143,10 @@ PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def spreadsheet_safe(value):
-    """Text starting with = + - @ (or a tab or CR) runs as a formula when a spreadsheet opens the CSV (`=HYPERLINK(...)`,
-    `@SUM(...)`); a leading `'` makes it shown as written (OWASP's advice). Plain numbers (`-1`) stay as they are.
-    The same class name is escaped the same way everywhere, so `dvc plots` still pairs actual and predicted."""
+    """Text starting with = + - @ (or a tab or CR) runs as a formula when a spreadsheet opens the CSV
+    (`=HYPERLINK(...)`, `@SUM(...)`); a leading `'` makes it shown as written (OWASP's advice). Plain numbers (`-1`)
+    stay as they are. The same class name is escaped the same way everywhere, so `dvc plots` still pairs actual and
+    predicted."""
     if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value

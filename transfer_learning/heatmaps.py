@@ -3,10 +3,10 @@
 The saved model (raw pixels in) is read as it is: the network in it whose layers include a convolutional base (a nested
 model with a 4-D output, whatever the base), and in the base its last convolutional feature map: its last layer with
 a 4-D output that is not a pooling layer (MobileNetV2: out_relu; VGG16: block5_conv3, before the last max pooling;
-every keras.applications family, docs/backbones.md). Grad-CAM weighs each channel of that map by the mean gradient of the
-score (the class's logit, before the softmax; regression: the predicted target) and keeps the positive part, so the
-map shows what raised the score. With test-time augmentation (fine_tune.tta: flip) the network inside the flip
-average is explained, on the image as it is.
+every keras.applications family, docs/backbones.md). Grad-CAM weighs each channel of that map by the mean gradient of
+the score (the class's logit, before the softmax; regression: the predicted target) and keeps the positive part, so the
+map shows what raised the score. With test-time augmentation (fine_tune.tta: flip) the network inside the flip average
+is explained, on the image as it is.
 
 - gradcam(): (n, H, W, 3) uint8 images -> (n, h, w) maps in [0, 1] at the feature map's resolution.
 - overlay(): a map upsampled onto its image (jet colours, half transparent).
@@ -78,7 +78,8 @@ class Explainer:
         return x
 
     def gradcam(self, images: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        """Maps in [0, 1] of `images` (n, H, W, 3 uint8) for the class of each row of `targets` (indices; None: regression)."""
+        """Maps in [0, 1] of `images` (n, H, W, 3 uint8) for the class of each row of `targets` (indices; None:
+        regression)."""
         import tensorflow as tf
 
         maps = []
@@ -104,7 +105,8 @@ class Explainer:
         return np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32)
 
     def check(self, x, out, logits: bool) -> None:
-        """The chain must be the network: its outputs as the network gives them (else the maps would explain another one)."""
+        """The chain must be the network: its outputs as the network gives them (else the maps would explain another
+        one)."""
         expected = np.asarray(self.network(x, training=False), dtype=np.float32)
         got = np.asarray(keras.ops.softmax(out) if logits else out, dtype=np.float32)
         if not np.allclose(got, expected, atol=1e-3):
@@ -198,7 +200,8 @@ def write(
     folder: Path,
     report: Path,
 ) -> list[str]:
-    """The heatmap grids of the first MISTAKES rows of `worst` and of `correct` into `folder`; -> the review's section."""
+    """The heatmap grids of the first MISTAKES rows of `worst` and of `correct` into `folder`; -> the review's
+    section."""
     explainer = Explainer(model)
     task = encoding.task
     shown = {"mistakes.png": worst.head(MISTAKES), "correct.png": correct}

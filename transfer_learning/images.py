@@ -150,13 +150,17 @@ def check_aspect(size: tuple[int, int]) -> None:
     ratio = max(size) / max(1, min(size))
     if ratio > MAX_ASPECT_RATIO:
         raise Unusable(
-            f"{size[0]}x{size[1]} pixels is thinner than 1:{MAX_ASPECT_RATIO} (the long side is {ratio:.3g} times the short "
+            f"{size[0]}x{size[1]} pixels is thinner than 1:{MAX_ASPECT_RATIO} (the long side is {ratio:.3g} times "
+            "the short "
             "side); crop it to include it"
         )
 
 
 def too_large(shown: str, max_pixels: int) -> str:
-    return f"{shown} is over ingest.max_megapixels={max_pixels / 1e6:g} (decompression-bomb guard); raise it to include this image"
+    return (
+        f"{shown} is over ingest.max_megapixels={max_pixels / 1e6:g} (decompression-bomb guard); raise it to "
+        "include this image"
+    )
 
 
 def exif_orientation(im: Image.Image) -> int | None:
@@ -187,7 +191,8 @@ def to_rgb(im: Image.Image, top: float | None = None) -> Image.Image:
 
 
 def intensity_top(im: Image.Image) -> float:
-    """16-bit images span 0-65535; 32-bit ones too if their peak is above 255; float ones 0-1 if their peak is at most 1."""
+    """16-bit images span 0-65535; 32-bit ones too if their peak is above 255; float ones 0-1 if their peak is at
+    most 1."""
     peak = float(im.getextrema()[1]) if im.mode in ("I", "F") else 0.0
     return 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
 
@@ -217,7 +222,8 @@ def shrink(im: Image.Image, max_short_side: int) -> Image.Image:
 
 
 def square(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8 keeping the aspect: `crop` fills and center-crops, `pad` fits and pads black."""
+    """(H, W, 3) uint8 -> (size, size, 3) uint8 keeping the aspect: `crop` fills and center-crops, `pad` fits and
+    pads black."""
     im = Image.fromarray(pixels, "RGB")
     if mode == "crop":
         out = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)

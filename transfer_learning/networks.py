@@ -131,9 +131,9 @@ def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
 
 
 def cut_index(base: keras.Model, cut: str | int) -> int:
-    """The index in base.layers of the first layer to train: fine_tune.unfreeze_from as a layer name, or as a number N of
-    layers to freeze (layer N and above train, as the Keras notes count: InceptionV3 249). Checked when the base is
-    built (it needs TensorFlow to know the layers), before any training."""
+    """The index in base.layers of the first layer to train: fine_tune.unfreeze_from as a layer name, or as a number
+    N of layers to freeze (layer N and above train, as the Keras notes count: InceptionV3 249). Checked when the base
+    is built (it needs TensorFlow to know the layers), before any training."""
     names = [layer.name for layer in base.layers]
     if isinstance(cut, int):
         if not 1 <= cut < len(names):
@@ -155,11 +155,11 @@ def unfreeze_from(base: keras.Model, cut: str | int) -> int:
     """Make the layer at `cut` (a name, or a number of layers to freeze) and every base layer after it trainable, except
     BatchNormalization layers.
 
-    Frozen BN layers run in inference mode in Keras 3 (`trainable=False` implies it), which keeps their moving statistics
-    intact while the convolutions around them adapt; this holds in every family. Dropout layers below the cut are
-    turned off (EfficientNet's stochastic depth), so the frozen bottom is the same function every epoch. LayerNormalization (ConvNeXt) has no
-    statistics to keep, it normalizes each image by itself: above the cut it trains (its scale and offset) like any
-    layer, below it is frozen. Returns the number of trainable weights.
+    Frozen BN layers run in inference mode in Keras 3 (`trainable=False` implies it), which keeps their moving
+    statistics intact while the convolutions around them adapt; this holds in every family. Dropout layers below the cut
+    are turned off (EfficientNet's stochastic depth), so the frozen bottom is the same function every epoch.
+    LayerNormalization (ConvNeXt) has no statistics to keep, it normalizes each image by itself: above the cut it trains
+    (its scale and offset) like any layer, below it is frozen. Returns the number of trainable weights.
     """
     start = cut_index(base, cut)
     base.trainable = True
@@ -225,7 +225,8 @@ def nearest_cuts(base: keras.Model, start: int, count: int = 3) -> str:
 
 
 def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Model]:
-    """The base cut at the input of the layer at `cut` (a name or a number): base(x) == top(bottom(x)), sharing its layers.
+    """The base cut at the input of the layer at `cut` (a name or a number): base(x) == top(bottom(x)), sharing its
+    layers.
 
     The cut must be a single tensor: not the input layer or the first layer (nothing below them), not a
     layer joining branches (an Add of a residual connection takes two), and no layer above it may read
@@ -247,7 +248,10 @@ def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Mo
                 "(every layer would train)"
             )
         elif isinstance(inputs, (list, tuple)) and len(inputs) > 1:
-            why = f" takes {len(inputs)} inputs (it joins the branches of a residual connection), so what enters it is not one activation"
+            why = (
+                f" takes {len(inputs)} inputs (it joins the branches of a residual connection), so what enters it "
+                "is not one activation"
+            )
         else:
             why = ": a residual connection jumps over this layer, so the activations below it cannot be cached"
         raise PipelineError(
@@ -259,7 +263,8 @@ def split_base(base: keras.Model, cut: str | int) -> tuple[keras.Model, keras.Mo
 
 
 def _top(base: keras.Model, start: int) -> keras.Model | None:
-    """The layers from layers[start] up as a model of its single input, or None if the layers above need anything from below."""
+    """The layers from layers[start] up as a model of its single input, or None if the layers above need anything
+    from below."""
     cut = base.layers[start].input
     if isinstance(cut, (list, tuple)):
         return None

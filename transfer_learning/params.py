@@ -69,11 +69,13 @@ class Data(Section):
     @model_validator(mode="after")
     def source_is_a_dataset_folder(self):
         """A relative data.source must stay inside the project: queued experiments (dvc exp run --queue) run in a
-        copy of the project under .dvc/tmp/exps, where `../x` is another folder. It may not hold the pipeline's outputs."""
+        copy of the project under .dvc/tmp/exps, where `../x` is another folder. It may not hold the pipeline's
+        outputs."""
         if not Path(self.source).is_absolute() and leaves(self.source):
             raise ValueError(
                 f"data.source {self.source} is a relative path outside the project: give its absolute path "
-                f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` (docs/data.md); "
+                f"({Path(self.source).resolve()}) or bring the data in with `dvc import-url` or `dvc add` "
+                "(docs/data.md); "
                 "queued experiments run in a copy of the project, where a relative path outside it points elsewhere"
             )
         source = Path(self.source).resolve()
@@ -81,12 +83,14 @@ class Data(Section):
             output = output.resolve()
             if source == output or source.is_relative_to(output) or output.is_relative_to(source):
                 raise ValueError(
-                    f"data.source {self.source} overlaps the pipeline's own outputs ({output.relative_to(Path.cwd().resolve())}); "
+                    f"data.source {self.source} overlaps the pipeline's own outputs "
+                    f"({output.relative_to(Path.cwd().resolve())}); "
                     "point it at a folder that holds only your images, e.g. data/raw/<name>"
                 )
         if self.csv and (Path(self.csv).is_absolute() or leaves(self.csv) or not self.csv.lower().endswith(".csv")):
             raise ValueError(
-                f"data.csv {self.csv!r} must name a .csv file inside data.source (e.g. labels.csv), or be empty for class folders"
+                f"data.csv {self.csv!r} must name a .csv file inside data.source (e.g. labels.csv), or be empty for "
+                "class folders"
             )
         return self
 
@@ -154,9 +158,9 @@ class Augment(Section):
 
 class Base(Section):
     name: str
-    """The pretrained convolutional base, its classifier cut off: any ImageNet family of keras.applications in snake case
-    (`mobilenet_v2`, `vgg16`, `resnet50_v2`, `inception_v3`, `efficientnet_v2_b0`, `convnext_tiny`, ...; the table, its
-    input sizes and default cuts: docs/backbones.md)."""
+    """The pretrained convolutional base, its classifier cut off: any ImageNet family of keras.applications in snake
+    case (`mobilenet_v2`, `vgg16`, `resnet50_v2`, `inception_v3`, `efficientnet_v2_b0`, `convnext_tiny`, ...; the
+    table, its input sizes and default cuts: docs/backbones.md)."""
     alpha: float = Field(gt=0)
     """Width multiplier of MobileNet, MobileNetV2 and MobileNetV3 (ImageNet weights: MobileNet 0.25, 0.5, 0.75, 1;
     MobileNetV2 0.35, 0.5, 0.75, 1, 1.3, 1.4; MobileNetV3 0.75, 1, minimalistic 1); the other families ignore it."""
@@ -177,7 +181,8 @@ class Base(Section):
         family = backbones.get(self.name)  # a ValueError naming the closest bases
         if self.minimalistic and not family.minimalistic:
             raise ValueError(
-                f"base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, not {self.name}; set it to false"
+                f"base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, not {self.name}; set "
+                "it to false"
             )
         alphas = family.imagenet_alphas(self.minimalistic)
         if alphas is not None and self.weights == "imagenet" and self.alpha not in alphas:
@@ -195,8 +200,10 @@ class Base(Section):
                 or weights.parts[0] != paths.WEIGHTS.name
             ):
                 raise ValueError(
-                    f"base.weights must be imagenet, none or a .weights.h5 file in the project's {paths.WEIGHTS}/ folder "
-                    f"(a dependency of every stage that builds the base, so replacing the file reruns them), got {self.weights!r}"
+                    f"base.weights must be imagenet, none or a .weights.h5 file in the project's {paths.WEIGHTS}/ "
+                    "folder "
+                    "(a dependency of every stage that builds the base, so replacing the file reruns them), got "
+                    f"{self.weights!r}"
                 )
             if not weights.is_file():
                 raise ValueError(f"base.weights file {self.weights} does not exist")
@@ -259,8 +266,9 @@ class FineTune(Fit):
     """First base layer to train, by name, or a number N: the first N layers of the base stay frozen, layer N and above
     train (InceptionV3: 249, as the Keras notes write it); `default`: the family's default cut (docs/backbones.md).
     BatchNormalization stays frozen in every family. With cached activations the frozen bottom's output must be one
-    tensor (no residual connection may jump over the cut, and something frozen must lie below it): the error lists the nearest valid cuts, and
-    `python -m transfer_learning.cuts <base.name> <image size>` lists them all with their activation sizes."""
+    tensor (no residual connection may jump over the cut, and something frozen must lie below it): the error lists
+    the nearest valid cuts, and `python -m transfer_learning.cuts <base.name> <image size>` lists them all with their
+    activation sizes."""
     momentum: float = Field(ge=0, lt=1)
     """SGD momentum."""
     cache_activations: bool
@@ -309,7 +317,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def base_takes_the_image_size(self):
-        """normalize.image_size against the base's input-size rules (Keras' own check would fail only in extract-features)."""
+        """normalize.image_size against the base's input-size rules (Keras' own check would fail only in
+        extract-features)."""
         family, size = backbones.FAMILIES[self.base.name], self.normalize.image_size
         if size < family.min_size:
             raise ValueError(
@@ -374,7 +383,8 @@ MAX_YAML_VALUES = 10_000
 
 def read_yaml(text: str, path: Path):
     """yaml.safe_load, but the document is composed first (nodes, aliases still shared) and measured before any Python
-    object is made: more than MAX_YAML_VALUES values once aliases are expanded, or an alias inside itself, is refused."""
+    object is made: more than MAX_YAML_VALUES values once aliases are expanded, or an alias inside itself, is
+    refused."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -73,7 +73,8 @@ def table(defaults: dict) -> str:
     for section, section_field in params.Params.model_fields.items():
         for key, field in section_field.annotation.model_fields.items():
             rows.append(
-                f"| `{section}.{key}` | {default(defaults[section][key])} | {allowed(field)} | {' '.join(field.description.split())} |"
+                f"| `{section}.{key}` | {default(defaults[section][key])} | {allowed(field)} | "
+                f"{' '.join(field.description.split())} |"
             )
     return "\n".join(rows)
 

@@ -103,5 +103,6 @@ def feature_targets(split: str) -> Path:
 
 
 def activations(split: str) -> Path:
-    """The frozen base's output below fine_tune.unfreeze_from, row for row with image_list(split) (train and val only)."""
+    """The frozen base's output below fine_tune.unfreeze_from, row for row with image_list(split) (train and val
+    only)."""
     return split_array(ACTIVATIONS, split, "activations")

@@ -83,7 +83,8 @@ def predict_files(
 
 def model_runner(path: Path):
     """The model to run, by its kind: a .keras file (Keras, safe_mode), or an export of the export stage: a SavedModel
-    folder, a .tflite or an .onnx file (runners in exports.py, with the same input_shape, output_shape, predict_on_batch)."""
+    folder, a .tflite or an .onnx file (runners in exports.py, with the same input_shape, output_shape,
+    predict_on_batch)."""
     if Path(path).suffix.lower() == ".keras" or not Path(path).exists():
         return model_files.load(path)
     from transfer_learning import exports  # the runtimes load only when an export is run
@@ -92,8 +93,8 @@ def model_runner(path: Path):
 
 
 def refuse_an_input(output: Path, inputs: list[Path]) -> None:
-    """-o may not be (or resolve to, through links) a file predict reads: the CSV listing the images, an image, the model
-    or its encoding.json; writing it would replace an input with the predictions."""
+    """-o may not be (or resolve to, through links) a file predict reads: the CSV listing the images, an image, the
+    model or its encoding.json; writing it would replace an input with the predictions."""
     target = Path(output).resolve()
     for source in inputs:
         source = Path(source)
@@ -164,7 +165,8 @@ def header(encoding: Encoding, top_k: int) -> list[str]:
 
 
 def rows(paths: list[str], outputs: np.ndarray, encoding: Encoding, top_k: int) -> list[list[str]]:
-    """CSV rows of one batch: the classes by probability (the first is the prediction; ties in class order), or the value."""
+    """CSV rows of one batch: the classes by probability (the first is the prediction; ties in class order), or the
+    value."""
     paths = [files.spreadsheet_safe(path) for path in paths]  # file and class names: never spreadsheet formulas
     if not encoding.is_classification:
         return [[path, f"{value:.6g}"] for path, value in zip(paths, np.asarray(outputs, dtype=np.float64).reshape(-1))]
@@ -177,9 +179,9 @@ def rows(paths: list[str], outputs: np.ndarray, encoding: Encoding, top_k: int) 
 
 
 def new_images(source: Path, path_column: str) -> tuple[list[entries.Item], list[entries.Skipped]]:
-    """Images to predict (transfer-learning predict), without labels: every image file under a folder (nested folders included), or
-    those a CSV file lists in `path_column` (relative to the CSV's folder). Unusable entries are skipped with the reason,
-    exactly as in data.source."""
+    """Images to predict (transfer-learning predict), without labels: every image file under a folder (nested folders
+    included), or those a CSV file lists in `path_column` (relative to the CSV's folder). Unusable entries are
+    skipped with the reason, exactly as in data.source."""
     root = Path(source)
     if root.is_file() and root.suffix.lower() == ".csv":
         return csv_source.csv_manifest(root, "classification", path_column, None, path_param="--path-column")

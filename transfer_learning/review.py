@@ -82,7 +82,10 @@ def caption(row, task: str) -> str:
     """Three lines under a grid cell: the file, the true and the predicted label."""
     name = shorten(Path(str(row.path)).name, 24)
     if task == "classification":
-        return f"{name}\ntrue: {shorten(str(row.actual), 18)}\npredicted: {shorten(str(row.predicted), 12)} ({row.probability:.2f})"
+        return (
+            f"{name}\ntrue: {shorten(str(row.actual), 18)}\npredicted: {shorten(str(row.predicted), 12)} "
+            f"({row.probability:.2f})"
+        )
     return f"{name}\ntrue: {row.actual:.4g}\npredicted: {row.predicted:.4g} ({row.error:+.3g})"
 
 
@@ -228,13 +231,15 @@ def data_section(report: DataReport, task: str) -> list[str]:
     if report.duplicates_with_different_targets:
         lines += [
             "",
-            f"{report.duplicates_with_different_targets} pictures appear with two different targets (kept, in one split).",
+            f"{report.duplicates_with_different_targets} pictures appear with two different targets (kept, in one "
+            "split).",
         ]
     if report.target:
         target = report.target
         lines += [
             "",
-            f"Target: mean {target['mean']:.4g}, std {target['std']:.4g}, from {target['min']:.4g} to {target['max']:.4g}.",
+            f"Target: mean {target['mean']:.4g}, std {target['std']:.4g}, from {target['min']:.4g} to "
+            f"{target['max']:.4g}.",
         ]
     lines += ["", "### Skipped files", ""]
     if not report.skipped_files:

@@ -1,4 +1,5 @@
-"""The review against a base revision (`make review BASE=main`): what this workspace changed, for a pull-request comment.
+"""The review against a base revision (`make review BASE=main`): what this workspace changed, for a pull-request
+comment.
 
     python -m transfer_learning.review_diff main
 

@@ -47,7 +47,8 @@ def assign(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, 
             fix = "lower split.bins or add images" if name.startswith("target bin") else "add images to it or remove it"
             joined = (stratum == name) & manifest["group"].map(group_stratum).ne(name)
             near = (
-                f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see metrics/data.json)"
+                f" ({int(joined.sum())} of its images are near-duplicates of others' and go with them; see "
+                "metrics/data.json)"
                 if joined.any()
                 else ""
             )

@@ -33,7 +33,8 @@ def optimizer(
     large gradients into the pretrained layers, from wrecking the ImageNet weights.
 
     `ema` > 0 keeps an exponential moving average of the weights (Keras' use_ema: after each step
-    average = ema * average + (1 - ema) * weights); `fit` validates and keeps that average, not the last step's weights."""
+    average = ema * average + (1 - ema) * weights); `fit` validates and keeps that average, not the last step's
+    weights."""
     if schedule == "cosine" and total_steps > warmup_steps:
         lr = keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps=total_steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
@@ -170,11 +171,13 @@ def fit(
     for name, data in (("training", train), ("validation", val)):
         if data.first_batch_rows() % replicas:  # Keras reduces the first batch over the replicas to learn its shapes
             raise PipelineError(
-                f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share evenly; "
+                f"the first {name} batch has {data.first_batch_rows()} rows, which {replicas} replicas cannot share "
+                "evenly; "
                 f"use a batch size that is a multiple of {replicas} and at most half the {len(data.inputs)} {name} rows"
             )
     print(
-        f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch (global batches)",
+        f"training {model.name} on {replicas} replica(s): {len(train)} batches of {train.batch_size} per epoch "
+        "(global batches)",
         flush=True,
     )
     stopping = (

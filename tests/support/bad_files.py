@@ -150,7 +150,8 @@ def reasons_match(skipped: dict, expected: dict) -> None:
 
 def hostile_additions(root: Path) -> dict:
     """More of what a real folder holds, on top of messy_folder: the same picture under two labels and in two formats,
-    a re-encoded copy, a strip, images costly to decode, branching links and look-alike class names. -> expected skips."""
+    a re-encoded copy, a strip, images costly to decode, branching links and look-alike class names. -> expected
+    skips."""
     for c, name in enumerate(["with space", "ünïcode", "dots.in.name", "NA"]):  # enough images left in every class
         for i in range(4, 8):
             make_image(root / name / f"img_{i}.png", (60 * c, 200 - 40 * c, 90), noise_seed=10 * c + i)
@@ -178,8 +179,10 @@ def hostile_additions(root: Path) -> dict:
         # links into another class
         "with space/inside_link.png": f"the same picture as NA/img_0.png (labeled 'NA'): {conflict}",
         "NA/img_0.png": f"the same picture as with space/inside_link.png (labeled 'with space'): {conflict}",
-        "NA/linked_folder/deeper/x.Png": f"the same picture as with space/nested/deeper/x.Png (labeled 'with space'): {conflict}",
-        "with space/nested/deeper/x.Png": f"the same picture as NA/linked_folder/deeper/x.Png (labeled 'NA'): {conflict}",
+        "NA/linked_folder/deeper/x.Png": "the same picture as with space/nested/deeper/x.Png (labeled 'with "
+        f"space'): {conflict}",
+        "with space/nested/deeper/x.Png": "the same picture as NA/linked_folder/deeper/x.Png (labeled 'NA'): "
+        f"{conflict}",
         "NA/strip.png": "256x100000 pixels is thinner than 1:10",
     }
     for i in range(5):

@@ -238,7 +238,8 @@ def split_images(project: Path, split: str = "test") -> np.ndarray:
 
 
 def predict_cli(*argv) -> int:
-    """`transfer-learning predict`'s exit status, run in this process (errors.run turns errors into `error: ...` and status 1)."""
+    """`transfer-learning predict`'s exit status, run in this process (errors.run turns errors into `error: ...` and
+    status 1)."""
     from transfer_learning import cli
 
     try:

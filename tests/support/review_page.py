@@ -54,14 +54,19 @@ window.addEventListener("load", async () => {
   const vega = embeds.map(({id, error}) => {
     const div = document.querySelector(id);
     // the chart's own title: the title mark nearest the root (a facet's headers are titles too, deeper down)
-    const depth = (node) => { let n = 0; for (let g = node.parentElement; g; g = g.parentElement) n += g.matches("g.mark-group") ? 1 : 0; return n; };
+    const depth = (node) => {
+      let n = 0;
+      for (let g = node.parentElement; g; g = g.parentElement) n += g.matches("g.mark-group") ? 1 : 0;
+      return n;
+    };
     const titles = Array.from(div.querySelectorAll("g.role-title-text text")).sort((a, b) => depth(a) - depth(b));
     const title = titles.length ? titles[0].textContent : null;
     return {id: id, error: error, svg: div.querySelectorAll("svg.marks").length,
             marks: div.querySelectorAll("svg.marks path, svg.marks rect, svg.marks line").length,
             title: title};
   });
-  const images = Array.from(document.querySelectorAll("div[id] > p:first-child")).filter((p) => p.parentElement.querySelector("img"))
+  const images = Array.from(document.querySelectorAll("div[id] > p:first-child"))
+    .filter((p) => p.parentElement.querySelector("img"))
     .map((p) => ({title: p.textContent, loaded: Array.from(p.parentElement.querySelectorAll("img"))
       .map((img) => img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null)}));
   const out = document.createElement("pre");
@@ -86,7 +91,8 @@ def chromium() -> str:
 
 
 def local_scripts(page: Path) -> Path:
-    """The page with its CDN scripts pointed at the npm copies (the versions DVC asks for); -> the new page beside it."""
+    """The page with its CDN scripts pointed at the npm copies (the versions DVC asks for); -> the new page beside
+    it."""
     html = page.read_text()
     wanted = CDN_SCRIPT.findall(html)
     assert sorted(name for name, _ in wanted) == sorted(BUILD), f"DVC's page loads other scripts now: {wanted}"

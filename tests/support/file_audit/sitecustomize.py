@@ -2,8 +2,9 @@
 what the code does (test_e2e_runs.py). Python imports this module at start-up when its folder is on PYTHONPATH: the
 fast run's first `dvc repro` puts it there, with FILE_AUDIT naming the folder for the logs. Only stage processes
 (`python -m stages.<name>`) are recorded, through an audit hook (PEP 578): the events `open`, `os.listdir`, `os.scandir`
-(reads), `os.rename`, `os.replace` (writes), `os.remove` and `os.rmdir`, which every Python-level file access raises (NumPy, Keras' zip files,
-Pillow, matplotlib and dvclive all write through Python; C libraries that open files themselves are not seen)."""
+(reads), `os.rename`, `os.replace` (writes), `os.remove` and `os.rmdir`, which every Python-level file access raises
+(NumPy, Keras' zip files, Pillow, matplotlib and dvclive all write through Python; C libraries that open files
+themselves are not seen)."""
 
 import atexit
 import json
