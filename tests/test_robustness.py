@@ -21,6 +21,7 @@ import yaml
 from support.bad_files import (
     DISK_FULL,
     FULL_DISK_STAGE,
+    full_disk_env,
     gray16_png,
     hostile_additions,
     jpeg_bytes,
@@ -200,6 +201,7 @@ def test_ingest_on_a_full_disk_exits_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", FULL_DISK_STAGE, "stages.ingest", "data/ingested/manifest.csv"],
         cwd=project,
+        env=full_disk_env(),
         capture_output=True,
         text=True,
     )

@@ -221,12 +221,18 @@ def full_disk_at(path: Path):
     return to_dev_full
 
 
-# `python -c FULL_DISK_STAGE <stage module> <output>`: runs the stage with a full disk under that one output.
-FULL_DISK_STAGE = f"""
+# `python -c FULL_DISK_STAGE <stage module> <output>` in full_disk_env(): runs the stage with a full disk under that
+# one output.
+FULL_DISK_STAGE = """
 import runpy, sys
-sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
 from support.bad_files import full_disk_at
 from transfer_learning import files
 files.temporary_sibling = full_disk_at(sys.argv[2])
 runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
 """
+
+
+def full_disk_env() -> dict:
+    """FULL_DISK_STAGE's environment: this one, with the tests' folder importable (for support.bad_files)."""
+    tests = str(Path(__file__).parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
