@@ -34,6 +34,9 @@ CORRECT_PER_CLASS = 2  # most confident correct test images per class (regressio
 CORRECT_MAX = 24  # at most this many correct images (many classes: the first classes)
 BATCH = 16  # images per gradient pass
 COLUMNS, CELL = 6, 1.6  # the grids: images per row, inches per image (160 pixels)
+# Inches of a row above its image, for the three caption lines: with less, matplotlib's tight layout let a two-row
+# grid's captions run into the images above them (the mistakes grid on Flowers-17, 0.55 in)
+CAPTION = 0.75
 # Layers after the last feature map, skipped in the search for it
 POOLING = (layers.MaxPooling2D, layers.AveragePooling2D)
 
@@ -185,7 +188,15 @@ def grid(images: np.ndarray, captions: list[str], title: str, path: Path, column
     """evaluation.image_grid in smaller cells (CELL inches, three caption lines over each image): a PR comment shows a
     page of them, not megabytes."""
     evaluation.image_grid(
-        images, captions, title, path, columns, cell=CELL, row_height=CELL + 0.55, title_height=0.5, fontsizes=(7, 10)
+        images,
+        captions,
+        title,
+        path,
+        columns,
+        cell=CELL,
+        row_height=CELL + CAPTION,
+        title_height=0.5,
+        fontsizes=(7, 10),
     )
 
 
