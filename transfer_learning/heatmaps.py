@@ -52,6 +52,7 @@ class Explainer:
                 "heatmaps need the base (rebuild the model with `dvc repro --force`)"
             )
         self.network, self.base = found
+        self.checked = False  # the chain against the network, once: it is the same chain for every batch
         self.feature_layer = last_feature_map(self.base)
         output = self.feature_layer.output
         self.bottom = keras.Model(self.base.input, output, name="base_to_feature_map")
@@ -97,7 +98,9 @@ class Explainer:
                 else:
                     rows = targets[start : start + BATCH]
                     score = tf.reduce_sum(tf.gather(out, rows, axis=1, batch_dims=1))
-            self.check(x, out, targets is not None)
+            if not self.checked:  # a forward pass of the network: once, not per batch (evaluate's time, issue 29)
+                self.check(x, out, targets is not None)
+                self.checked = True
             features = tf.cast(seen[0], tf.float32)
             grads = tape.gradient(score, seen[0])
             weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
