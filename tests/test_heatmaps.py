@@ -147,3 +147,28 @@ def test_a_regression_model_is_explained_by_its_predicted_target(tmp_path):
     )
     assert "predicted target" in "\n".join(lines)
     assert (tmp_path / "h" / "mistakes.png").stat().st_size > 0 and (tmp_path / "h" / "correct.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("count", [3, 8, 24])
+def test_no_caption_of_a_grid_runs_into_the_image_above_it(count, monkeypatch):
+    """heatmaps.grid with one, two and four rows: each image's three caption lines sit below the image over them (on
+    Flowers-17 the mistakes grid, two rows, had its second row's captions over the first row's images)."""
+    import matplotlib.pyplot as plt
+
+    from transfer_learning import evaluation
+
+    gaps = []
+
+    def measure(fig, path, top=1.0):
+        fig.tight_layout(rect=(0, 0, 1, top))
+        fig.canvas.draw()
+        axes = [ax for ax in fig.axes if ax.images]
+        for above, below in zip(axes, axes[heatmaps.COLUMNS :]):
+            gaps.append(above.get_window_extent().y0 - below.title.get_window_extent().y1)  # pixels, y upwards
+        plt.close(fig)
+
+    monkeypatch.setattr(evaluation, "save_figure", measure)
+    images = np.random.default_rng(0).integers(0, 255, (count, 160, 160, 3), dtype=np.uint8)
+    captions = ["image_0176.jpg\ntrue: lily_valley\npredicted: snowdrop (0.41)"] * count
+    heatmaps.grid(images, captions, "title", None)
+    assert len(gaps) == max(0, count - heatmaps.COLUMNS) and all(gap > 0 for gap in gaps), gaps

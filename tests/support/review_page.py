@@ -1,9 +1,11 @@
-"""`dvc plots diff -o <folder>` as a reviewer sees it: the page rendered by headless Chromium.
+"""`dvc plots diff -o <folder>` and reports/*.md as a reviewer sees them: the pages rendered by headless Chromium.
 
 DVC's page loads Vega, Vega-Lite and vega-embed from a CDN; this machine (and CI) has no internet, so the
 <script> tags are pointed at the same versions installed from npm (`make vega`, into .cache/npm). The page is
 otherwise DVC's own. `inspect()` adds a probe that records, for every plot, whether it rendered, its title and
 the images it loaded; `screenshot()` photographs the page as it is (Vega draws on a canvas, as for a reviewer).
+`inspect_markdown()` renders a Markdown report (CommonMark with GitHub's tables, as a pull-request comment shows it)
+and records every image (its natural size: 0 when it did not load) and every table (its rows and cells).
 """
 
 from __future__ import annotations
@@ -77,13 +79,18 @@ window.addEventListener("load", async () => {
 </script>"""
 
 
-def chromium() -> str:
-    """The browser, or a skip with the reason (a failure under CI, which installs it: .ci/run)."""
+def chromium(vega: bool = True) -> str:
+    """The browser (and with `vega` npm's Vega scripts), or a skip with the reason (a failure under CI, which installs
+    them: .ci/run)."""
     found = shutil.which("chromium")
     missing = [] if found else ["chromium (apt-get install chromium)"]
-    missing += [f"{name} ({NPM / name / path})" for name, path in BUILD.items() if not (NPM / name / path).is_file()]
+    if vega:
+        missing += [
+            f"{name} ({NPM / name / path})" for name, path in BUILD.items() if not (NPM / name / path).is_file()
+        ]
     if missing:
-        message = f"the review-page test needs {', '.join(missing)}: run `make vega` and install chromium"
+        what = "run `make vega` and install chromium" if vega else "install chromium"
+        message = f"the review-page test needs {', '.join(missing)}: {what}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -133,3 +140,43 @@ def screenshot(browser: str, page: Path, png: Path, size=(1500, 4200)) -> Path:
     run_chromium(browser, f"--window-size={size[0]},{size[1]}", f"--screenshot={png}", page.as_uri())
     assert png.stat().st_size > 10_000
     return png
+
+
+# Runs once a Markdown page has loaded (its images included): what each image and table became.
+MARKDOWN_PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images).map((img) => ({src: img.getAttribute("src"), alt: img.alt,
+    width: img.complete ? img.naturalWidth : 0, height: img.complete ? img.naturalHeight : 0}));
+  const tables = Array.from(document.querySelectorAll("table")).map((table) => ({
+    rows: table.querySelectorAll("tbody tr").length, columns: table.querySelectorAll("thead th").length,
+    cells: Array.from(new Set(Array.from(table.querySelectorAll("tbody tr")).map((tr) => tr.cells.length)))}));
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({images: images, tables: tables, text: document.body.innerText});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def markdown_html(report: Path) -> str:
+    """The report as HTML: CommonMark with GitHub's pipe tables (markdown-it-py, which DVC's rich already installs),
+    its relative links resolved from the report's folder (<base>), as GitHub resolves them in the repository."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(report.read_text(encoding="utf-8"))
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><base href="{report.parent.as_uri()}/">'
+        f"{MARKDOWN_PROBE}</head><body>{body}</body></html>"
+    )
+
+
+def inspect_markdown(browser: str, report: Path, page: Path) -> dict:
+    """The report rendered into `page` (outside the project: its workspace stays as it is) and loaded by Chromium:
+    {'images': [{src, alt, width, height}], 'tables': [{rows, columns, cells: the distinct cells per row}], 'text'}."""
+    page.write_text(markdown_html(report), encoding="utf-8")
+    dom = run_chromium(browser, "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, f"the probe never reported (a script failed?):\n{dom[-3000:]}"
+    import html
+
+    return json.loads(html.unescape(found.group(1)))
