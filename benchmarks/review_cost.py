@@ -78,7 +78,8 @@ def main():
     print(f"\n{'smoke' if args.smoke else 'digits'}: evaluate, seconds per run (interleaved, without first)")
     for name, values in times.items():
         print(
-            f"{name + ' review features':28}{' '.join(f'{v:6.1f}' for v in values)}   median {statistics.median(values):6.1f} s"
+            f"{name + ' review features':28}{' '.join(f'{v:6.1f}' for v in values)}   median "
+            f"{statistics.median(values):6.1f} s"
         )
     growth = statistics.median(times["with"]) / statistics.median(times["without"]) - 1
     print(f"evaluate's time growth from the review features: {100 * growth:+.1f} % (target at most +25 %)")
