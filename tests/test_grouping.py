@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ import pytest
 
 from support.images import make_image
 from support.projects import run_stage, stage_project
-from transfer_learning import crossval, csv_source, grouping, params, sources, splitting
+from transfer_learning import crossval, csv_source, files, grouping, params, paths, sources, splitting
 from transfer_learning.errors import PipelineError
+from transfer_learning.records import Encoding
 
 
 def subjects_csv(root, subjects=12):
@@ -116,6 +118,30 @@ def test_subjects_are_dealt_out_stratified_and_seeded():
     again, _ = splitting.assign_subjects(m.sample(frac=1, random_state=1), stratum, 0.2, 0.2, seed=0)
     assert again.sort_index().equals(split), "the row order does not matter"
     assert not splitting.assign_subjects(m, stratum, 0.2, 0.2, seed=1)[0].equals(split), "the seed does"
+
+    m["label"] = np.linspace(1, 100, len(m))[rng.permutation(len(m))]  # regression: stratified on target bins
+    split, _ = splitting.assign_subjects(m, splitting.strata(m, "regression", 5), 0.2, 0.2, seed=0)
+    assert split.groupby(m["subject"]).nunique().max() == 1
+    for name in ("val", "test"):
+        assert m.loc[split == name, "label"].min() < 20 and m.loc[split == name, "label"].max() > 80
+
+
+def test_more_folds_than_groups_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, n in (("train", 8), ("val", 4)):
+        files.save_npy(paths.features(name), np.zeros((n, 2), np.float32))
+        files.save_npy(paths.feature_targets(name), np.zeros(n, np.int32))
+    cfg = SimpleNamespace(folds=3, seed=0)
+    with pytest.raises(PipelineError, match=r"^train_head.folds=3: the train \+ val images are 2 groups of subjects"):
+        crossval.estimate(
+            cfg,
+            None,
+            1,
+            Encoding(task="classification", classes=("a",)),
+            None,
+            epochs=1,
+            groups=np.array(["x", "y"] * 6),
+        )
 
 
 def test_units_join_subjects_through_copies_transitively():
