@@ -24,6 +24,7 @@ BATCH = 64  # images decoded ahead of the writer: bounds memory whatever the dat
 # pixels_sha256: of the decoded snapshot; file_sha256: of the file's bytes; group: copies and near-duplicates share one
 # (duplicates.groups), named by the smallest file_sha256 among them
 COLUMNS = ["path", "label", "pixels_sha256", "file_sha256", "group", "width", "height"]
+SUBJECT = "subject"  # with split.group_column or split.filename_groups only: the image's subject, kept in one split
 
 
 def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
@@ -38,14 +39,24 @@ def load_item(item: entries.Item, max_short_side: int, max_pixels: int):
     except images.Unusable as exc:
         return None, str(exc)
     row = {"path": item.path, "label": item.label, "file_sha256": file_sha256, "width": size[0], "height": size[1]}
+    if item.subject is not None:
+        row[SUBJECT] = item.subject
     return row, duplicates.fingerprint(pixels)
 
 
 def main():
     p = params.load()
     items, skipped = sources.list_source(
-        p.data.source, p.data.csv, p.data.task, p.data.path_column, p.data.target_column
+        p.data.source,
+        p.data.csv,
+        p.data.task,
+        p.data.path_column,
+        p.data.target_column,
+        group_column=p.split.group_column,
+        filename_groups=p.split.filename_groups,
     )
+    # the manifest gains a subject column only when subjects are named: the default run's stays byte for byte
+    columns = COLUMNS + [SUBJECT] if p.split.group_column is not None or p.split.filename_groups else COLUMNS
     rows, prints = [], duplicates.Fingerprints(len(items))  # prints: 200 bytes an image, in arrays
     with (
         ThreadPoolExecutor(settings.workers()) as pool,
@@ -70,13 +81,13 @@ def main():
             skipped += [entries.Skipped(rows[i]["path"], reason) for i, reason in conflicts.items()]
             rows, prints = [r for i, r in enumerate(rows) if i not in conflicts], prints.without(conflicts)
         if not rows:  # the report is still written, so the user can see why every file was skipped
-            report(pd.DataFrame(columns=COLUMNS), skipped, p.data.task).write(paths.DATA_REPORT)
+            report(pd.DataFrame(columns=columns), skipped, p.data.task).write(paths.DATA_REPORT)
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise PipelineError(
                 f"data.source {p.data.source}: no usable image"
                 + (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else "")
             )
-    manifest = pd.DataFrame(rows, columns=COLUMNS).assign(
+    manifest = pd.DataFrame(rows, columns=columns).assign(
         group=duplicates.groups(prints, [r["file_sha256"] for r in rows])
     )
     if p.data.task == "classification":  # a class whose every file was skipped
@@ -119,6 +130,7 @@ def report(manifest: pd.DataFrame, skipped: list, task: str) -> records.DataRepo
         duplicates=int(manifest["pixels_sha256"].duplicated().sum()),
         **kind,
         near_duplicates=tuple(near_duplicates),
+        subjects=int(manifest[SUBJECT].nunique()) if SUBJECT in manifest else None,
         skipped_files=tuple(
             records.SkippedFile(path=s.path, reason=s.reason) for s in sorted(skipped, key=lambda s: s.path)
         ),

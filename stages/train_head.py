@@ -62,7 +62,13 @@ def main():
     metrics = training.best_epoch(history, encoding)
     if cfg.folds:  # after the head is saved: its own heads, seeded per fold
         metrics["kfold"] = crossval.estimate(
-            cfg, p.head, p.augment.copies + 1, encoding, strategy, epochs=metrics["best_epoch"]
+            cfg,
+            p.head,
+            p.augment.copies + 1,
+            encoding,
+            strategy,
+            epochs=metrics["best_epoch"],
+            groups=crossval.image_groups(),  # subjects (split.group_column), each kept in one fold
         )
     with distribute.only_chief_writes(strategy):
         files.write_json(paths.TRAIN_HEAD_METRICS, metrics)

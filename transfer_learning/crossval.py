@@ -6,6 +6,9 @@ split's features hold each image followed by its augment.copies variants: an ima
 same fold. Each fold's head is built, compiled and trained like the single-split head (same params) on the other folds'
 rows, variants included, for a fixed number of epochs (the single-split head's best epoch: early stopping on the
 held-out fold would peek at it), then scored on the fold's original images. The test split is never read.
+
+With subjects (split.group_column or split.filename_groups, which make split.csv name each image's group) the folds
+take whole groups, as the splits do (grouping.py): no subject is trained on and scored in one fold.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import statistics
 
 import keras
 import numpy as np
+import pandas as pd
 
-from transfer_learning import batches, files, packaging, paths, training
+from transfer_learning import batches, files, grouping, packaging, paths, training
 from transfer_learning.errors import PipelineError
 from transfer_learning.records import Encoding
 
@@ -37,6 +41,30 @@ def assign(values: np.ndarray, k: int, seed: int, task: str) -> np.ndarray:
     return folds
 
 
+def assign_groups(values: np.ndarray, groups: np.ndarray, k: int, seed: int, task: str) -> np.ndarray:
+    """The fold of each image, whole groups at a time, stratified by class (or target decile) as far as the groups
+    allow (grouping.deal)."""
+    values = pd.Series(values)
+    if task == "classification":
+        stratum = values.astype(str)
+    else:
+        stratum = pd.Series(pd.qcut(values.rank(method="first"), q=min(10, len(values)), labels=False))
+    return grouping.deal(pd.Series(groups), stratum, dict.fromkeys(range(k), 1 / k), seed).to_numpy(dtype=np.int64)
+
+
+def image_groups() -> np.ndarray | None:
+    """The group of each train + val image in the features' order, or None when split.csv names none (no subjects)."""
+    split = pd.read_csv(paths.SPLIT, dtype=str, keep_default_na=False)
+    # the lists are read either way: train-head depends on them for the groups, which only split.csv says it has
+    listed = [
+        pd.read_csv(paths.split_list(name), dtype=str, keep_default_na=False)["path"] for name in ("train", "val")
+    ]
+    if "group" not in split:
+        return None
+    group = split.set_index("path")["group"]
+    return np.concatenate([group.loc[images].to_numpy() for images in listed])
+
+
 class Rows:
     """Rows `index` (ascending) of arrays stacked one after the other, read on demand: memory-mapped features stay on
     disk. What batches.Batches reads (len, shape, rows by an ascending index array)."""
@@ -55,8 +83,9 @@ class Rows:
         return np.concatenate([self.arrays[a][wanted[which == a] - self.offsets[a]] for a in range(len(self.arrays))])
 
 
-def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs: int) -> dict:
-    """cfg: train_head's params; head_cfg: head's; per_image: rows per training image (augment.copies + 1).
+def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs: int, groups=None) -> dict:
+    """cfg: train_head's params; head_cfg: head's; per_image: rows per training image (augment.copies + 1); groups:
+    image_groups() (None: each image alone).
     -> {'folds', 'epochs', '<metric>_mean', '<metric>_std' (over folds, n-1), '<metric>_min', '<metric>_max',
     'per_fold'}."""
     train_x, val_x = (
@@ -73,7 +102,16 @@ def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs
             f"train_head.folds={cfg.folds} needs at least {2 * cfg.folds} images in train + val, "
             f"there are {original.sum()}; use fewer folds or 0 (off)"
         )
-    fold_of_image = assign(all_y[original], cfg.folds, cfg.seed, encoding.task)
+    if groups is None:
+        fold_of_image = assign(all_y[original], cfg.folds, cfg.seed, encoding.task)
+    else:
+        fold_of_image = assign_groups(all_y[original], groups, cfg.folds, cfg.seed, encoding.task)
+        if len(np.unique(fold_of_image)) < cfg.folds:
+            raise PipelineError(
+                f"train_head.folds={cfg.folds}: the train + val images are {len(set(groups))} groups of subjects "
+                "(split.group_column or split.filename_groups), each kept in one fold, too few to fill every fold; "
+                "use fewer folds or 0 (off)"
+            )
     fold_of_row = fold_of_image[image_of_row]
     replicas = strategy.num_replicas_in_sync
     scores = []

@@ -28,16 +28,23 @@ MAX_TARGET = 1e30
 
 
 def csv_manifest(
-    csv_path: Path, task: str, path_column: str, target_column: str | None, path_param: str = "data.path_column"
+    csv_path: Path,
+    task: str,
+    path_column: str,
+    target_column: str | None,
+    path_param: str = "data.path_column",
+    group_column: str | None = None,
 ) -> tuple[list[Item], list[Skipped]]:
     """Rows of (image path relative to the CSV's folder, data.source, and target). Paths may not leave that folder.
 
     target_column None: a list of images without targets (predict's), every item's label None; `path_param` is what
-    error messages call the path column's setting."""
+    error messages call the path column's setting. group_column: each item's subject (split.group_column), which
+    every listed image must have."""
     header, rows = csv_rows(csv_path)
     columns = ((path_param, path_column),) + (
         (("data.target_column", target_column),) if target_column is not None else ()
     )
+    columns += (("split.group_column", group_column),) if group_column is not None else ()
     at = {column: column_index(header, column, param, csv_path) for param, column in columns}
     if not any(rows.values()):
         raise PipelineError(f"{csv_path} has no rows; add one row per image")
@@ -77,14 +84,26 @@ def csv_manifest(
         if reason:
             rejected.append((row, Skipped(shown, f"row {row}: {reason}")))
         else:
-            listed.setdefault(real_file, []).append((row, rel, target))
+            subject = None if group_column is None else unicodedata.normalize("NFC", value(fields, at[group_column]))
+            if group_column is not None and not subject:
+                raise PipelineError(
+                    f"{csv_path}: row {row} ({rel}) has no value in column {group_column!r} (split.group_column); "
+                    "give every image its subject, or set split.group_column to null"
+                )
+            listed.setdefault(real_file, []).append((row, rel, target, subject))
     items = []
     kind = "label" if task == "classification" else "target"
     for listings in listed.values():  # in the order of their first row
-        (first, rel, target), others = listings[0], listings[1:]
-        conflict = next(((row, other) for row, _, other in others if other != target), None)
+        (first, rel, target, subject), others = listings[0], listings[1:]
+        two = next(((row, other) for row, _, _, other in others if other != subject), None)
+        if two:  # one file, two subjects: which split it belongs to is unknowable
+            raise PipelineError(
+                f"{csv_path}: rows {first} and {two[0]} list the same file {rel} with the subjects {subject!r} and "
+                f"{two[1]!r} (split.group_column); give a file one subject"
+            )
+        conflict = next(((row, other) for row, _, other, _ in others if other != target), None)
         if conflict:  # every row of a file listed with two targets is skipped: neither can be trusted
-            for row, path, mine in listings:
+            for row, path, mine, _ in listings:
                 row_other, other = conflict if mine == target else (first, target)
                 rejected.append(
                     (
@@ -97,9 +116,10 @@ def csv_manifest(
                     )
                 )
             continue
-        items.append(Item(path=Path(rel).as_posix(), label=target, file=csv_path.parent / rel))
+        items.append(Item(path=Path(rel).as_posix(), label=target, file=csv_path.parent / rel, subject=subject))
         rejected += [
-            (row, Skipped(Path(path).as_posix(), f"row {row}: the same file as row {first}")) for row, path, _ in others
+            (row, Skipped(Path(path).as_posix(), f"row {row}: the same file as row {first}"))
+            for row, path, _, _ in others
         ]
     return items, [skip for _, skip in sorted(rejected, key=lambda pair: pair[0])]
 

@@ -19,6 +19,7 @@ class Item:
     path: str  # as shown in reports: relative to the source root
     label: str | float
     file: Path  # the image file
+    subject: str | None = None  # split.group_column's value (or split.filename_groups'): its images share a split
 
 
 @dataclass(frozen=True)

@@ -157,10 +157,11 @@ def read_manifest(path: Path, task: str):
     so do the hashes (a hex digest of digits only is not a number either)."""
     import pandas as pd
 
-    hashes = {"pixels_sha256": str, "file_sha256": str, "group": str}
+    # a subject named NA is a subject, not a missing value
+    hashes = {"pixels_sha256": str, "file_sha256": str, "group": str, "subject": str}
     if task == "classification":
         return pd.read_csv(path, dtype={"label": str} | hashes, keep_default_na=False)
-    return pd.read_csv(path, dtype={"label": float} | hashes)
+    return pd.read_csv(path, dtype={"label": float} | hashes, keep_default_na=False)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

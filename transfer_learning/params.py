@@ -118,6 +118,13 @@ class Split(Section):
     """Fraction of the distinct pictures for the test set; train gets the rest."""
     bins: int = Field(ge=2)
     """Regression: quantile bins of the target used to stratify the split."""
+    group_column: Annotated[str, Field(min_length=1)] | None
+    """CSV only: a column naming each image's subject (a patient, a person, a session); every image of a subject goes
+    to one split (and one k-fold fold), with its copies and near-duplicates. `null`: no subjects. Read by ingest
+    (changing it reruns ingest); docs/data.md#subjects-grouped-splits."""
+    filename_groups: bool
+    """The subject of an image is its file name up to the first `_` (`person7_scan2.png` -> `person7`; a name without
+    `_` is a subject of its own), for class folders (or a CSV without a subject column); as for `group_column`."""
 
     @model_validator(mode="after")
     def leaves_a_training_set(self):
@@ -314,6 +321,19 @@ class Params(Section):
     train_head: TrainHead
     fine_tune: FineTune
     train: Train
+
+    @model_validator(mode="after")
+    def subjects_have_one_source(self):
+        if self.split.group_column is not None and not self.data.csv:
+            raise ValueError(
+                f"split.group_column={self.split.group_column!r} names a column of data.csv, and data.csv is empty "
+                "(class folders): use split.filename_groups=true (subjects from the file names) or set it to null"
+            )
+        if self.split.group_column is not None and self.split.filename_groups:
+            raise ValueError(
+                "split.group_column and split.filename_groups both name the subjects: set one (the other to null/false)"
+            )
+        return self
 
     @model_validator(mode="after")
     def base_takes_the_image_size(self):

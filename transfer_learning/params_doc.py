@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 import annotated_types
+import pydantic
 import yaml
 
 from transfer_learning import params
@@ -33,6 +34,10 @@ def allowed(field) -> str:
         return ", ".join(shown[:-1]) + f" or {shown[-1]}"
     if field.annotation is bool:
         return "`true` or `false`"
+    parts = typing.get_args(field.annotation)
+    if type(None) in parts:  # `X | None`: what X may hold (its bounds in its Annotated metadata), or null
+        (inner,) = (part for part in parts if part is not type(None))
+        return f"{allowed(pydantic.fields.FieldInfo.from_annotation(inner))}, or `null`"
     kind = {
         int: "a whole number",
         float: "a number",

@@ -156,4 +156,5 @@ class DataReport(Record):
     target: dict[str, float] | None = None  # regression: count, mean, std, min, quartiles, max
     duplicates_with_different_targets: int | None = None  # regression: copies measured twice, kept in one split
     near_duplicates: tuple[NearDuplicates, ...]
+    subjects: int | None = None  # split.group_column or split.filename_groups: how many subjects the images have
     skipped_files: tuple[SkippedFile, ...]

@@ -24,6 +24,7 @@ make any dataset (missing, empty, wrong CSV columns) is a PipelineError.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from transfer_learning import class_folders, csv_source
@@ -32,7 +33,31 @@ from transfer_learning.errors import PipelineError
 
 
 def list_source(
-    source: str, csv: str, task: str, path_column: str, target_column: str
+    source: str,
+    csv: str,
+    task: str,
+    path_column: str,
+    target_column: str,
+    group_column: str | None = None,
+    filename_groups: bool = False,
+) -> tuple[list[Item], list[Skipped]]:
+    """group_column (CSV) or filename_groups: each item's subject (split.group_column, split.filename_groups)."""
+    items, skipped = listed(source, csv, task, path_column, target_column, group_column)
+    if filename_groups:
+        items = [dataclasses.replace(item, subject=filename_subject(item.path)) for item in items]
+    return items, skipped
+
+
+def filename_subject(path: str) -> str:
+    """split.filename_groups: the file name up to its first `_` (`pneumonia/person7_bacteria_2.jpeg` -> `person7`,
+    whatever its folder, so one person's images in two class folders are one subject); a name without `_` (or
+    starting with it) is a subject of its own, its whole path."""
+    prefix = Path(path).name.partition("_")[0]
+    return prefix if prefix and "_" in Path(path).name else path
+
+
+def listed(
+    source: str, csv: str, task: str, path_column: str, target_column: str, group_column: str | None
 ) -> tuple[list[Item], list[Skipped]]:
     root = Path(source)
     if not root.exists():
@@ -47,7 +72,7 @@ def list_source(
         )
         raise PipelineError(f"data.source {source} is not a folder{hint}")
     if csv:
-        return csv_source.csv_manifest(root / csv, task, path_column, target_column)
+        return csv_source.csv_manifest(root / csv, task, path_column, target_column, group_column=group_column)
     if task == "regression":
         raise PipelineError(
             f"data.task=regression needs a CSV of image paths and numeric targets: set data.csv (a file in {source})"

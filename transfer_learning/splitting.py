@@ -8,6 +8,9 @@ rank depends on its own files' bytes and the seed only, never on the order of th
 params (a larger ingest.max_short_side keeps every image in its split): reordering a CSV
 changes nothing, and adding an image to a class moves at most a couple of that class's images
 across a cut (where a shuffle of the rows would reassign every image).
+
+With subjects (the manifest's `subject`: split.group_column or split.filename_groups) the unit is a subject joined
+with its images' groups, and units are dealt out by size instead (assign_subjects, grouping.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from transfer_learning import grouping
 from transfer_learning.errors import PipelineError
 
 
@@ -77,3 +81,19 @@ def minimum_size(val: float, test: float) -> int:
     """The smallest n from which every size fills all three splits (rounding can make n work and n+1 fail)."""
     limit = 10 * math.ceil(1 / min(val, test, 1 - val - test)) + 10
     return 1 + max(n for n in range(1, limit) if not fills_every_split(n, val, test))
+
+
+def assign_subjects(manifest: pd.DataFrame, stratum: pd.Series, val: float, test: float, seed: int):
+    """-> ('train' | 'val' | 'test' per row, its unit per row): every image of a subject, and its copies and
+    near-duplicates, in one split, stratified as far as the subjects allow."""
+    unit = grouping.units(manifest["group"], manifest["subject"])
+    split = grouping.deal(unit, stratum, {"train": 1 - val - test, "val": val, "test": test}, seed)
+    empty = [name for name in ("train", "val", "test") if not (split == name).any()]
+    if empty:
+        raise PipelineError(
+            f"the {manifest['subject'].nunique()} subjects (split.group_column or split.filename_groups) make "
+            f"{unit.nunique()} groups with their images' copies, too few to put one in {' and '.join(empty)} "
+            f"at split.val={val:g} and split.test={test:g}: add subjects, or check that the column names subjects, "
+            "not classes"
+        )
+    return split, unit
