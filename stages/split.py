@@ -4,8 +4,8 @@ Copies and near-duplicates of a picture (one `group` of the manifest) always lan
 and where a picture lands depends on its file's bytes and split.seed, not on the order of the rows or on ingest's params
 (transfer_learning/splitting.py). With subjects (the manifest's `subject` column, from split.group_column or
 split.filename_groups) every image of a subject does too, with its copies (transfer_learning/grouping.py): split.csv
-then names each image's group, which train-head's k-fold folds keep together, and groups.json says what each split
-holds.
+then names each image's group, which train-head's k-fold folds keep together. metrics/split.json says what each
+split holds: images, groups (a picture with its copies, and its subject's images) and subjects.
 """
 
 import pandas as pd
@@ -23,21 +23,19 @@ def main():
             f"classification needs at least 2 (skipped files are listed in {paths.DATA_REPORT})"
         )
     stratum = splitting.strata(manifest, p.data.task, p.split.bins)
-    if "subject" not in manifest:
-        split = splitting.assign(manifest, stratum, p.split.val, p.split.test, p.split.seed)
-        files.write_csv(paths.SPLIT, pd.DataFrame({"path": manifest["path"], "split": split}))
-        print("split:", ", ".join(f"{name} {int((split == name).sum())}" for name in paths.SPLITS))
-        return
-    split, unit = splitting.assign_subjects(manifest, stratum, p.split.val, p.split.test, p.split.seed)
-    held = grouping.counts(split, manifest["subject"], unit, paths.SPLITS)
-    files.write_json(paths.SPLIT_GROUPS, held)
-    files.write_csv(paths.SPLIT, pd.DataFrame({"path": manifest["path"], "split": split, "group": unit}))
-    print(
-        "split:",
-        ", ".join(
-            f"{name} {held[name]['images']} images of {held[name]['subjects']} subjects" for name in paths.SPLITS
-        ),
-    )
+    subject = manifest["subject"] if "subject" in manifest else None
+    if subject is None:
+        split, unit = splitting.assign(manifest, stratum, p.split.val, p.split.test, p.split.seed), manifest["group"]
+        columns = {"path": manifest["path"], "split": split}
+    else:
+        split, unit = splitting.assign_subjects(manifest, stratum, p.split.val, p.split.test, p.split.seed)
+        columns = {"path": manifest["path"], "split": split, "group": unit}
+    held = grouping.counts(split, unit, subject, paths.SPLITS)
+    files.write_csv(paths.SPLIT, pd.DataFrame(columns))
+    files.write_json(paths.SPLIT_REPORT, held)
+    of_subjects = " of {subjects} subjects" if subject is not None else ""
+    shown = (f"{name} {n['images']} images" + of_subjects.format(**n) for name, n in held.items())
+    print("split:", ", ".join(shown))
 
 
 if __name__ == "__main__":

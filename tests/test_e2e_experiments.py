@@ -65,7 +65,7 @@ def test_queued_experiments_run_two_at_a_time_and_are_compared(fast_run):
     }, fast_run.outputs["queue"] + fast_run.outputs["relative-data"]
     assert (
         stages_run(fast_run.outputs["other-data"]) == ["ingest", "split"]
-        and "split: train 24, val 6, test 6" in fast_run.outputs["other-data"]
+        and "split: train 24 images, val 6 images, test 6 images" in fast_run.outputs["other-data"]
     )
     # DVC hashes a stage's dependencies before running it: in the copy, ../other_images is .dvc/tmp/exps/other_images
     assert re.search(

@@ -54,9 +54,9 @@ def test_a_csv_group_column_keeps_every_subject_in_one_split_and_one_fold(tmp_pa
 
     report = json.loads((project / "metrics/data.json").read_text())
     assert report["subjects"] == 12 and report["images"] == 30
-    held = json.loads((project / "data/split/groups.json").read_text())
+    held = json.loads((project / "metrics/split.json").read_text())
     assert sum(s["images"] for s in held.values()) == 30 and sum(s["subjects"] for s in held.values()) == 12
-    assert sum(s["units"] for s in held.values()) == 11, "person0 and person1 are one group"
+    assert sum(s["groups"] for s in held.values()) == 11, "person0 and person1 are one group"
     assert held["train"]["images"] == (split["split"] == "train").sum()
 
     # train-head's k-fold folds, over train + val in the features' order, keep the groups too

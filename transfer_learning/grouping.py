@@ -65,13 +65,14 @@ def rank(unit: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{unit}".encode()).hexdigest()
 
 
-def counts(split: pd.Series, subject: pd.Series, unit: pd.Series, names) -> dict:
-    """{split: {images, subjects, units}}: what each split holds (data/split/groups.json)."""
-    return {
-        name: {
-            "images": int((split == name).sum()),
-            "subjects": int(subject[split == name].nunique()),
-            "units": int(unit[split == name].nunique()),
-        }
-        for name in names
-    }
+def counts(split: pd.Series, unit: pd.Series, subject: pd.Series | None, names) -> dict:
+    """{split: {images, groups[, subjects]}}: what each split holds (metrics/split.json). groups: the units that never
+    cross splits (a picture with its copies and near-duplicates, joined with its subject's images when there are
+    subjects); subjects only when the data has them."""
+    held = {}
+    for name in names:
+        rows = split == name
+        held[name] = {"images": int(rows.sum()), "groups": int(unit[rows].nunique())}
+        if subject is not None:
+            held[name]["subjects"] = int(subject[rows].nunique())
+    return held

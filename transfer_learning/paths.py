@@ -10,7 +10,7 @@ INGESTED = Path("data/ingested")
 MANIFEST = INGESTED / "manifest.csv"  # one row per usable image: its file, label, sha256s, duplicate group
 
 SPLIT = Path("data/split/split.csv")  # manifest row -> train | val | test
-SPLIT_GROUPS = Path("data/split/groups.json")  # with subjects only: images, subjects and groups per split
+SPLIT_REPORT = Path("metrics/split.json")  # per split: images, groups that never cross splits (and subjects)
 
 # No stage stores pixels: lists of image files and how to decode them (image_sets.py)
 NORMALIZED = Path("data/normalized")  # <split>_images.csv (path, file_sha256), <split>_targets.npy
