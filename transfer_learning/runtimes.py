@@ -14,6 +14,7 @@ train-head and fine-tune stay in TensorFlow.
 
 from __future__ import annotations
 
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,9 +55,10 @@ def tflite_model(model: keras.Model) -> bytes:
             converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], holder)
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError, ValueError or others for an op it lacks
+        missing = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(exc))))
+        why = f"TFLite has no built-in op for {', '.join(missing)}" if missing else one_line(exc)[:300]
         raise PipelineError(
-            f"base.runtime litert: {model.name} cannot be converted to TFLite ({one_line(exc)[:300]}); "
-            "set base.runtime: tensorflow"
+            f"base.runtime litert: the base cannot be converted to TFLite ({why}); set base.runtime: tensorflow"
         ) from None
 
 
