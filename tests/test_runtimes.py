@@ -13,9 +13,9 @@ from transfer_learning import backbones, inference, networks, runtimes
 from transfer_learning.errors import PipelineError
 
 SIZE = 32  # the smallest input MobileNetV2 takes: seconds, not minutes
-# largest |litert - tensorflow| as a fraction of the largest |tensorflow| output (measured: 5e-6 for the features,
-# 3e-6 for the activations, at 32 and 96 px)
-TOLERANCE = 2e-5
+# largest |litert - tensorflow| as a fraction of the largest |tensorflow| output: measured 5e-6 (features) and 3e-6
+# (activations) on these images, 3e-5 and 8e-6 on the digits at 96 px (benchmarks/README.md)
+TOLERANCE = 5e-5
 
 
 @pytest.fixture(scope="module")
