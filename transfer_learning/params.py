@@ -174,11 +174,11 @@ class Base(Section):
     runtime: Literal["tensorflow", "litert"]
     """What runs extract-features' pass through the frozen base: `tensorflow`, or `litert`: the base converted to a
     float32 TFLite model, run by LiteRT's interpreter with XNNPACK (the pass several times faster on a CPU, the stage,
-    which also decodes the images and converts the base, less: benchmarks/README.md).
-    It gives up byte-identity with the `tensorflow` runtime (its features and cached activations differ by float
-    rounding, and training amplifies that as another seed would) and across CPU kinds (XNNPACK picks kernels per instruction
-    set); run to run on one machine they are the same. Computes in float32 (`base.precision: float32`); train-head
-    and fine-tune train in TensorFlow whatever it is (TFLite does not train)."""
+    which also decodes the images and converts the base, less: benchmarks/README.md). It gives up byte-identity with
+    the `tensorflow` runtime (its features and cached activations differ by float rounding, and training amplifies
+    that as another seed would) and across CPU kinds (XNNPACK picks kernels per instruction set); run to run on one
+    machine they are the same. Computes in float32 (`base.precision: float32`); train-head and fine-tune train in
+    TensorFlow whatever it is (TFLite does not train)."""
 
     @model_validator(mode="after")
     def weights_exist(self):
