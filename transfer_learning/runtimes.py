@@ -24,7 +24,6 @@ import tensorflow as tf
 
 from transfer_learning.errors import PipelineError, one_line
 
-RUNTIMES = ("tensorflow", "litert")
 SIGNATURE = "serving_default"
 
 
