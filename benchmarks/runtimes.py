@@ -12,6 +12,14 @@ Each runs in its own process (the oneDNN ISA and TensorFlow's thread pools are f
 2 threads, at batch 1 and 64, on the same 64 seeded images. Per runtime: images/s, the largest absolute difference of
 its features to the project's (TensorFlow, its settings, 2 threads), and whether its features are identical with 1
 and 2 threads. Prints a Markdown table (benchmarks/README.md).
+
+    python benchmarks/runtimes.py --pipeline flowers          # the README's Flowers-17 line, base.runtime both ways
+    python benchmarks/runtimes.py --pipeline digits -S fine_tune.epochs=4
+
+--pipeline: the stages after augment in a fresh clone (harness.clone), once with base.runtime tensorflow and once
+with litert (the data stages run once: base.runtime changes none of them): seconds of each stage, the largest
+difference of the features and cached activations between the two, and the test accuracy of the head and of the
+fine-tuned model with each. `--stages extract_features --repeats 2`: that stage alone, twice each, in turn.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -112,6 +121,63 @@ def worker(name: str, folder: Path, threads: int, calls: dict[int, int]) -> None
     print(json.dumps(speed))
 
 
+PIPELINE = ("extract_features", "train_head", "fine_tune", "evaluate")
+
+
+def pipeline(dataset: str, overrides: dict, stages: list[str], repeats: int) -> None:
+    """The stages after augment with base.runtime tensorflow, then litert, in one clone (see the module's doc);
+    `repeats` times in turn (tensorflow, litert, tensorflow, ...): on a loaded machine one run of each says little."""
+    import harness
+
+    project = harness.clone("runtimes-pipeline")
+    params = {"flowers": harness.FLOWERS_PARAMS, "digits": {}, "smoke": harness.smoke_flowers_params()}[dataset]
+    harness.set_params(project, params | overrides)
+    for stage in ("ingest", "split", "normalize", "augment"):
+        harness.run([sys.executable, "-m", f"stages.{stage}"], project)
+    seconds, accuracy, outputs = {}, {}, {}
+    for _ in range(repeats):
+        for runtime in ("tensorflow", "litert"):
+            harness.set_params(project, {"base.runtime": runtime})
+            for stage in stages:
+                before = cpu_seconds()
+                wall = harness.run([sys.executable, "-m", f"stages.{stage}"], project).seconds
+                seconds.setdefault((runtime, stage), []).append(f"{wall:.1f} (CPU {cpu_seconds() - before:.1f})")
+            outputs[runtime] = {
+                name: np.load(folder / f"train_{name}.npy")
+                for folder, name in (
+                    (project / "data/features", "features"),
+                    (project / "data/activations", "activations"),
+                )
+                if (folder / f"train_{name}.npy").exists()
+            }
+            if "evaluate" in stages:
+                figures = harness.read_json(project / "metrics/evaluate.json")
+                accuracy[runtime] = {
+                    model: figures[model].get("accuracy", figures[model].get("mae")) for model in ("head", "fine_tuned")
+                }
+    print(f"| {dataset} {' '.join(f'-S {k}={v}' for k, v in overrides.items())} | tensorflow | litert |")
+    print("|---|---|---|")
+    for stage in stages:
+        print(
+            f"| {stage}, seconds (CPU seconds) | {', '.join(seconds['tensorflow', stage])} "
+            f"| {', '.join(seconds['litert', stage])} |"
+        )
+    for model in ("head", "fine_tuned") if accuracy else ():
+        print(f"| {model} test accuracy (or MAE) | {accuracy['tensorflow'][model]} | {accuracy['litert'][model]} |")
+    for name, reference in outputs["tensorflow"].items():
+        difference = np.abs(outputs["litert"][name] - reference).max()
+        print(
+            f"| largest difference, train {name} (largest value {np.abs(reference).max():.3g}) | | {difference:.2g} |"
+        )
+    print(f"pipeline: both runtimes in {project}")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (harness.run waits for each)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed calls")
@@ -119,11 +185,24 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="--quick with the runtimes of requirements.txt only (the test)"
     )
+    parser.add_argument(
+        "--pipeline", choices=["flowers", "digits"], help="the stages after augment with each base.runtime"
+    )
+    parser.add_argument("--stages", nargs="+", default=list(PIPELINE), help="with --pipeline: the stages to time")
+    parser.add_argument("--repeats", type=int, default=1, help="with --pipeline: runs of each runtime, in turn")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="with --pipeline: section.key=value")
     parser.add_argument("--worker", nargs=3, metavar=("RUNTIME", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:  # no benchmark-only package (OpenVINO): what tests/test_benchmarks.py can run anywhere
         args.quick, args.only = True, ["tf_project", "tflite_xnnpack", "onnxruntime"]
     calls = {1: 20, 64: 2} if args.quick else {1: 100, 64: 8}
+    if args.pipeline or args.smoke:
+        import yaml
+
+        overrides = dict((o.partition("=")[0], yaml.safe_load(o.partition("=")[2])) for o in args.overrides)
+        pipeline("smoke" if args.smoke else args.pipeline, overrides, args.stages, args.repeats)
+        if args.pipeline:
+            return
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), int(args.worker[2]), calls)
         return

@@ -28,16 +28,18 @@ def main():
     with files.atomic_path(paths.EXPORT / "encoding.json") as tmp:  # the folder alone is enough to predict
         shutil.copyfile(paths.MODEL_ENCODING, tmp)
 
-    reference = exports.outputs_of(model, test)
-    metrics = {
-        "keras": exports.quality(reference, reference, actual, encoding)
-        | {"size_bytes": exports.size_bytes(paths.MODEL)}
+    # every format is created first, then the test images are decoded once, batch by batch, for all of them
+    runners = {"keras": model} | {
+        name: exports.runner(path, threads=settings.workers()) for name, path in written.items()
     }
-    speed = {"keras": exports.speed(model, test)}
-    for name, path in written.items():
-        runner = exports.runner(path, threads=settings.workers())
-        metrics[name] = exports.quality(exports.outputs_of(runner, test), reference, actual, encoding)
-        speed[name] = exports.speed(runner, test)
+    outputs = exports.outputs_of_each(runners, test)
+    sample = exports.speed_sample(test)
+    reference = outputs["keras"]
+    metrics, speed = {}, {}
+    for name, runner in runners.items():
+        metrics[name] = exports.quality(outputs[name], reference, actual, encoding)
+        speed[name] = exports.speed(runner, sample)
+        path = paths.MODEL if name == "keras" else written[name]
         # model.onnx's size changes by a few bytes from run to run (exports.py): with the timings, not in export.json
         (speed if name in exports.NOT_BYTE_IDENTICAL else metrics)[name]["size_bytes"] = exports.size_bytes(path)
     files.write_json(paths.EXPORT_METRICS, metrics)

@@ -11,11 +11,24 @@ files as they are read (image_sets.py: each variant made again from its seed), a
 base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32,
 but the cached activations then carry bfloat16 rounding (the two-stage layout before 2026-11-27 kept them float32).
 The base runs under train.strategy (transfer_learning/distribute.py): each batch is split over the replicas.
+base.runtime: litert runs the same pass as a TFLite model on this machine's CPU (transfer_learning/runtimes.py).
 """
 
 import numpy as np
 
-from transfer_learning import backbones, distribute, files, image_sets, inference, networks, params, paths, seeding
+from transfer_learning import (
+    backbones,
+    distribute,
+    files,
+    image_sets,
+    inference,
+    networks,
+    params,
+    paths,
+    runtimes,
+    seeding,
+    settings,
+)
 from transfer_learning.errors import run
 
 
@@ -35,6 +48,7 @@ def main():
             if cut
             else features_only
         )
+    features_only, extractor = runtimes.on_runtime(p.base.runtime, features_only, extractor, settings.workers())
     info = {
         "cache_activations": p.fine_tune.cache_activations,
         "unfreeze_from": p.fine_tune.unfreeze_from,
@@ -62,8 +76,8 @@ def main():
         files.write_json(paths.ACTIVATIONS_INFO, info)
     cached = f" and activations below {cut} ({info['train_shape'][1:]} per image) -> {paths.ACTIVATIONS}" if cut else ""
     print(
-        f"extract-features: {p.base.name} ({p.base.precision}) on "
-        f"{extractor.distribute_strategy.num_replicas_in_sync} replica(s) "
+        f"extract-features: {p.base.name} ({p.base.precision}, {p.base.runtime}) on "
+        f"{strategy.num_replicas_in_sync} replica(s) "
         f"-> {shapes[0][1]} features per image -> {paths.FEATURES}{cached}"
     )
 

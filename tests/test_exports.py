@@ -186,6 +186,31 @@ def test_a_regression_exports_to_the_target_unit_in_every_format(tmp_path):
         assert figures["max_abs_difference"] < (1.0 if name == "tflite_int8" else 1e-3), (name, figures)
 
 
+class Counted:
+    """uint8 images that count how many images are read from them (an ImageSet decodes its files on every read)."""
+
+    def __init__(self, images: np.ndarray):
+        self.images, self.read = images, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        self.read += len(self.images[key])
+        return self.images[key]
+
+
+def test_the_test_images_are_read_once_for_every_format():
+    """The export stage scores every format on the test images batch by batch: each image read (decoded) once."""
+    models = {name: tiny_model(3, "classification") for name in ("keras", "other")}
+    images = Counted(sample_images(70, 5))  # two batches: 64 and 6
+    outputs = exports.outputs_of_each(models, images)
+    assert images.read == 70
+    for name, model in models.items():
+        np.testing.assert_array_equal(outputs[name], exports.outputs_of(model, images.images))
+    assert exports.speed_sample(images).shape == (32, SIZE, SIZE, 3) and images.read == 70 + 32
+
+
 def test_a_file_that_is_no_export_is_one_line_and_writes_nothing(exported, tmp_path, capsys):
     folder = tmp_path / "new"
     folder.mkdir()

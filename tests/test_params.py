@@ -139,6 +139,12 @@ CASES = [
         "base.alpha=0.6 has no ImageNet weights for mobilenet_v2; use one of 0.35, 0.5, 0.75, 1, 1.3, 1.4",
     ),
     ({"base.weights": "weights/missing.weights.h5"}, "base.weights file weights/missing.weights.h5 does not exist"),
+    ({"base.runtime": "onnx"}, "base.runtime: Input should be 'tensorflow' or 'litert' (got 'onnx')"),
+    (
+        {"base.runtime": "litert", "base.precision": "bfloat16"},
+        "base.runtime litert computes in float32, not base.precision bfloat16; set base.precision: float32 "
+        "(or base.runtime: tensorflow)",
+    ),
     (
         {"base.weights": "weights.bin"},
         "base.weights must be imagenet, none or a .weights.h5 file in the project's weights/ folder "

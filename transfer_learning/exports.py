@@ -301,12 +301,19 @@ class OnnxRunner:
 
 def outputs_of(model, images: np.ndarray) -> np.ndarray:
     """The model (a Keras model or a runner) over memory-mapped uint8 images, BATCH_SIZE at a time."""
-    return np.concatenate(
-        [
-            np.asarray(model.predict_on_batch(np.asarray(images[start : start + BATCH_SIZE], np.float32)))
-            for start in range(0, len(images), BATCH_SIZE)
-        ]
-    )
+    return outputs_of_each({"model": model}, images)["model"]
+
+
+def outputs_of_each(models: dict, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Each model (name: a Keras model or a runner) over the same uint8 images, BATCH_SIZE at a time: each batch is
+    read once (an image_sets.ImageSet decodes its files as they are read) and given to every model in turn, rather
+    than the files decoded again for every format. Memory: a batch of images, and every model's outputs."""
+    outputs = {name: [] for name in models}
+    for start in range(0, len(images), BATCH_SIZE):
+        pixels = np.asarray(images[start : start + BATCH_SIZE], np.float32)
+        for name, model in models.items():
+            outputs[name].append(np.asarray(model.predict_on_batch(pixels)))
+    return {name: np.concatenate(batches) for name, batches in outputs.items()}
 
 
 def quality(outputs: np.ndarray, reference: np.ndarray, actual: np.ndarray, encoding: Encoding) -> dict:
@@ -332,8 +339,14 @@ def size_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def speed_sample(images: np.ndarray) -> np.ndarray:
+    """The images speed times the formats on (the first of the split, decoded once for all of them)."""
+    return np.asarray(images[: max(SPEED_BATCHES)])
+
+
 def speed(model, images: np.ndarray) -> dict:
-    """Images per second at each batch size of SPEED_BATCHES, after one untimed call (tracing, allocation)."""
+    """Images per second at each batch size of SPEED_BATCHES, after one untimed call (tracing, allocation).
+    images: a speed_sample (decoded), or any uint8 images (the first of them are used)."""
     figures = {}
     for batch, calls in SPEED_BATCHES.items():
         pixels = np.resize(np.asarray(images[:batch], np.float32), (batch, *images.shape[1:]))  # repeats if too few

@@ -182,10 +182,23 @@ class Base(Section):
     whether it is faster depends on the CPU (benchmarks/README.md)."""
     pooling: Literal["avg", "flatten"]
     """How the base's last feature map becomes the features: `avg` (global average pooling) or `flatten`."""
+    runtime: Literal["tensorflow", "litert"]
+    """What runs extract-features' pass through the frozen base: `tensorflow`, or `litert`: the base converted to a
+    float32 TFLite model, run by LiteRT's interpreter with XNNPACK (the pass several times faster on a CPU, the stage,
+    which also decodes the images and converts the base, less: benchmarks/README.md). It gives up byte-identity with
+    the `tensorflow` runtime (its features and cached activations differ by float rounding, and training amplifies
+    that as another seed would) and across CPU kinds (XNNPACK picks kernels per instruction set); run to run on one
+    machine they are the same. Computes in float32 (`base.precision: float32`); train-head and fine-tune train in
+    TensorFlow whatever it is (TFLite does not train)."""
 
     @model_validator(mode="after")
     def weights_exist(self):
         family = backbones.get(self.name)  # a ValueError naming the closest bases
+        if self.runtime == "litert" and self.precision != "float32":
+            raise ValueError(
+                f"base.runtime litert computes in float32, not base.precision {self.precision}; "
+                "set base.precision: float32 (or base.runtime: tensorflow)"
+            )
         if self.minimalistic and not family.minimalistic:
             raise ValueError(
                 f"base.minimalistic applies to mobilenet_v3_small and mobilenet_v3_large only, not {self.name}; set "

@@ -2,8 +2,8 @@
 
 They are environment variables, not params: changing one changes no output, so it reruns nothing.
 
-    PIPELINE_WORKERS   threads that decode, resize and augment images (default: the CPUs this
-                       process may use)
+    PIPELINE_WORKERS   threads that decode, resize and augment images, and LiteRT's threads under
+                       base.runtime litert (default: the CPUs this process may use)
 """
 
 from __future__ import annotations
