@@ -236,6 +236,10 @@ class Fit(Section):
     """Each training batch's rows are blended in pairs, w · a + (1 − w) · b with w ~ Beta(mixup, mixup), their targets
     alike, a new blend each epoch; `0` is off (0.2 is usual). The Beta draws use the C library's exp and log: on
     another CPU a blend may differ in the last bit."""
+    class_weight: Literal["none", "balanced"]
+    """Classification: `balanced` weighs each training row's loss by n / (classes · n of its class), counted over the
+    rows it trains on (scikit-learn's compute_class_weight), so every class counts as much as the largest; `none`: every
+    row 1. The weights used are in metrics/<stage>.json."""
 
 
 class TrainHead(Fit):
@@ -306,6 +310,13 @@ class Params(Section):
     train_head: TrainHead
     fine_tune: FineTune
     train: Train
+
+    @model_validator(mode="after")
+    def class_weights_are_for_classes(self):
+        for key in ("train_head", "fine_tune"):
+            if self.data.task == "regression" and getattr(self, key).class_weight != "none":
+                raise ValueError(f"{key}.class_weight=balanced weighs classes; a regression has none: set it to none")
+        return self
 
     @model_validator(mode="after")
     def base_takes_the_image_size(self):
