@@ -120,7 +120,8 @@ def main():
             rows[seed, mode] = figures(project, classes[1:])
             print(
                 f"split.seed {seed}, class_weight {mode}: {timed.seconds / 60:.1f} min, "
-                f"stages {' '.join(harness.stages_run(timed.output))}",
+                f"stages {' '.join(harness.stages_run(timed.output))}; "
+                + ", ".join(f"{MODELS[m]} {f} {v:.4f}" for (m, f), v in rows[seed, mode].items()),
                 flush=True,
             )
     report(rows, args.seeds)
