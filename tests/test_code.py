@@ -157,7 +157,7 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     titled = [next(iter(plot.values())) for plot in dvc_yaml["plots"] if isinstance(plot, dict)]
     titles = [plot["title"] for plot in titled]
-    assert len(titles) == 6 and len(set(titles)) == 6, titles
+    assert len(titles) == 7 and len(set(titles)) == 7, titles
     images = [plot for plot in dvc_yaml["plots"] if isinstance(plot, str)]
     assert images == ["plots/evaluate/figures", "dvclive/train_head/plots/images", "dvclive/fine_tune/plots/images"], (
         "PNG figures carry their titles inside the image"

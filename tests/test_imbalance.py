@@ -174,12 +174,18 @@ def test_the_review_names_balanced_accuracy():
     assert "Balanced" not in review.results(regression | {"test_images": 2}, 1.5, "regression")[-1]
 
 
-def test_dvc_plots_has_the_row_normalized_confusion_matrix_of_both_models():
-    plots = [plot for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if isinstance(plot, dict)]
-    plot = next(p["confusion-normalized"] for p in plots if "confusion-normalized" in p)
-    # DVC's template divides each row (y) by its sum: rows must be the actual classes for the diagonal to be recall
-    assert plot["template"] == "${data.task}_normalized" and plot["x"] == "predicted"
-    assert plot["y"] == {f"plots/evaluate/predictions/{name}.csv": "actual" for name in ("head", "fine_tuned")}
+def test_dvc_plots_has_the_row_normalized_confusion_matrix_of_each_model():
+    plots = {
+        name: plot
+        for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+        if isinstance(entry, dict)
+        for name, plot in entry.items()
+    }
+    for model, name in (("head", "head"), ("fine_tuned", "fine-tuned")):
+        plot = plots[f"confusion-normalized-{name}"]
+        # DVC's template divides each row (y) by its sum: rows must be the actual classes for the diagonal to be recall
+        assert plot["template"] == "${data.task}_normalized" and plot["x"] == "predicted"
+        assert plot["y"] == {f"plots/evaluate/predictions/{model}.csv": "actual"}, "one file a plot"
     from dvc_render.vega_templates import NormalizedConfusionTemplate
 
     template = json.loads((ROOT / ".dvc/plots/classification_normalized.json").read_text())

@@ -238,8 +238,10 @@ class Fit(Section):
     another CPU a blend may differ in the last bit."""
     class_weight: Literal["none", "balanced"]
     """Classification: `balanced` weighs each training row's loss by n / (classes · n of its class), counted over the
-    rows it trains on (scikit-learn's compute_class_weight), so every class counts as much as the largest; `none`: every
-    row 1. The weights used are in metrics/<stage>.json."""
+    rows the model trains on (the augmented training set; each k-fold head, its own), as scikit-learn's
+    compute_class_weight: every class weighs as much in the loss as any other, for the recall of the small ones; `none`:
+    every row 1. The weights used are in `metrics/train_head.json` and `metrics/fine_tune.json`; the training loss and
+    accuracy are weighted, validation's not."""
 
 
 class TrainHead(Fit):

@@ -180,7 +180,8 @@ def fit(
     `backup` (resume.Backup): the fit starts after the epochs it finished, in the state they left (the history
     returned has them too), and backs every epoch up, after every other callback has ended it.
 
-    `class_weight` (class_weights()): each training row's loss is weighted by its class's weight; validation is not.
+    `class_weight` (class_weights()): each training row's loss is weighted by its class's weight, and so is the training
+    accuracy (Keras weighs the metrics alike: balanced weights make it a balanced accuracy); validation is not weighted.
     Keras turns it into per-row sample weights, which every loss here takes (the sparse cross-entropy, the smoothed
     one, MSE). With mixup a blended row counts as the class of its larger share (Keras takes the argmax of the one-hot
     rows); with Beta(0.2, 0.2), the usual mixup, two rows in three have a share above 0.9.
