@@ -30,6 +30,7 @@ SMOKE = {
     "disk.py": "first experiment:",
     "scale.py": "dvc status",
     "runtimes.py": "features: ",
+    "imbalance.py": "minority recall, balanced - none",
 }
 # Not benchmarks of their own: the shared harness, the old duplicate search (run by duplicates.py and its tests), the
 # tutorial script (run by vs_tutorial.py); duplicates.py runs at its smallest size in tests/test_duplicates.py.
