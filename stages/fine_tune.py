@@ -7,7 +7,8 @@ every image through the frozen bottom each epoch. false trains the full model on
 Writes models/model.keras either way: raw RGB pixels in, class probabilities (or the target, in its
 unit) out. fine_tune.epochs: 0 skips training but still writes the assembled model. fine_tune.tta: flip bakes test-time
 augmentation into it (the mean over the image and its mirror image); metrics/fine_tune.json gives the saved model's
-validation figure (model_val_<metric>) beside the training run's.
+validation figure (model_val_<metric>) beside the training run's. fine_tune.class_weight: balanced weighs each class's
+training rows inversely to their number (the weights in the metrics).
 Built, compiled and trained under train.strategy (transfer_learning/distribute.py); fine_tune.batch_size is global.
 Each epoch's figures go to dvclive/fine_tune as it trains (transfer_learning/live.py); the restored best epoch to
 metrics/fine_tune.json. Each finished epoch is backed up (transfer_learning/resume.py): rerun after an interruption, it
@@ -92,6 +93,7 @@ def main():
     samples = epoch_samples.Samples.pick(
         "fine-tune", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
     )
+    weights = training.class_weights(train.targets, cfg.class_weight)  # over the augmented training set it fits on
     history = training.fit(
         trained,
         train,
@@ -101,6 +103,7 @@ def main():
         encoding,  # epoch by epoch, as it trains
         live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
         backup,
+        class_weight=weights,
     )
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-
     # learning predict)
@@ -116,6 +119,8 @@ def main():
     )
     metrics = training.best_epoch(history, encoding)
     metrics[f"model_val_{encoding.metric}"] = round(training.score(exported, val_images, encoding), 6)
+    if weights:
+        metrics["class_weight"] = training.named_weights(weights, encoding)
     with distribute.only_chief_writes(strategy):
         model_files.save(exported, paths.MODEL)
         encoding.with_input(preparation).write(paths.MODEL_ENCODING)

@@ -3,7 +3,8 @@
 The features are read memory-mapped, a batch at a time, reshuffled every epoch from train_head.seed.
 Each epoch's figures go to dvclive/train_head as it trains (transfer_learning/live.py); the restored best epoch to
 metrics/train_head.json. Built, compiled and trained under train.strategy (transfer_learning/distribute.py);
-train_head.batch_size is global. train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val
+train_head.batch_size is global. train_head.class_weight: balanced weighs each class's rows inversely to their number
+(the weights in the metrics). train_head.folds > 0 adds a k-fold cross-validated estimate of the head on train + val
 (transfer_learning/crossval.py) to the metrics. Each finished epoch is backed up (transfer_learning/resume.py): rerun
 after an interruption, it resumes at the next one (an interrupted k-fold estimate starts its folds again).
 """
@@ -47,6 +48,7 @@ def main():
     samples = epoch_samples.Samples.pick(
         "train-head", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
     )  # shown with their images
+    weights = training.class_weights(train.targets, cfg.class_weight)  # over the rows it trains on, variants included
     history = training.fit(
         head,
         train,
@@ -56,10 +58,13 @@ def main():
         encoding,  # epoch by epoch, as it trains
         live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
         backup,
+        class_weight=weights,
     )
     with distribute.only_chief_writes(strategy):
         model_files.save(head, paths.HEAD_MODEL)
     metrics = training.best_epoch(history, encoding)
+    if weights:  # what each class's rows weighed (the k-fold's heads weigh their own training rows alike)
+        metrics["class_weight"] = training.named_weights(weights, encoding)
     if cfg.folds:  # after the head is saved: its own heads, seeded per fold
         metrics["kfold"] = crossval.estimate(
             cfg,

@@ -31,6 +31,7 @@ SMOKE = {
     "scale.py": "dvc status",
     "runtimes.py": "features: ",
     "review_cost.py": "evaluate's time growth from the review features:",
+    "imbalance.py": "minority recall, balanced - none",
 }
 # Not benchmarks of their own: the shared harness, the old duplicate search (run by duplicates.py and its tests), the
 # tutorial script (run by vs_tutorial.py); duplicates.py runs at its smallest size in tests/test_duplicates.py.

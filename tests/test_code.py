@@ -158,7 +158,7 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     titled = [next(iter(plot.values())) for plot in dvc_yaml["plots"] if isinstance(plot, dict)]
     titles = [plot["title"] for plot in titled]
-    assert len(titles) == 5 and len(set(titles)) == 5, titles
+    assert len(titles) == 7 and len(set(titles)) == 7, titles
     images = [plot for plot in dvc_yaml["plots"] if isinstance(plot, str)]
     assert images == ["plots/evaluate/figures", "dvclive/train_head/plots/images", "dvclive/fine_tune/plots/images"], (
         "PNG figures carry their titles inside the image"
@@ -176,11 +176,16 @@ def test_every_plot_has_its_own_title_and_the_live_metrics_are_declared():
     assert (
         all(
             file.startswith(
-                ("dvclive/train_head/plots/metrics/", "dvclive/fine_tune/plots/metrics/", "plots/evaluate/calibration/")
+                (
+                    "dvclive/train_head/plots/metrics/",
+                    "dvclive/fine_tune/plots/metrics/",
+                    "plots/evaluate/calibration/",
+                    "plots/evaluate/predictions/",  # the row-normalized confusion matrices
+                )
             )
             for file in curves
         )
-        and len(curves) == 6
+        and len(curves) == 8
     )
 
 

@@ -55,6 +55,7 @@ def settings(folds, epochs=40):
         loss="auto",
         label_smoothing=0.0,
         mixup=0.0,
+        class_weight="none",
     )
     return cfg, SimpleNamespace(units=64, dropout=0.0)
 

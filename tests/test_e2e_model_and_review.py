@@ -135,6 +135,8 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
         "#fine-tune-loss",
         "#plots_evaluate_predictions_head_csv",
         "#plots_evaluate_predictions_fine_tuned_csv",
+        "#confusion-normalized-head",
+        "#confusion-normalized-fine-tuned",
         "#calibration",
     ]
     for plot in vega.values():
@@ -152,7 +154,7 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
     )
     assert all(size[0] >= 1000 for name in figures[:2] for size in images[name]), "the figures are drawn large"
     every_title = [plot["title"] for plot in vega.values()] + list(images)
-    assert all(every_title) and len(set(every_title)) == len(every_title) == 11
+    assert all(every_title) and len(set(every_title)) == len(every_title) == 13
 
     shot = review_page.screenshot(browser, page, tmp_path / "review.png", size=(2600, 3000))
     with Image.open(shot) as picture:

@@ -254,7 +254,8 @@ def test_a_stage_stops_on_bad_params_before_any_work(tmp_path):
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip() == (
             "error: params.yaml: unknown key fine_tune.lr_rate (did you mean lr?); fine_tune keys: "
-            "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, label_smoothing, mixup, unfreeze_from, "
+            "optimizer, lr, epochs, batch_size, patience, seed, loss, schedule, label_smoothing, mixup, class_weight, "
+            "unfreeze_from, "
             "momentum, cache_activations, threads, tta, ema"
         )
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "stages", "transfer_learning"], (

@@ -3,9 +3,10 @@ instead of one split's figure, cheap because no image goes through the base agai
 
 The folds divide the images of train + val, stratified (by class, or by target quantile for regression). The training
 split's features hold each image followed by its augment.copies variants: an image and its variants always fall in the
-same fold. Each fold's head is built, compiled and trained like the single-split head (same params) on the other folds'
-rows, variants included, for a fixed number of epochs (the single-split head's best epoch: early stopping on the
-held-out fold would peek at it), then scored on the fold's original images. The test split is never read.
+same fold. Each fold's head is built, compiled and trained like the single-split head (same params; with
+train_head.class_weight: balanced, weighted over its own training rows) on the other folds' rows, variants included,
+for a fixed number of epochs (the single-split head's best epoch: early stopping on the held-out fold would peek at
+it), then scored on the fold's original images. The test split is never read.
 
 With subjects (split.group_column or split.filename_groups, which make split.csv name each image's group) the folds
 take whole groups, as the splits do (grouping.py): no subject is trained on and scored in one fold.
@@ -130,8 +131,9 @@ def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs
         held = batches.Batches(Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, None, replicas)
         with strategy.scope():
             head = training.compiled_head(train.inputs.shape[1], head_cfg, cfg, encoding, steps_per_epoch=len(train))
-        if epochs:
-            head.fit(train, epochs=epochs, shuffle=False, verbose=0)
+        if epochs:  # train_head.class_weight: balanced over this fold's training rows, as the head's over its own
+            weights = training.class_weights(all_y[train_rows], cfg.class_weight)
+            head.fit(train, epochs=epochs, shuffle=False, verbose=0, class_weight=weights)
         scores.append(training.score(packaging.package(head, encoding), held, encoding))
         print(
             f"train-head: fold {fold + 1}/{cfg.folds}: {encoding.metric} {scores[-1]:.4f} on {len(held_rows)} "

@@ -263,6 +263,12 @@ class Fit(Section):
     """Each training batch's rows are blended in pairs, w · a + (1 − w) · b with w ~ Beta(mixup, mixup), their targets
     alike, a new blend each epoch; `0` is off (0.2 is usual). The Beta draws use the C library's exp and log: on
     another CPU a blend may differ in the last bit."""
+    class_weight: Literal["none", "balanced"]
+    """Classification: `balanced` weighs each training row's loss by n / (classes · n of its class), counted over the
+    rows the model trains on (the augmented training set; each k-fold head, its own), as scikit-learn's
+    compute_class_weight: every class weighs as much in the loss as any other, for the recall of the small ones; `none`:
+    every row 1. The weights used are in `metrics/train_head.json` and `metrics/fine_tune.json`; the training loss and
+    accuracy are weighted, validation's not."""
 
 
 class TrainHead(Fit):
@@ -346,6 +352,13 @@ class Params(Section):
             raise ValueError(
                 "split.group_column and split.filename_groups both name the subjects: set one (the other to null/false)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def class_weights_are_for_classes(self):
+        for key in ("train_head", "fine_tune"):
+            if self.data.task == "regression" and getattr(self, key).class_weight != "none":
+                raise ValueError(f"{key}.class_weight=balanced weighs classes; a regression has none: set it to none")
         return self
 
     @model_validator(mode="after")

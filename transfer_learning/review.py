@@ -153,10 +153,19 @@ def results(summary: dict, baseline, task: str) -> list[str]:
         [md(metric.replace("_", " "))] + [number(summary[name][metric], task) for name in models]
         for metric in summary["head"]
     ]
+    balanced = (
+        " Balanced accuracy: the mean of the per-class recalls (recall macro), every class counted once however few its"
+        " test images; with imbalanced classes, the figure to compare (plain accuracy mostly counts the largest class)."
+        if "balanced_accuracy" in summary["head"]
+        else ""
+    )
     return (
         ["## Test metrics", ""]
         + table(["metric"] + [MODEL_NAMES[name] for name in models], rows)
-        + ["", f"Head only: the ImageNet base as it is, with the trained head. Constant baseline: {constant}."]
+        + [
+            "",
+            f"Head only: the ImageNet base as it is, with the trained head. Constant baseline: {constant}.{balanced}",
+        ]
     )
 
 

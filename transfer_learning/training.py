@@ -136,6 +136,23 @@ def one_hot_classes(encoding: Encoding, mixup: float) -> int:
     return len(encoding.classes) if mixup and encoding.is_classification else 0
 
 
+def class_weights(targets: np.ndarray, mode: str) -> dict[int, float] | None:
+    """`class_weight` (train_head, fine_tune) over the class indices a model trains on -> Keras' fit(class_weight=...).
+    `balanced`: n_rows / (n_classes * rows of the class), as scikit-learn's compute_class_weight("balanced") (equal,
+    tests/test_training.py; written out here, as importing scikit-learn would cost the stage seconds), so each class
+    weighs as much in the loss as any other, and the weights average 1 over the rows: the loss keeps its scale.
+    `none` -> None: every row 1."""
+    if mode == "none":
+        return None
+    present, counts = np.unique(targets, return_counts=True)
+    return {int(c): len(targets) / (len(present) * int(n)) for c, n in zip(present, counts)}
+
+
+def named_weights(weights: dict[int, float], encoding: Encoding) -> dict[str, float]:
+    """The weights by class name, as the metrics files record them."""
+    return {encoding.classes[c]: round(w, 6) for c, w in weights.items()}
+
+
 def monitor(encoding: Encoding) -> str:
     return "val_loss" if encoding.is_classification else "val_mae"
 
@@ -149,6 +166,7 @@ def fit(
     encoding: Encoding,
     callbacks: list[keras.callbacks.Callback] = (),
     backup: Backup | None = None,
+    class_weight: dict[int, float] | None = None,
 ) -> pd.DataFrame:
     """Fit with early stopping (best epoch restored); one log line per epoch; `callbacks` too (live.callbacks).
     -> history per epoch.
@@ -162,6 +180,12 @@ def fit(
 
     `backup` (resume.Backup): the fit starts after the epochs it finished, in the state they left (the history
     returned has them too), and backs every epoch up, after every other callback has ended it.
+
+    `class_weight` (class_weights()): each training row's loss is weighted by its class's weight, and so is the training
+    accuracy (Keras weighs the metrics alike: balanced weights make it a balanced accuracy); validation is not weighted.
+    Keras turns it into per-row sample weights, which every loss here takes (the sparse cross-entropy, the smoothed
+    one, MSE). With mixup a blended row counts as the class of its larger share (Keras takes the argmax of the one-hot
+    rows); with Beta(0.2, 0.2), the usual mixup, two rows in three have a share above 0.9.
     """
     if epochs == 0:
         for callback in callbacks:  # no epoch to log, but the callbacks still finish (dvclive writes its empty summary)
@@ -212,6 +236,7 @@ def fit(
         shuffle=False,
         verbose=2,
         callbacks=callbacks + ([backup.callback(train, callbacks)] if backup else []),
+        class_weight=class_weight,
     )
     frame = pd.DataFrame(earlier + [dict(zip(history.history, values)) for values in zip(*history.history.values())])
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
