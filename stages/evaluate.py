@@ -69,16 +69,24 @@ def main():
     }
     worst = review.worst_cases(actual, fine_out, encoding, test_paths)
     correct = heatmaps.correct_cases(actual, fine_out, encoding, test_paths)
-    explained = heatmaps.write(model, test_images.inputs, worst, correct, encoding, paths.HEATMAPS, paths.REVIEW)
+    explained = heatmaps.write(
+        model,
+        test_images.inputs,
+        worst=worst,
+        correct=correct,
+        encoding=encoding,
+        folder=paths.HEATMAPS,
+        report=paths.REVIEW,
+    )
     grid = review.write(
         worst,
         test_images.inputs,
-        summary,
-        breakdown,
-        baseline,
-        training_runs,
-        records.DataReport.read(paths.DATA_REPORT),
-        encoding,
+        summary=summary,
+        breakdown=breakdown,
+        baseline=baseline,
+        training=training_runs,
+        data_report=records.DataReport.read(paths.DATA_REPORT),
+        encoding=encoding,
         extra=explained + [""] + calibration.review_lines(summary, encoding),
     )
     for name, figures in summary.items():

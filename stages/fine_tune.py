@@ -88,7 +88,7 @@ def main():
             warmup_steps=len(train),
             ema=cfg.ema,
         )
-        training.compile_for(trained, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
+        training.compile_for(trained, encoding, cfg.loss, opt, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
     backup = resume.Backup.find("fine-tune", p, strategy, paths.FINE_TUNE_LIVE)  # what an interrupted run finished
     samples = epoch_samples.Samples.pick(
         "fine-tune", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
@@ -98,11 +98,11 @@ def main():
         trained,
         train,
         val,
-        cfg.epochs,
-        cfg.patience,
-        encoding,  # epoch by epoch, as it trains
-        live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
-        backup,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        encoding=encoding,  # epoch by epoch, as it trains
+        callbacks=live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
+        backup=backup,
         class_weight=weights,
     )
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-

@@ -37,10 +37,21 @@ def main():
     replicas = strategy.num_replicas_in_sync
     classes = training.one_hot_classes(encoding, cfg.mixup)
     train = batches.from_files(
-        paths.features("train"), paths.feature_targets("train"), cfg.batch_size, cfg.seed, replicas, classes, cfg.mixup
+        paths.features("train"),
+        paths.feature_targets("train"),
+        cfg.batch_size,
+        seed=cfg.seed,
+        replicas=replicas,
+        classes=classes,
+        mixup=cfg.mixup,
     )
     val = batches.from_files(
-        paths.features("val"), paths.feature_targets("val"), cfg.batch_size, None, replicas, classes
+        paths.features("val"),
+        paths.feature_targets("val"),
+        cfg.batch_size,
+        seed=None,
+        replicas=replicas,
+        classes=classes,
     )
     with strategy.scope():
         head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
@@ -53,11 +64,11 @@ def main():
         head,
         train,
         val,
-        cfg.epochs,
-        cfg.patience,
-        encoding,  # epoch by epoch, as it trains
-        live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
-        backup,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        encoding=encoding,  # epoch by epoch, as it trains
+        callbacks=live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
+        backup=backup,
         class_weight=weights,
     )
     with distribute.only_chief_writes(strategy):

@@ -105,7 +105,13 @@ def test_the_grids_show_mistakes_and_correct_images_the_same_bytes_every_run(tra
     for folder in ("a", "b"):
         lines.append(
             heatmaps.write(
-                trained, images, worst, correct, ENCODING, tmp_path / folder, tmp_path / "reports" / "review.md"
+                trained,
+                images,
+                worst=worst,
+                correct=correct,
+                encoding=ENCODING,
+                folder=tmp_path / folder,
+                report=tmp_path / "reports" / "review.md",
             )
         )
     assert "](../a/mistakes.png)" in "\n".join(lines[0]) and "](../a/correct.png)" in "\n".join(lines[0])
@@ -114,11 +120,11 @@ def test_the_grids_show_mistakes_and_correct_images_the_same_bytes_every_run(tra
     heatmaps.write(
         trained,
         images,
-        worst.iloc[:0],
-        pd.DataFrame(columns=correct.columns),
-        ENCODING,
-        tmp_path / "c",
-        tmp_path / "r.md",
+        worst=worst.iloc[:0],
+        correct=pd.DataFrame(columns=correct.columns),
+        encoding=ENCODING,
+        folder=tmp_path / "c",
+        report=tmp_path / "r.md",
     )
     assert (tmp_path / "c" / "mistakes.png").stat().st_size > 0, "no mistake: the title alone"
 
@@ -139,11 +145,11 @@ def test_a_regression_model_is_explained_by_its_predicted_target(tmp_path):
     lines = heatmaps.write(
         model,
         images,
-        worst,
-        heatmaps.correct_cases(actual, outputs, encoding, paths),
-        encoding,
-        tmp_path / "h",
-        tmp_path / "reports" / "review.md",
+        worst=worst,
+        correct=heatmaps.correct_cases(actual, outputs, encoding, paths),
+        encoding=encoding,
+        folder=tmp_path / "h",
+        report=tmp_path / "reports" / "review.md",
     )
     assert "predicted target" in "\n".join(lines)
     assert (tmp_path / "h" / "mistakes.png").stat().st_size > 0 and (tmp_path / "h" / "correct.png").stat().st_size > 0

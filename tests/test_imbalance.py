@@ -85,10 +85,14 @@ def test_balanced_raises_the_minority_recall_of_a_real_fit(smoothing, mixup):
     for mode in ("none", "balanced"):
         keras.utils.set_random_seed(0)
         head = networks.build_head(4, 16, 0.0, 2, "classification")
-        training.compile_for(head, TWO_CLASSES, "auto", training.optimizer("adam", 0.02), smoothing, mixup)
+        training.compile_for(
+            head, TWO_CLASSES, "auto", training.optimizer("adam", 0.02), label_smoothing=smoothing, mixup=mixup
+        )
         train = batches.Batches(x, y, 64, seed=0, classes=classes, mixup=mixup)
         val = batches.Batches(test_x, test_y, 64, classes=classes)
-        training.fit(head, train, val, 10, 0, TWO_CLASSES, class_weight=training.class_weights(y, mode))
+        training.fit(
+            head, train, val, epochs=10, patience=0, encoding=TWO_CLASSES, class_weight=training.class_weights(y, mode)
+        )
         predicted = head.predict(test_x, verbose=0).argmax(axis=1)
         recall[mode] = float(np.mean(predicted[test_y == 1] == 1))
     assert recall["none"] < 0.3 and recall["balanced"] > recall["none"] + 0.25, recall

@@ -290,7 +290,9 @@ def test_every_trained_model_saves_without_training_configuration_and_loads_in_p
             trained = networks.top_model(base, "block_16_expand", inputs.shape[1:], "avg", head)
         else:
             inputs, trained = pixels, model
-        training.compile_for(trained, encoding, loss, training.optimizer("adam", 1e-3), smoothing, mixup)
+        training.compile_for(
+            trained, encoding, loss, training.optimizer("adam", 1e-3), label_smoothing=smoothing, mixup=mixup
+        )
         targets = np.arange(4) % 3 if task == "classification" else np.linspace(-1, 1, 4, dtype="float32")
         if training.one_hot_classes(encoding, mixup):
             targets = np.eye(3, dtype="float32")[targets]
@@ -349,7 +351,9 @@ def test_the_classes_the_loader_allows_are_those_of_the_projects_models(tmp_path
     ):
         extractor = networks.feature_extractor(base, name, 32, pooling)
         head = networks.build_head(extractor.output.shape[-1], 4, 0.1, encoding.n_outputs, encoding.task)
-        training.compile_for(head, encoding, "auto", training.optimizer("adam", 1e-3), 0.1)  # as train-head saves it
+        training.compile_for(
+            head, encoding, "auto", training.optimizer("adam", 1e-3), label_smoothing=0.1
+        )  # as train-head saves it
         for model, file in (
             (head, "head.keras"),
             (packaging.package(networks.assemble(extractor, head), encoding, tta), "model.keras"),

@@ -85,11 +85,11 @@ def fit(settings: dict, backup: resume.Backup | None, live_folder: Path, crash_a
         model,
         train,
         val,
-        settings["epochs"],
-        settings["patience"],
-        ENCODING,
-        callbacks + live.callbacks(live_folder, resumed=backup.epoch if backup else 0),
-        backup,
+        epochs=settings["epochs"],
+        patience=settings["patience"],
+        encoding=ENCODING,
+        callbacks=callbacks + live.callbacks(live_folder, resumed=backup.epoch if backup else 0),
+        backup=backup,
     )
     return model, history
 

@@ -42,7 +42,7 @@ def test_a_head_trained_with_label_smoothing_is_less_confident_and_saves_and_loa
             Encoding(task="classification", classes=("a", "b", "c")),
             "auto",
             training.optimizer("adam", 0.05),
-            smoothing,
+            label_smoothing=smoothing,
         )
         head.fit(x, y, epochs=60, batch_size=64, verbose=0)
         confidence[smoothing] = float(head.predict(x, verbose=0).max(axis=1).mean())
@@ -135,7 +135,9 @@ def test_weight_averaging_validates_restores_and_keeps_the_moving_average(patien
 
     train = batches.Batches(x[:48], y[:48], batch_size=8, seed=0)
     val = batches.Batches(x[48:], y[48:], batch_size=16)
-    history = training.fit(model, train, val, 6, patience, encoding, [Record(), AtEpochEnd()])
+    history = training.fit(
+        model, train, val, epochs=6, patience=patience, encoding=encoding, callbacks=[Record(), AtEpochEnd()]
+    )
     kept = ends[int(history["val_mae"].idxmin())] if patience else ends[-1]
     assert len(steps) == len(history) * 6
     for got, want in zip(model.get_weights(), kept):
@@ -162,9 +164,11 @@ def test_a_head_trains_on_mixup_batches_and_reports_accuracy():
     assert classes == 3 and training.one_hot_classes(encoding, 0.0) == 0
     keras.utils.set_random_seed(0)
     head = networks.build_head(8, 16, 0.0, 3, "classification")
-    training.compile_for(head, encoding, "auto", training.optimizer("adam", 0.02), 0.1, mixup=0.4)
+    training.compile_for(head, encoding, "auto", training.optimizer("adam", 0.02), label_smoothing=0.1, mixup=0.4)
     train = batches.Batches(x[:256], y[:256], 32, seed=0, classes=classes, mixup=0.4)
-    history = training.fit(head, train, batches.Batches(x[256:], y[256:], 32, classes=classes), 15, 0, encoding)
+    history = training.fit(
+        head, train, batches.Batches(x[256:], y[256:], 32, classes=classes), epochs=15, patience=0, encoding=encoding
+    )
     assert history["val_accuracy"].iloc[-1] > 0.8 and training.best_epoch(history, encoding)["val_accuracy"] > 0.8
     assert training.score(head, batches.Batches(x[256:], y[256:], 32), encoding) == pytest.approx(
         history["val_accuracy"].iloc[-1]
@@ -182,10 +186,15 @@ def test_a_diverging_fit_stops_with_one_line_and_returns_no_model():
     encoding = Encoding(task="classification", classes=("a", "b", "c"))
     keras.utils.set_random_seed(0)
     head = networks.build_head(8, 16, 0.0, 3, "classification")
-    training.compile_for(head, encoding, "auto", training.optimizer("sgd", 1e30), 0.0)
+    training.compile_for(head, encoding, "auto", training.optimizer("sgd", 1e30), label_smoothing=0.0)
     with pytest.raises(
         PipelineError, match=r"NaN or infinite at epoch 1, so no model is saved; lower the learning rate"
     ):
         training.fit(
-            head, batches.Batches(x[:96], y[:96], 32, seed=0), batches.Batches(x[96:], y[96:], 32), 5, 2, encoding
+            head,
+            batches.Batches(x[:96], y[:96], 32, seed=0),
+            batches.Batches(x[96:], y[96:], 32),
+            epochs=5,
+            patience=2,
+            encoding=encoding,
         )

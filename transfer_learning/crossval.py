@@ -123,12 +123,14 @@ def estimate(cfg, head_cfg, per_image: int, encoding: Encoding, strategy, epochs
             Rows([train_x, val_x], train_rows),
             all_y[train_rows],
             cfg.batch_size,
-            cfg.seed,
-            replicas,
-            training.one_hot_classes(encoding, cfg.mixup),
-            cfg.mixup,
+            seed=cfg.seed,
+            replicas=replicas,
+            classes=training.one_hot_classes(encoding, cfg.mixup),
+            mixup=cfg.mixup,
         )
-        held = batches.Batches(Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, None, replicas)
+        held = batches.Batches(
+            Rows([train_x, val_x], held_rows), all_y[held_rows], cfg.batch_size, seed=None, replicas=replicas
+        )
         with strategy.scope():
             head = training.compiled_head(train.inputs.shape[1], head_cfg, cfg, encoding, steps_per_epoch=len(train))
         if epochs:  # train_head.class_weight: balanced over this fold's training rows, as the head's over its own

@@ -208,6 +208,7 @@ def grid(images: np.ndarray, captions: list[str], title: str, path: Path, column
 def write(
     model: keras.Model,
     images: np.ndarray,
+    *,
     worst: pd.DataFrame,
     correct: pd.DataFrame,
     encoding: Encoding,

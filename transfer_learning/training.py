@@ -95,6 +95,7 @@ def compile_for(
     encoding: Encoding,
     loss: str,
     opt: keras.optimizers.Optimizer,
+    *,
     label_smoothing: float = 0.0,
     mixup: float = 0.0,
     steps_per_call: int = STEPS_PER_CALL,
@@ -126,7 +127,7 @@ def compiled_head(n_features: int, head_cfg, cfg, encoding: Encoding, steps_per_
     builds it, for the head train-head saves and for each head of the k-fold estimate (crossval.py)."""
     head = networks.build_head(n_features, head_cfg.units, head_cfg.dropout, encoding.n_outputs, encoding.task)
     opt = optimizer(cfg.optimizer, cfg.lr, schedule=cfg.schedule, total_steps=cfg.epochs * steps_per_epoch)
-    compile_for(head, encoding, cfg.loss, opt, cfg.label_smoothing, cfg.mixup)
+    compile_for(head, encoding, cfg.loss, opt, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
     return head
 
 
@@ -161,6 +162,7 @@ def fit(
     model,
     train: Batches,
     val: Batches,
+    *,
     epochs: int,
     patience: int,
     encoding: Encoding,
