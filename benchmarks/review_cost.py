@@ -19,14 +19,12 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import harness
 
 
 def evaluate(without_review: bool) -> None:
-    """stages.evaluate in this process (cwd: the project), the review features off or timed."""
-    sys.path.insert(0, str(Path.cwd()))
+    """stages.evaluate in this process (cwd: the project, on PYTHONPATH), the review features off or timed."""
     from stages import evaluate as stage
 
     from transfer_learning import calibration, heatmaps
@@ -69,8 +67,10 @@ def main():
     times = {"without": [], "with": []}
     inside = []
     for _ in range(1 if args.smoke else args.repeat):
-        times["without"].append(harness.run([sys.executable, script, "--evaluate-without-review"], project).seconds)
-        timed = harness.run([sys.executable, script, "--evaluate-timed"], project)
+        stage_env = {"PYTHONPATH": str(project)}  # the project's stages/, as `python -m stages.evaluate` finds them
+        without = harness.run([sys.executable, script, "--evaluate-without-review"], project, env=stage_env)
+        times["without"].append(without.seconds)
+        timed = harness.run([sys.executable, script, "--evaluate-timed"], project, env=stage_env)
         times["with"].append(timed.seconds)
         inside.append(timed.output.strip().splitlines()[-1])
     status = harness.run(["dvc", "status"], project).output.strip()  # the last run was a normal one

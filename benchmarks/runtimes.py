@@ -211,11 +211,11 @@ def main() -> None:
         [
             sys.executable,
             "-c",
-            f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import runtimes; "
-            f"import transfer_learning; runtimes.convert(__import__('pathlib').Path({str(folder)!r}))",
+            f"import pathlib, runtimes, transfer_learning; runtimes.convert(pathlib.Path({str(folder)!r}))",
         ],
         check=True,
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")},  # this script's folder, for `import runtimes`
         capture_output=True,
     )
     results = {}
