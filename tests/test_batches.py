@@ -45,8 +45,22 @@ def test_batches_never_leave_a_replica_without_rows():
     assert sorted(np.concatenate([data[i][1] for i in range(len(data))])) == list(range(17)), "every row once"
     with pytest.raises(PipelineError, match="1 rows in batches of 8 cannot give each of 2 replicas a row"):
         batches.batch_count(1, 8, replicas=2)
-    assert [(c.start, c.stop) for c in inference.chunks(1100)] == [(0, 512), (512, 1024), (1024, 1100)]
-    assert [(c.start, c.stop) for c in inference.chunks(1030)] == [(0, 512), (512, 1030)], "6 rows cannot make a batch"
+
+
+def test_predict_to_npy_writes_what_keras_predict_returns_batch_by_batch(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    activations = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, [keras.layers.GlobalAveragePooling2D()(activations), activations])
+    images = np.random.default_rng(0).integers(0, 256, (150, 8, 8, 3), dtype=np.uint8)  # 64 + 64 + a last 22
+    out = [tmp_path / "features.npy", tmp_path / "activations.npy"]
+    shapes = inference.predict_to_npy(model, images, out, np.float32, desc="test")
+    expected = model.predict(batches.Batches(images, None, inference.BATCH_SIZE), verbose=0)
+    assert shapes == [(150, 4), (150, 6, 6, 4)]
+    for path, values in zip(out, expected):
+        written = np.load(path)
+        assert written.dtype == np.float32 and written.tobytes() == values.tobytes(), path.name
 
 
 def test_mixup_blends_rows_and_their_one_hot_targets_in_pairs_anew_each_epoch():
