@@ -99,6 +99,8 @@ def run_scale(photos: list[Path], scale: int, params: dict, size: int | None) ->
     for stage in STAGES:
         timed = harness.run(["dvc", "repro", "-s", stage], project)
         stages[stage] = (timed.seconds, timed.peak_anon_mb, unique_bytes([project / p for p in OUTPUTS[stage]], seen))
+        # as it goes: a long run that fails at 16x keeps its smaller scales' figures
+        print(f"{scale}x {stage}: {n} images, {timed.seconds:.1f} s, {timed.peak_anon_mb:.0f} MB", flush=True)
     cache = unique_bytes([project / ".dvc" / "cache"], seen)
     start = time.perf_counter()
     harness.run(["dvc", "status"], project)
