@@ -63,6 +63,36 @@ def test_predict_to_npy_writes_what_keras_predict_returns_batch_by_batch(tmp_pat
         assert written.dtype == np.float32 and written.tobytes() == values.tobytes(), path.name
 
 
+# predict_to_npy under MirroredStrategy on two logical CPUs against the default strategy, the same model and images
+MIRRORED = """
+import sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from transfer_learning import inference
+images = np.random.default_rng(0).integers(0, 256, (150, 8, 8, 3), dtype=np.uint8)
+for name, strategy in [("default", tf.distribute.get_strategy()), ("mirrored", tf.distribute.MirroredStrategy())]:
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        activations = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+        model = keras.Model(inputs, [keras.layers.GlobalAveragePooling2D()(activations), activations])
+    paths = [Path(sys.argv[1]) / f"{name}_{i}.npy" for i in range(2)]
+    inference.predict_to_npy(model, images, paths, np.float32, "test", replicas=strategy.num_replicas_in_sync)
+"""
+
+
+def test_predict_to_npy_splits_each_batch_over_the_replicas_to_the_same_outputs(tmp_path):
+    subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path)], capture_output=True, text=True, check=True)
+    for i in range(2):
+        default, mirrored = np.load(tmp_path / f"default_{i}.npy"), np.load(tmp_path / f"mirrored_{i}.npy")
+        assert default.shape == mirrored.shape and len(default) == 150
+        np.testing.assert_allclose(mirrored, default, atol=1e-6)
+
+
 def test_mixup_blends_rows_and_their_one_hot_targets_in_pairs_anew_each_epoch():
     inputs = np.eye(20, dtype=np.float32)  # row i is e_i: a blend w * e_a + (1 - w) * e_b shows a, b and w
     labels = np.arange(20) % 3
