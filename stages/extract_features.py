@@ -70,6 +70,7 @@ def main():
                 replicas=strategy.num_replicas_in_sync,
             )
             files.save_npy(paths.feature_targets(split), targets)
+        images.close()  # its decoding threads
         if len(shapes) > 1:
             info[f"{split}_shape"] = list(shapes[1])
     with distribute.only_chief_writes(strategy):

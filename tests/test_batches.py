@@ -45,8 +45,52 @@ def test_batches_never_leave_a_replica_without_rows():
     assert sorted(np.concatenate([data[i][1] for i in range(len(data))])) == list(range(17)), "every row once"
     with pytest.raises(PipelineError, match="1 rows in batches of 8 cannot give each of 2 replicas a row"):
         batches.batch_count(1, 8, replicas=2)
-    assert [(c.start, c.stop) for c in inference.chunks(1100)] == [(0, 512), (512, 1024), (1024, 1100)]
-    assert [(c.start, c.stop) for c in inference.chunks(1030)] == [(0, 512), (512, 1030)], "6 rows cannot make a batch"
+
+
+def test_predict_to_npy_writes_what_keras_predict_returns_batch_by_batch(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    activations = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, [keras.layers.GlobalAveragePooling2D()(activations), activations])
+    images = np.random.default_rng(0).integers(0, 256, (150, 8, 8, 3), dtype=np.uint8)  # 64 + 64 + a last 22
+    out = [tmp_path / "features.npy", tmp_path / "activations.npy"]
+    shapes = inference.predict_to_npy(model, images, out, np.float32, desc="test")
+    expected = model.predict(batches.Batches(images, None, inference.BATCH_SIZE), verbose=0)
+    assert shapes == [(150, 4), (150, 6, 6, 4)]
+    for path, values in zip(out, expected):
+        written = np.load(path)
+        assert written.dtype == np.float32 and written.tobytes() == values.tobytes(), path.name
+
+
+# predict_to_npy under MirroredStrategy on two logical CPUs against the default strategy, the same model and images
+MIRRORED = """
+import sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from transfer_learning import inference
+images = np.random.default_rng(0).integers(0, 256, (150, 8, 8, 3), dtype=np.uint8)
+for name, strategy in [("default", tf.distribute.get_strategy()), ("mirrored", tf.distribute.MirroredStrategy())]:
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        activations = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+        model = keras.Model(inputs, [keras.layers.GlobalAveragePooling2D()(activations), activations])
+    paths = [Path(sys.argv[1]) / f"{name}_{i}.npy" for i in range(2)]
+    inference.predict_to_npy(model, images, paths, np.float32, "test", replicas=strategy.num_replicas_in_sync)
+"""
+
+
+def test_predict_to_npy_splits_each_batch_over_the_replicas_to_the_same_outputs(tmp_path):
+    subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path)], capture_output=True, text=True, check=True)
+    for i in range(2):
+        default, mirrored = np.load(tmp_path / f"default_{i}.npy"), np.load(tmp_path / f"mirrored_{i}.npy")
+        assert default.shape == mirrored.shape and len(default) == 150
+        np.testing.assert_allclose(mirrored, default, atol=1e-6)
 
 
 def test_mixup_blends_rows_and_their_one_hot_targets_in_pairs_anew_each_epoch():

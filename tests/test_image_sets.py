@@ -73,6 +73,17 @@ def test_rows_are_the_pixels_the_stored_arrays_held_in_any_order(source):
     np.testing.assert_array_equal(np.asarray(plain), np.stack(stored))
 
 
+def test_closing_a_set_stops_its_decoding_threads_and_reading_again_starts_new_ones(source):
+    root, files, rows = source
+    with image_sets.ImageSet(rows, ImageFiles(source=str(root), csv="", preparation=PREPARATION)) as listed:
+        first = listed[0:3]
+        threads = list(listed._pool._threads)
+        assert threads and all(thread.is_alive() for thread in threads)
+    assert listed._pool is None and not any(thread.is_alive() for thread in threads)
+    np.testing.assert_array_equal(listed[0:3], first)
+    listed.close()
+
+
 def test_a_file_changed_after_ingest_is_one_line_naming_it(source):
     root, files, rows = source
     listed = image_sets.ImageSet(rows, ImageFiles(source=str(root), csv="", preparation=PREPARATION))

@@ -60,6 +60,19 @@ class ImageSet:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __enter__(self) -> ImageSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the decoding threads (`with image_sets.load(split) as images:` does it when done); reading again
+        starts new ones."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             return self.rows(np.array([key]))[0]
