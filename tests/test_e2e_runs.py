@@ -136,7 +136,8 @@ def test_a_second_run_runs_nothing(fast_run):
 
 def test_an_experiment_reruns_only_the_stages_its_params_reach(fast_run, tmp_path):
     # a queued experiment runs in a copy of the project holding what DVC's cache holds: not the activations (cache:
-    # false in dvc.yaml), so extract-features runs again there, to the same bytes, and only what the params reach follows
+    # false in dvc.yaml), so extract-features runs again there, to the same bytes, and only what the params reach
+    # follows
     assert stages_run(fast_run.outputs["more-head-epochs"]) == [
         "extract-features",
         "train-head",
