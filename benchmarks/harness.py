@@ -75,6 +75,21 @@ def smoke_images(kind: str = "classes") -> Path:
     return root
 
 
+def skip_export(project: Path) -> None:
+    """--smoke of a benchmark that runs whole `dvc repro`s and reads nothing of the export stage: the clone's pipeline
+    without it (dvc.yaml and dvc.lock; commit the clone after this for queued experiments). Its conversions (SavedModel,
+    TFLite float32 and int8, ONNX) make a smoke run's export cost 3-4 times the CPU of any other stage, a third of
+    such a benchmark; tests/test_exports.py runs them. (`dvc remove` and `dvc freeze` refuse a stage with `${...}`.)"""
+    pipeline = (project / "dvc.yaml").read_text()
+    block = re.search(r"^  export:\n(?:(?:    .*)?\n)+?(?=\S)", pipeline, re.M)
+    if block is None:
+        raise SystemExit(f"no export stage in {project / 'dvc.yaml'}: update harness.skip_export")
+    (project / "dvc.yaml").write_text(pipeline[: block.start()] + pipeline[block.end() :])
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock["stages"].pop("export", None)
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
 def smoke_flowers_params() -> dict:
     """FLOWERS_PARAMS (smoothing, flip averaging, Adam: the configuration the figures are for) at smoke size."""
     return FLOWERS_PARAMS | SMOKE_PARAMS | {"data.source": str(smoke_images())}

@@ -46,6 +46,7 @@ def main():
     project = harness.clone("queue")
     if args.smoke:  # committed below: queued experiments run from the commit
         harness.set_params(project, harness.smoke_flowers_params())
+        harness.skip_export(project)
     print(f"baseline dvc repro in {project} ...", flush=True)
     baseline = harness.run(["dvc", "repro"], project)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
