@@ -40,8 +40,9 @@ FLOWERS_PARAMS = {
 
 
 # --smoke (every benchmark has it; tests/test_benchmarks.py runs each so): the same script, its commands and its
-# printing, on a few generated images with the smallest params that still run every stage, in about a minute at most.
-# Its figures mean nothing; it proves the benchmark still runs to its end.
+# printing, on a few generated images with the smallest params that still run every stage (but export where the
+# benchmark never reads it: skip_export), in a few minutes at most: each stage process costs ~8 s of CPU to start
+# TensorFlow whatever the data. Its figures mean nothing; it proves the benchmark still runs to its end.
 SMOKE_PARAMS = {
     "normalize.image_size": 32,
     "ingest.max_short_side": 32,

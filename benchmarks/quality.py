@@ -163,7 +163,9 @@ def run_queue(
                 seconds[name] = round(now - started[name], 1)
                 print(f"  {name}: {state} after {seconds[name] / 60:.1f} min", flush=True)
                 timings.write_text(json.dumps(seconds, indent=1))
-        if not any(state in ("Queued", "Running") for state in states.values()):
+        # done when every name has ended: a task that a worker is taking from the queue is listed as neither Queued nor
+        # Running for a moment (DVC lists the queue, then the workers' tasks)
+        if all(states.get(name) in ("Success", "Failed") for name in names):
             failed = [name for name, state in states.items() if state == "Failed"]
             if failed:
                 raise SystemExit(f"failed: {', '.join(failed)}; see `dvc queue logs <name>` in {project}")

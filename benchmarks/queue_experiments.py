@@ -21,15 +21,36 @@ import harness
 FIXED_WORK = ["-S", "train_head.patience=0", "-S", "fine_tune.patience=0"]
 
 
+def ended(status: str, state: str = "Success|Failed") -> int:
+    """Tasks of `dvc queue status` in that state (earlier batches' too)."""
+    return len(re.findall(rf"\b({state})\b", status))
+
+
+def queue_status(project, attempts: int = 5) -> str:
+    """`dvc queue status`, asked again after 2 s when it fails while a worker writes a task's state file ("unexpected
+    error - Expecting value"), up to `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            return harness.run(["dvc", "queue", "status"], project).output
+        except SystemExit:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2)
+
+
 def run_queued(project, seeds: list[int], jobs: int) -> float:
+    before = queue_status(project)
     for seed in seeds:
         harness.run(["dvc", "exp", "run", "--queue", "-S", f"train_head.seed={seed}", *FIXED_WORK], project)
     start = time.perf_counter()
     harness.run(["dvc", "queue", "start", "-j", str(jobs)], project)
-    while re.search(r"\b(Queued|Running)\b", status := harness.run(["dvc", "queue", "status"], project).output):
+    # until every task of this batch has ended: one that a worker is taking from the queue is listed as neither Queued
+    # nor Running for a moment (DVC lists the queue, then the workers' tasks), which ended a wait for those two states
+    # early (a -j 2 batch "done" in 25 s while its experiment ran on)
+    while ended(status := queue_status(project)) < ended(before) + len(seeds):
         time.sleep(2)
     seconds = time.perf_counter() - start
-    if len(re.findall(r"\bSuccess\b", status)) < len(seeds):
+    if ended(status, "Success") < ended(before, "Success") + len(seeds):
         raise SystemExit(f"queued experiments failed in {project}:\n{status}")
     return seconds
 
