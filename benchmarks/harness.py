@@ -179,10 +179,12 @@ def stages_run(output: str) -> list[str]:
 
 
 def epoch_seconds(output: str) -> list[float]:
-    """Per-epoch training time from Keras' `fit(verbose=2)` lines: `128/128 - 5s - 40ms/step - ...`."""
+    """Per-epoch training time from Keras' `fit(verbose=2)` lines: `128/128 - 5s - 40ms/step - ...`: the steps times
+    the time per step; from a second a step on, Keras prints that in whole seconds (`3s/step`: 2.5 s and 3.4 s alike),
+    so then the epoch's own time (`381s`, which also holds the validation pass)."""
     return [
-        int(steps) * float(ms) / (1000 if unit == "ms" else 1)
-        for steps, ms, unit in re.findall(r"^(\d+)/\1 - \d+s - ([\d.]+)(ms|s)/step", output, re.M)
+        int(steps) * float(per_step) / 1000 if unit == "ms" else float(total)
+        for steps, total, per_step, unit in re.findall(r"^(\d+)/\1 - (\d+)s - ([\d.]+)(ms|s)/step", output, re.M)
     ]
 
 
