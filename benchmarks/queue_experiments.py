@@ -52,7 +52,15 @@ def run_queued(project, seeds: list[int], jobs: int) -> float:
     seconds = time.perf_counter() - start
     if ended(status, "Success") < ended(before, "Success") + len(seeds):
         raise SystemExit(f"queued experiments failed in {project}:\n{status}")
-    return seconds
+    # and until its workers have stopped (they do a few seconds after the queue empties): `dvc queue start` of the
+    # next batch names its workers like these, and a task taken by a worker that is told to shut down stays Running
+    # forever with no worker (seen: the -j 2 batch's experiment, while the -j 1 worker was still idle)
+    for _ in range(150):
+        if re.search(r"Worker status: 0 active, 0 idle", status):
+            return seconds
+        time.sleep(2)
+        status = queue_status(project)
+    raise SystemExit(f"the queue's workers did not stop in {project}:\n{status}")
 
 
 def main():
