@@ -87,6 +87,7 @@ def prepare(project_arg: str | None, baseline: dict | None = None) -> Path:
         project = harness.clone("quality")
         if baseline:  # its run committed as the baseline: the committed dvc.lock then names what the cache holds
             harness.set_params(project, baseline)
+            harness.skip_export(project)  # only --smoke passes a baseline
             print(f"dvc repro of the smoke baseline in {project} ...", flush=True)
             harness.run(["dvc", "repro"], project)
             subprocess.run(["git", "add", "-A"], cwd=project, check=True)
@@ -165,7 +166,9 @@ def run_queue(
                 seconds[name] = round(now - started[name], 1)
                 print(f"  {name}: {state} after {seconds[name] / 60:.1f} min", flush=True)
                 timings.write_text(json.dumps(seconds, indent=1))
-        if not any(state in ("Queued", "Running") for state in states.values()):
+        # done when every name has ended: a task that a worker is taking from the queue is listed as neither Queued nor
+        # Running for a moment (DVC lists the queue, then the workers' tasks)
+        if all(states.get(name) in ("Success", "Failed") for name in names):
             failed = [name for name, state in states.items() if state == "Failed"]
             if failed:
                 raise SystemExit(f"failed: {', '.join(failed)}; see `dvc queue logs <name>` in {project}")

@@ -10,6 +10,8 @@ files as they are read (image_sets.py: each variant made again from its seed), a
   With false, only info.json (fine-tune then runs end to end on images).
 base.precision: bfloat16 computes the pass in mixed bfloat16 (benchmark it on your CPU); outputs are stored as float32,
 but the cached activations then carry bfloat16 rounding (the two-stage layout before 2026-11-27 kept them float32).
+oneDNN has no bfloat16 kernels under the project's AVX2 cap, so this stage then runs its native ones (settings.py):
+its outputs are the same run to run, not across CPU models.
 The base runs under train.strategy (transfer_learning/distribute.py): each batch is split over the replicas.
 base.runtime: litert runs the same pass as a TFLite model on this machine's CPU (transfer_learning/runtimes.py).
 """
@@ -34,6 +36,9 @@ from transfer_learning.errors import run
 
 def main():
     p = params.load()
+    lifted = settings.kernels_for(p.base.precision)  # before any op: oneDNN reads its kernel cap once
+    if lifted:
+        print(f"extract-features: {lifted}", flush=True)
     cut = backbones.cut(p.base.name, p.fine_tune.unfreeze_from) if p.fine_tune.cache_activations else None
     strategy = distribute.strategy(p.train.strategy)
     seeding.make_deterministic(0)

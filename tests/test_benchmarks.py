@@ -2,8 +2,9 @@
 (`--smoke`: a few generated images, the smallest params, the same commands, parsing and printing as a measurement).
 Nothing here asserts a timing: the figures of a smoke run mean nothing, only that the script got to print them.
 
-They take minutes each (every stage is a process that imports TensorFlow), about 20 minutes together, so they are
-marked `benchmarks` and left out of `make test`: `make benchmarks-smoke` runs them.
+They take minutes each (every stage is a process that imports TensorFlow: ~8 s of CPU whatever the data; the runs of
+whole `dvc repro`s leave out the export stage, which none of them reads and which costs 3-4 times that:
+harness.skip_export), so they are marked `benchmarks` and left out of `make test`: `make benchmarks-smoke` runs them.
 
 Each benchmark clones this repository (harness.clone: committed files only), so it runs the committed code."""
 

@@ -365,3 +365,24 @@ def test_the_classes_the_loader_allows_are_those_of_the_projects_models(tmp_path
     assert found == model_files.CORE, (
         "the two bases' models hold exactly the core classes (the others: test_backbones.py)"
     )
+
+
+def test_bfloat16_lifts_the_avx2_kernel_cap_that_has_no_bfloat16_convolutions():
+    """Under the project's ONEDNN_MAX_CPU_ISA=AVX2 oneDNN has no bfloat16 kernels, yet TensorFlow hands it bfloat16
+    convolutions on every AVX-512 CPU: extract-features with base.precision bfloat16 died there ("could not create a
+    primitive descriptor"). settings.kernels_for lifts the cap for that pass (before its first op), float32 keeps it.
+    A fresh process, as a stage is: oneDNN reads the cap once. (On a CPU without AVX-512 it passes either way.)"""
+    snippet = """
+import os
+from transfer_learning import networks, settings
+assert settings.kernels_for("float32") is None and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+print(settings.kernels_for("bfloat16"), os.environ["ONEDNN_MAX_CPU_ISA"])
+import keras, numpy as np
+networks.set_precision("bfloat16")
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+print(model.predict(np.ones((2, 8, 8, 3), "float32"), verbose=0).shape)
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    result = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has no bfloat16 ones) ALL\n(2, 6, 6, 4)" in result.stdout, result.stdout

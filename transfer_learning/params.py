@@ -179,7 +179,9 @@ class Base(Section):
     precision: Literal["float32", "bfloat16"]
     """Compute precision of extract-features. `bfloat16` (mixed precision; outputs stored as float32) also computes the
     cached activations in it, so cached fine-tuning no longer trains exactly what end-to-end fine-tuning would;
-    whether it is faster depends on the CPU (benchmarks/README.md)."""
+    whether it is faster depends on the CPU (benchmarks/README.md). oneDNN has no bfloat16 kernels under the project's
+    AVX2 cap, so that stage then runs its native ones (AVX512-BF16, AMX): the same bytes run to run, not across CPU
+    models (docs/reproducibility.md)."""
     pooling: Literal["avg", "flatten"]
     """How the base's last feature map becomes the features: `avg` (global average pooling) or `flatten`."""
     runtime: Literal["tensorflow", "litert"]
