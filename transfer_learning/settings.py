@@ -43,5 +43,7 @@ def kernels_for(precision: str) -> str | None:
     if precision != "bfloat16" or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" or isa not in NO_BFLOAT16:
         return None
     os.environ["ONEDNN_MAX_CPU_ISA"] = "ALL"
-    return (f"base.precision bfloat16: oneDNN's native kernels for this stage (ONEDNN_MAX_CPU_ISA {isa} has no " 
-        "bfloat16 ones)")
+    return (
+        f"base.precision bfloat16: oneDNN's native kernels for this stage (ONEDNN_MAX_CPU_ISA {isa} has no "
+        "bfloat16 ones)"
+    )
