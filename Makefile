@@ -24,7 +24,7 @@ test: install keras-cache vega
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# Every benchmark script at its smallest size (tests/test_benchmarks.py, about 20 minutes): before changing a benchmark
+# Every benchmark script at its smallest size (tests/test_benchmarks.py, minutes each; CI runs it after the tests)
 benchmarks-smoke: install keras-cache
 	$(BIN)/python -m pytest -m benchmarks tests/test_benchmarks.py
 

@@ -45,7 +45,7 @@ def test_every_benchmark_is_run_by_a_test():
     assert "benchmarks/duplicates.py" in (ROOT / "tests/test_duplicates.py").read_text()
 
 
-@pytest.mark.benchmarks  # about 20 minutes for all of them: outside `make test`, run by `make benchmarks-smoke`
+@pytest.mark.benchmarks  # minutes each: outside `make test`, run by `make benchmarks-smoke` (CI runs both)
 @pytest.mark.parametrize("script", SMOKE)
 def test_the_benchmark_runs_to_its_end_at_its_smallest_size(script):
     result = subprocess.run(
