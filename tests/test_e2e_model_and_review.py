@@ -159,5 +159,6 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
     shot = review_page.screenshot(browser, page, tmp_path / "review.png", size=(2600, 3000))
     with Image.open(shot) as picture:
         top = np.asarray(picture.convert("L").crop((0, 0, 1200, 1200)))
-    assert (top < 200).mean() > 0.05, "the charts at the top of the page are drawn"
+    # drawn: marks of any colour on the white page (the row-normalized confusion matrices' light cells too)
+    assert (top < 250).mean() > 0.05, "the charts at the top of the page are drawn"
     shutil.copy(shot, tmp_path.parent / "review-page.png")  # kept by pytest with its temporary folders, to look at

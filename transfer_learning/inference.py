@@ -48,8 +48,14 @@ def predict_to_npy(
 
 
 def batch_stream(data: batches.Batches, model: keras.Model) -> tf.distribute.DistributedDataset:
-    """The batches of `data` as one tf.data pipeline for the whole split, split over the replicas of the model's
-    strategy as Keras' predict splits them (experimental_distribute_dataset), the next batches decoded meanwhile."""
+    """The batches of `data`: on one device (the default strategy, or a LiteRT model) NumPy batches decoded as they
+    are asked for; under a strategy of several replicas one tf.data pipeline for the whole split, split over them as
+    Keras' predict splits them (experimental_distribute_dataset), the next batches decoded meanwhile. One device takes
+    no pipeline: a Ctrl-C or SIGTERM while its Python generator thread ran crashed the stage (SIGSEGV) instead of the
+    one-line exit (tests/test_robustness.py)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return (data[i] for i in range(len(data)))
     spec = tf.TensorSpec((None, *data.inputs.shape[1:]), tf.float32)
     dataset = tf.data.Dataset.from_generator(lambda: (data[i] for i in range(len(data))), output_signature=spec)
-    return model.distribute_strategy.experimental_distribute_dataset(dataset.prefetch(PREFETCH))
+    return strategy.experimental_distribute_dataset(dataset.prefetch(PREFETCH))

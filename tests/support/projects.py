@@ -121,7 +121,8 @@ def make_project(tmp_path: Path, params_override: dict) -> Path:
         else:
             shutil.copy(src, project / name)
     write_params(project, params_override)
-    (project / ".gitignore").write_text("__pycache__/\n*.tmp\n")
+    # the project's own rules: besides caches, the outputs out of both git and DVC's cache (data/activations)
+    shutil.copy(ROOT / ".gitignore", project / ".gitignore")
     run(["git", "init", "-q"], project)
     run(["git", "config", "user.email", "test@example.com"], project)
     run(["git", "config", "user.name", "test"], project)
