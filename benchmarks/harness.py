@@ -103,6 +103,7 @@ class Timed:
     output: str
     peak_anon_mb: float = 0.0  # peak anonymous memory (heap, tensors) of the command and its descendants,
     #                            sampled every 0.1 s: what the process itself holds, not reclaimable file pages
+    peak_children_mb: float = 0.0  # the same of its descendants only: under `dvc repro`, the stage without DVC
 
 
 def clone(name: str) -> Path:
@@ -140,22 +141,25 @@ def run(cmd: list[str], project: Path, env: dict | None = None) -> Timed:
         output = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {project}:\n{output[-3000:]}")
-    return Timed(seconds, usage.ru_maxrss / 1024, output, sampler.peak_kb / 1024)
+    return Timed(seconds, usage.ru_maxrss / 1024, output, sampler.peak_kb / 1024, sampler.peak_children_kb / 1024)
 
 
 class AnonSampler(threading.Thread):
-    """Peak of the summed RssAnon of a process tree (Linux /proc), sampled every 0.1 s.
+    """Peak of the summed RssAnon of a process tree (Linux /proc), sampled every 0.1 s, and of the tree without its
+    root (`dvc repro`'s own process: what is left is the stage it runs).
 
     ru_maxrss counts the resident pages of memory-mapped files too, which grow with the data a stage
     streams through (and the kernel drops them under pressure); RssAnon is the memory a stage holds."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+        self.pid, self.peak_kb, self.peak_children_kb, self.stop = pid, 0, 0, threading.Event()
 
     def run(self):
         while not self.stop.wait(0.1):
-            self.peak_kb = max(self.peak_kb, sum(rss_anon_kb(pid) for pid in tree(self.pid)))
+            root, *children = [rss_anon_kb(pid) for pid in tree(self.pid)] or [0]
+            self.peak_kb = max(self.peak_kb, root + sum(children))
+            self.peak_children_kb = max(self.peak_children_kb, sum(children))
 
 
 def tree(pid: int) -> list[int]:

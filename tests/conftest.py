@@ -64,8 +64,8 @@ def fast_run(tmp_path_factory) -> Run:
     for c, (name, color) in enumerate({"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}.items()):
         for i in range(12):
             make_image(root / "other_images" / name / f"img_{i:02d}.png", color, noise_seed=100 * c + i)
-    queued = {
-        name: [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
+    queued = {  # up to evaluate: no test reads an experiment's exports, and export is the costliest stage to rerun
+        name: ["evaluate", *(arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}"))]
         for name, overrides in FAST_EXPERIMENTS.items()
     }
     queued |= {
