@@ -154,8 +154,8 @@ def main():
 
     mb = 1e6
     print(
-        "\nper stage: seconds per 1,000 images | peak anonymous memory of the stage's process (MB) | of it and dvc repro "
-        f"around it (MB) | output MB; params {params}"
+        "\nper stage: seconds per 1,000 images | peak anonymous memory of the stage's process (MB) | of it and "
+        f"dvc repro around it (MB) | output MB; params {params}"
     )
     heads = [f"{s}x ({r['images']} images)" for s, r in results.items()]
     print(f"{'stage':18}" + "".join(f"{head:>45}" for head in heads))

@@ -36,7 +36,9 @@ def class_folders(root: Path) -> tuple[list[Item], list[Skipped]]:
     # look-alike names: one class
     labels = {class_dir: unicodedata.normalize("NFC", class_dir.name) for class_dir in classes}
     for class_dir, files in found.items():
-        items += [Item(path=file.relative_to(root).as_posix(), label=labels[class_dir], file=file) for file in files]
+        items += [
+            Item(path=file.relative_to(root).as_posix(), label=labels[class_dir], file=str(file)) for file in files
+        ]
         if not any(found[other] for other in classes if labels[other] == labels[class_dir]):
             skipped.append(Skipped(f"{class_dir.name}/", "no image file in this class folder; the class is left out"))
     return sorted(items, key=lambda item: Path(item.path).parts), skipped

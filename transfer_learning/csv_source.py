@@ -116,7 +116,7 @@ def csv_manifest(
                     )
                 )
             continue
-        items.append(Item(path=Path(rel).as_posix(), label=target, file=csv_path.parent / rel, subject=subject))
+        items.append(Item(path=Path(rel).as_posix(), label=target, file=str(csv_path.parent / rel), subject=subject))
         rejected += [
             (row, Skipped(Path(path).as_posix(), f"row {row}: the same file as row {first}"))
             for row, path, _, _ in others

@@ -14,15 +14,17 @@ from pathlib import Path
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-@dataclass(frozen=True)
+# slots, and the file as a str: an Item costs ~350 bytes where a dict and a Path made it ~670, and ingest holds one per
+# file of the source until the manifest is built (docs/data.md#memory-of-ingest)
+@dataclass(frozen=True, slots=True)
 class Item:
     path: str  # as shown in reports: relative to the source root
     label: str | float
-    file: Path  # the image file
+    file: str  # the image file's path
     subject: str | None = None  # split.group_column's value (or split.filename_groups'): its images share a split
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skipped:
     path: str
     reason: str

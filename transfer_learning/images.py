@@ -91,7 +91,7 @@ class MemoryBudget:
 _budget = MemoryBudget(DECODE_BUDGET)
 
 
-def decode(source: bytes | Path, max_short_side: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+def decode(source: bytes | str | Path, max_short_side: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """An image file (path or bytes) -> (H, W, 3) uint8 RGB, upright, shorter side at most `max_short_side`.
 
     Returns the pixels and the original upright (width, height). Raises Unusable with the reason.

@@ -193,5 +193,5 @@ def new_images(source: Path, path_column: str) -> tuple[list[entries.Item], list
         )
     skipped = []
     files = entries.walk(root, root, root.resolve(), skipped)
-    items = [entries.Item(path=file.relative_to(root).as_posix(), label=None, file=file) for file in files]
+    items = [entries.Item(path=file.relative_to(root).as_posix(), label=None, file=str(file)) for file in files]
     return sorted(items, key=lambda item: Path(item.path).parts), skipped
