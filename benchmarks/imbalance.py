@@ -1,17 +1,19 @@
 """Benchmark: class imbalance, train_head.class_weight and fine_tune.class_weight `none` against `balanced`.
 
-    python benchmarks/imbalance.py                    # Flowers-17, 5 classes (80 photos in one, 10 in each other), 3
-    seeds python benchmarks/imbalance.py --seeds 0          # one split seed python benchmarks/imbalance.py --smoke
-    # generated images, smallest params, seed 0 (tests)
+    python benchmarks/imbalance.py                # Flowers-17, 10 classes (80 photos in one, 10 in each other), 3 seeds
+    python benchmarks/imbalance.py --classes 5    # the first 5 of them (the run of 2026-12-03)
+    python benchmarks/imbalance.py --seeds 3 4 5  # other split seeds
+    python benchmarks/imbalance.py --smoke        # generated images, smallest params, seed 0 (tests)
 
-The subset: five yellow flowers of Flowers-17 (CLASSES), the first 80 photos (by file name) of daffodil and the first 10
-of each other, hard-linked (or copied) into a temporary folder: read from ../shared/datasets/flowers17, never added to
-git. Five classes the ImageNet features tell apart easily (the first five in alphabetical order) leave nothing to
-weigh: every test photo right, with either class_weight; these look alike, as the classes of real imbalanced data often
-do. In a fresh clone (harness.clone), with light params (LIGHT: 128 px,
-a few epochs, Flowers-17's line otherwise), for each split seed, `dvc repro evaluate` with class_weight `none` for
-both trainings, then with `balanced` (only train-head, fine-tune and evaluate rerun). Prints per seed and as a mean
-over the seeds, for the head only and the fine-tuned model: the mean test recall of the four minority classes
+The subset: the first `--classes` flowers of CLASSES (yellow, then white flowers of Flowers-17), the first 80 photos
+(by file name) of daffodil and the first 10 of each other, hard-linked (or copied) into a temporary folder: read from
+../shared/datasets/flowers17, never added to git. Five classes the ImageNet features tell apart easily (the first five
+in alphabetical order) leave nothing to weigh: every test photo right, with either class_weight; these look alike, as
+the classes of real imbalanced data often do. With 10 classes the test split holds 27 minority photos (3 of each), not
+12: the minority recall moves in steps of 1/27, not 1/12. In a fresh clone (harness.clone), with light params (LIGHT:
+128 px, a few epochs, Flowers-17's line otherwise), for each split seed, `dvc repro evaluate` with class_weight `none`
+for both trainings, then with `balanced` (only train-head, fine-tune and evaluate rerun). Prints per seed and as a mean
+over the seeds, for the head only and the fine-tuned model: the mean test recall of the minority classes
 (metrics/breakdown.csv), the balanced accuracy and the accuracy (metrics/evaluate.json).
 """
 
@@ -28,10 +30,21 @@ import pandas as pd
 
 import harness
 
-CLASSES = ["daffodil", "buttercup", "colts_foot", "cowslip", "dandelion"]  # the first is the majority
+CLASSES = [  # the first is the majority; yellow flowers, then white ones
+    "daffodil",
+    "buttercup",
+    "colts_foot",
+    "cowslip",
+    "dandelion",
+    "sunflower",
+    "daisy",
+    "snowdrop",
+    "lily_valley",
+    "windflower",
+]
 MAJORITY, MINORITY = 80, 10  # photos of the first class, and of each other
 SMOKE_MAJORITY, SMOKE_MINORITY = 8, 4  # of harness.smoke_images' 3 classes of 8
-# The test split holds 3 photos of each minority class (0.3 of 10): the minority recall moves in steps of 1/12.
+# The test split holds 3 photos of each minority class (0.3 of 10).
 LIGHT = harness.FLOWERS_PARAMS | {
     "normalize.image_size": 128,
     "ingest.max_short_side": 160,
@@ -95,13 +108,14 @@ def report(rows: dict, seeds: list[int]) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split.seed values")
+    parser.add_argument("--classes", type=int, default=10, choices=range(2, len(CLASSES) + 1), help="the first N")
     parser.add_argument("--smoke", action="store_true", help="generated images, smallest params, seed 0: that it runs")
     args = parser.parse_args()
     if args.smoke:
         images = subset(harness.smoke_images(), ["class_0", "class_1", "class_2"], SMOKE_MAJORITY, SMOKE_MINORITY)
         config, args.seeds = harness.SMOKE_PARAMS | {"split.val": 0.25, "split.test": 0.25}, [0]
     else:
-        images = subset(harness.FLOWERS, CLASSES, MAJORITY, MINORITY)
+        images = subset(harness.FLOWERS, CLASSES[: args.classes], MAJORITY, MINORITY)
         config = LIGHT
     classes = [d.name for d in sorted(images.iterdir(), key=lambda d: -len(list(d.iterdir())))]  # the majority first
     print(f"images: {images}: " + ", ".join(f"{c} {len(list((images / c).iterdir()))}" for c in classes), flush=True)
