@@ -122,7 +122,8 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
     browser = review_page.chromium()
     run(["dvc", "plots", "diff", "more-head-epochs", "lower-lr", "-o", str(tmp_path / "review")], fast_run.project)
     page = review_page.local_scripts(tmp_path / "review" / "index.html")
-    shown = review_page.inspect(browser, page)
+    window = (2600, 3000)  # the probe and the screenshot lay the page out alike: a chart's box holds its pixels
+    shown = review_page.inspect(browser, page, size=window)
 
     titles = {
         next(iter(plot)): next(iter(plot.values()))["title"]
@@ -156,9 +157,11 @@ def test_every_plot_of_the_review_page_renders_under_its_own_title(fast_run, tmp
     every_title = [plot["title"] for plot in vega.values()] + list(images)
     assert all(every_title) and len(set(every_title)) == len(every_title) == 13
 
-    shot = review_page.screenshot(browser, page, tmp_path / "review.png", size=(2600, 3000))
+    shot = review_page.screenshot(browser, page, tmp_path / "review.png", size=window)
     with Image.open(shot) as picture:
-        top = np.asarray(picture.convert("L").crop((0, 0, 1200, 1200)))
-    # drawn: marks of any colour on the white page (the row-normalized confusion matrices' light cells too)
-    assert (top < 250).mean() > 0.05, "the charts at the top of the page are drawn"
+        grey = np.asarray(picture.convert("L"))
+    for plot in vega.values():  # each chart's own pixels: lines, cells, axes and labels darker than light grey
+        x, y, width, height = (round(v) for v in plot["box"])
+        assert width > 300 and height > 300 and y + height <= grey.shape[0], plot
+        assert (grey[y : y + height, x : x + width] < 200).mean() > 0.02, f"{plot['id']} is drawn in the screenshot"
     shutil.copy(shot, tmp_path.parent / "review-page.png")  # kept by pytest with its temporary folders, to look at

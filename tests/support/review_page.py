@@ -63,9 +63,11 @@ window.addEventListener("load", async () => {
     };
     const titles = Array.from(div.querySelectorAll("g.role-title-text text")).sort((a, b) => depth(a) - depth(b));
     const title = titles.length ? titles[0].textContent : null;
+    const svg = div.querySelector("svg.marks");
+    const r = svg ? svg.getBoundingClientRect() : null;  // where it is drawn on the page, for a screenshot's pixels
     return {id: id, error: error, svg: div.querySelectorAll("svg.marks").length,
             marks: div.querySelectorAll("svg.marks path, svg.marks rect, svg.marks line").length,
-            title: title};
+            title: title, box: r && [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]};
   });
   const images = Array.from(document.querySelectorAll("div[id] > p:first-child"))
     .filter((p) => p.parentElement.querySelector("img"))
@@ -124,11 +126,12 @@ def run_chromium(browser: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def inspect(browser: str, page: Path) -> dict:
-    """Every plot of the page as rendered: {'vega': [{id, error, svg, marks, title}], 'images': [{title, loaded}]}."""
+def inspect(browser: str, page: Path, size=(1500, 4200)) -> dict:
+    """Every plot of the page as rendered in a window of `size` (that of its screenshot(), to find a chart's pixels):
+    {'vega': [{id, error, svg, marks, title, box: [x, y, width, height] in the page}], 'images': [{title, loaded}]}."""
     probed = page.with_name("probed.html")
     probed.write_text(page.read_text().replace("</head>", PROBE + "\n</head>", 1))
-    dom = run_chromium(browser, "--dump-dom", probed.as_uri()).stdout
+    dom = run_chromium(browser, f"--window-size={size[0]},{size[1]}", "--dump-dom", probed.as_uri()).stdout
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, f"the probe never reported (a script failed?):\n{dom[-3000:]}"
     import html
