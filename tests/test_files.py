@@ -300,6 +300,43 @@ def test_two_writers_of_one_output_each_publish_a_whole_file(tmp_path):
     assert os.listdir(tmp_path) == ["predictions.csv"], "no temporary file is left"
 
 
+def interrupt_as_open_returns(monkeypatch):
+    """Ctrl-C landing the moment os.open has created the temporary file, before its name is returned."""
+    real = os.open
+
+    def open_then_interrupted(file, flags, *args, **kwargs):
+        fd = real(file, flags, *args, **kwargs)
+        if flags & os.O_CREAT:
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+
+
+def interrupt_as_the_name_returns(monkeypatch):
+    """Ctrl-C landing after temporary_sibling has returned, before atomic_path has stored the name (CPython checks
+    for signals at the end of a call)."""
+    real = files.temporary_sibling
+
+    def created_then_interrupted(path, made=None):
+        real(path, made)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "temporary_sibling", created_then_interrupted)
+
+
+@pytest.mark.parametrize("interrupt", [interrupt_as_open_returns, interrupt_as_the_name_returns])
+def test_an_interruption_while_the_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch, interrupt):
+    """The CI failure of 2026-12-04: extract-features interrupted (SIGINT) just as it created its second output's
+    temporary file (the activations, beside the features) left that file behind."""
+    interrupt(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_path(tmp_path / "out.npy"):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_killed_writers_leftover_is_removed_by_the_next_write_and_a_live_ones_kept(tmp_path):
     """A writer killed mid-write (SIGKILL, a power cut) leaves its `<name>.<pid>-<random>.tmp`; the next write of that
     output removes it, as its process is gone, but never the file of a writer still running (this process)."""

@@ -29,28 +29,32 @@ from transfer_learning.errors import OS_HINTS, PipelineError, os_error
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    tmp = None
+    # The temporary file's name, recorded before the file exists: Ctrl-C or SIGTERM (a KeyboardInterrupt, errors.py)
+    # can land between any two bytecodes, the moment temporary_sibling's os.open returns included, and the file must
+    # be removed then too (a stage interrupted while opening its second output left the first one's partner).
+    made: list[Path] = []
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(path)
+        tmp = temporary_sibling(path, made)
         yield tmp
         to_disk(tmp)  # the bytes first: a rename can reach the disk before the data it names
         os.replace(tmp, path)
         to_disk(path.parent)  # then the rename itself
     except OSError as exc:
-        # None: making the folder or the file failed
-        if exc.errno in OS_HINTS and (tmp is None or concerns(exc, path, tmp)):
+        # none made: making the folder failed
+        if exc.errno in OS_HINTS and (not made or concerns(exc, path, made[-1])):
             raise os_error(exc, path) from None
         raise
     finally:
-        if tmp is not None:  # only the file this write created: never a link someone else put there
+        for tmp in made:  # only the name this write drew: never a link someone else put there (unlink never follows)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 
 
-def temporary_sibling(path: Path) -> Path:
-    """Create a new empty file `<name>.<pid>-<random>.tmp` beside `path` and return its name; first remove the
-    leftovers of writers of `path` that died (killed mid-write: their process id is gone), see remove_leftovers.
+def temporary_sibling(path: Path, made: list[Path] | None = None) -> Path:
+    """Create a new empty file `<name>.<pid>-<random>.tmp` beside `path` and return its name, appended to `made` before
+    it is created (atomic_path removes it whatever happens after); first remove the leftovers of writers of `path`
+    that died (killed mid-write: their process id is gone), see remove_leftovers.
 
     O_CREAT|O_EXCL fails on any existing name, a symbolic link included (dangling or not), so a link planted in a
     shared folder is never written through; O_NOFOLLOW says the same again. A random part per write: two writers of
@@ -58,13 +62,16 @@ def temporary_sibling(path: Path) -> Path:
     tempfile.mkstemp: it creates the file with mode 0600, and outputs keep the usual mode (0666 less the umask).
     The name ends in `.tmp` so that .gitignore, .dvcignore and users still know a leftover for what it is.
     """
+    made = [] if made is None else made
     remove_leftovers(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        made.append(tmp)
         try:
             os.close(os.open(tmp, flags, 0o666))
         except FileExistsError:
+            made.remove(tmp)
             continue  # taken (a leftover, another writer, or a planted link): draw another name
         return tmp
     raise PipelineError(

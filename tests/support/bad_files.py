@@ -211,11 +211,13 @@ def full_disk_at(path: Path):
 
     real, target = files.temporary_sibling, Path(path).absolute()
 
-    def to_dev_full(out: Path) -> Path:
+    def to_dev_full(out: Path, made: list[Path] | None = None) -> Path:
         if Path(out).absolute() != target:
-            return real(out)
+            return real(out, made)
         tmp = Path(out).with_name(Path(out).name + ".full.tmp")
         tmp.symlink_to("/dev/full")
+        if made is not None:
+            made.append(tmp)
         return tmp
 
     return to_dev_full
