@@ -11,6 +11,7 @@ The pixels are not kept: the stages that need them decode the files again (image
 a decode per pass and saves a decoded copy of the dataset on disk (5-50x its files' size).
 """
 
+import collections
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,12 +60,16 @@ def main():
     columns = COLUMNS + [SUBJECT] if p.split.group_column is not None or p.split.filename_groups else COLUMNS
     # a list per column, not a dict per image: ~500 bytes an image less; prints: 200 bytes an image, in arrays
     table, prints = {column: [] for column in columns if column != "group"}, duplicates.Fingerprints(len(items))
+    labels = {str(item.label) for item in items}
+    # each listing entry is freed once decoded (~600 bytes an image): the listing and the manifest never both whole
+    pending = collections.deque(items)
+    del items
     with (
         ThreadPoolExecutor(settings.workers()) as pool,
-        tqdm(total=len(items), desc="ingest: decoding", unit="img") as progress,
+        tqdm(total=len(pending), desc="ingest: decoding", unit="img") as progress,
     ):  # closed before any error is shown
-        for start in range(0, len(items), BATCH):
-            batch = items[start : start + BATCH]
+        while pending:
+            batch = [pending.popleft() for _ in range(min(BATCH, len(pending)))]
             loaded = pool.map(
                 lambda it: load_item(it, p.ingest.max_short_side, int(p.ingest.max_megapixels * 1e6)), batch
             )
@@ -75,6 +80,7 @@ def main():
                 for column, value in (row | {"pixels_sha256": result.sha256}).items():
                     table[column].append(value)
                 prints.append(result)
+            images.return_freed_memory()  # the batch's decoding buffers: freed, but held between the rows kept
             progress.update(len(batch))
         if p.data.task == "classification":  # the same picture under two labels: every copy is left out
             conflicts = duplicates.conflicting_labels(table["path"], table["label"], table["pixels_sha256"])
@@ -89,8 +95,6 @@ def main():
                 f"data.source {p.data.source}: no usable image"
                 + (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else "")
             )
-    labels = {str(item.label) for item in items}
-    del items  # ~700 bytes an image: freed before the manifest is built
     manifest = pd.DataFrame(table).assign(group=duplicates.groups(prints, table["file_sha256"]))[columns]
     del table
     if p.data.task == "classification":  # a class whose every file was skipped

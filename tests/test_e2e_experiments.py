@@ -38,7 +38,7 @@ def test_live_metrics_are_written_epoch_by_epoch_while_an_experiment_runs(fast_r
     assert any(step < 2 for step, _ in seen), (
         f"lower-lr's live metrics were never seen before its third and last epoch: {sorted(seen)}"
     )
-    assert all(rows == step + 1 for step, rows in seen), "one row per epoch, written with the step"
+    assert all(rows == step + 1 for step, rows in seen), f"one row per epoch, written with the step: {sorted(seen)}"
     ran = experiments(project)["lower-lr"]
     live = ran["data"]["metrics"]["dvclive/fine_tune/metrics.json"]["data"]
     assert live["step"] == 2 and set(live) == {"train", "eval", "step"} and set(live["eval"]) == {"loss", "accuracy"}

@@ -188,15 +188,8 @@ def run_queue(project: Path, timeout: float = 900) -> tuple[str, set]:
         deadline = time.monotonic() + timeout
         while True:
             for live in project.glob(".dvc/tmp/exps/*/dvclive/fine_tune"):  # the queued experiments' copies
-                try:
-                    seen.add(
-                        (
-                            json.loads((live / "metrics.json").read_text())["step"],
-                            len((live / "plots/metrics/eval/loss.tsv").read_text().splitlines()) - 1,
-                        )
-                    )
-                except (OSError, ValueError, KeyError):  # between two writes, or not there yet
-                    pass
+                if (state := live_state(live)) is not None:
+                    seen.add(state)
             if time.monotonic() - asked > 1:
                 asked = time.monotonic()
                 status = run(["dvc", "queue", "status"], project).stdout
@@ -206,6 +199,20 @@ def run_queue(project: Path, timeout: float = 900) -> tuple[str, set]:
             time.sleep(0.02)
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, check=False)
+
+
+def live_state(live: Path) -> tuple[int, int] | None:
+    """(step in dvclive's metrics.json, rows in its eval/loss.tsv) as they stand between two epochs, or None mid-epoch.
+    dvclive appends an epoch's rows first and rewrites metrics.json with the step after them (Live.log_metric, then
+    next_step): a metrics.json older than the rows, or either file changing while read, is a moment between the two."""
+    summary, rows = live / "metrics.json", live / "plots/metrics/eval/loss.tsv"
+    try:
+        before = [summary.stat().st_mtime_ns, rows.stat().st_mtime_ns]
+        state = json.loads(summary.read_text())["step"], len(rows.read_text().splitlines()) - 1
+        after = [summary.stat().st_mtime_ns, rows.stat().st_mtime_ns]
+    except (OSError, ValueError, KeyError):  # not there yet, or read while rewritten
+        return None
+    return state if before == after and before[0] >= before[1] else None
 
 
 def audited(log_dir: Path) -> dict:
