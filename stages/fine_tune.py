@@ -21,17 +21,14 @@ from transfer_learning import (
     backbones,
     batches,
     distribute,
-    epoch_samples,
     files,
     image_sets,
-    live,
     model_files,
     networks,
     packaging,
     params,
     paths,
     records,
-    resume,
     seeding,
     training,
 )
@@ -89,21 +86,9 @@ def main():
             ema=cfg.ema,
         )
         training.compile_for(trained, encoding, cfg.loss, opt, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
-    backup = resume.Backup.find("fine-tune", p, strategy, paths.FINE_TUNE_LIVE)  # what an interrupted run finished
-    samples = epoch_samples.Samples.pick(
-        "fine-tune", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
-    )
-    weights = training.class_weights(train.targets, cfg.class_weight)  # over the augmented training set it fits on
-    history = training.fit(
-        trained,
-        train,
-        val,
-        epochs=cfg.epochs,
-        patience=cfg.patience,
-        encoding=encoding,  # epoch by epoch, as it trains
-        callbacks=live.callbacks(paths.FINE_TUNE_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
-        backup=backup,
-        class_weight=weights,
+    # resumed after the epochs an interrupted run finished; epoch by epoch to dvclive/fine_tune
+    history, weights, backup = training.fit_stage(
+        "fine-tune", p, cfg, strategy, trained, train, val, encoding, paths.FINE_TUNE_LIVE
     )
     # beside the model: what its outputs mean, and how ingest and normalize made an image file its input (transfer-
     # learning predict)

@@ -13,15 +13,11 @@ from transfer_learning import (
     batches,
     crossval,
     distribute,
-    epoch_samples,
     files,
-    image_sets,
-    live,
     model_files,
     params,
     paths,
     records,
-    resume,
     seeding,
     training,
 )
@@ -55,21 +51,9 @@ def main():
     )
     with strategy.scope():
         head = training.compiled_head(train.inputs.shape[1], p.head, cfg, encoding, steps_per_epoch=len(train))
-    backup = resume.Backup.find("train-head", p, strategy, paths.TRAIN_HEAD_LIVE)  # what an interrupted run finished
-    samples = epoch_samples.Samples.pick(
-        "train-head", val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
-    )  # shown with their images
-    weights = training.class_weights(train.targets, cfg.class_weight)  # over the rows it trains on, variants included
-    history = training.fit(
-        head,
-        train,
-        val,
-        epochs=cfg.epochs,
-        patience=cfg.patience,
-        encoding=encoding,  # epoch by epoch, as it trains
-        callbacks=live.callbacks(paths.TRAIN_HEAD_LIVE, distribute.is_chief(strategy), backup.epoch, samples),
-        backup=backup,
-        class_weight=weights,
+    # resumed after the epochs an interrupted run finished; epoch by epoch to dvclive/train_head
+    history, weights, backup = training.fit_stage(
+        "train-head", p, cfg, strategy, head, train, val, encoding, paths.TRAIN_HEAD_LIVE
     )
     with distribute.only_chief_writes(strategy):
         model_files.save(head, paths.HEAD_MODEL)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from transfer_learning import networks
+from transfer_learning import distribute, epoch_samples, files, image_sets, live, networks, paths
 from transfer_learning.batches import Batches
 from transfer_learning.errors import PipelineError
 from transfer_learning.records import Encoding
@@ -156,6 +156,33 @@ def named_weights(weights: dict[int, float], encoding: Encoding) -> dict[str, fl
 
 def monitor(encoding: Encoding) -> str:
     return "val_loss" if encoding.is_classification else "val_mae"
+
+
+def fit_stage(
+    stage: str, p, cfg, strategy, model, train: Batches, val: Batches, encoding: Encoding, live_folder
+) -> tuple[pd.DataFrame, dict[int, float] | None, Backup]:
+    """The fit of a training stage (train-head, fine-tune; `cfg`: its params section): resumed after the epochs an
+    interrupted run finished (resume.Backup), logged epoch by epoch to `live_folder` with a grid of validation images
+    and their predictions (live.py, epoch_samples.py), each class weighted by cfg.class_weight over the rows it trains
+    on (variants included). -> (history, the class weights or None, the backup: discard() it once the outputs are
+    written)."""
+    backup = Backup.find(stage, p, strategy, live_folder)
+    samples = epoch_samples.Samples.pick(
+        stage, val.inputs, image_sets.load("val"), files.load_npy(paths.targets("val")), encoding
+    )  # shown with their images
+    weights = class_weights(train.targets, cfg.class_weight)
+    history = fit(
+        model,
+        train,
+        val,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        encoding=encoding,
+        callbacks=live.callbacks(live_folder, distribute.is_chief(strategy), backup.epoch, samples),
+        backup=backup,
+        class_weight=weights,
+    )
+    return history, weights, backup
 
 
 def fit(
