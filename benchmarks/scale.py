@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                   # 1x, 4x, 16x of Flowers-17 (1,360 -> 21,760 images)
     python benchmarks/scale.py --scales 1 4      # fewer scales
+    python benchmarks/scale.py --until split     # the stages up to split only (ingest's figures in minutes)
     python benchmarks/scale.py --smoke           # 1x and 2x of 16 images, tiny models: the test of this benchmark
 
 The larger sets are distinct photos made from the real ones (a random crop of 60-100 % of each side, a rotation of up
@@ -94,17 +95,17 @@ def unique_bytes(paths: list[Path], seen: set) -> int:
     return total
 
 
-def run_scale(photos: list[Path], scale: int, params: dict, size: int | None) -> dict:
+def run_scale(photos: list[Path], scale: int, params: dict, size: int | None, stages: list[str]) -> dict:
     source = Path(tempfile.mkdtemp(prefix=f"bench-scale-{scale}x-"))
     n = make_set(photos, scale, source, size)
     source_bytes = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
     project = harness.clone(f"scale-{scale}x")
     harness.set_params(project, params | {"data.source": str(source)})
-    stages, seen = {}, set()
-    for stage in STAGES:
+    figures, seen = {}, set()
+    for stage in stages:
         timed = harness.run(["dvc", "repro", "-s", stage], project)
         disk = unique_bytes([project / p for p in OUTPUTS[stage]], seen)
-        stages[stage] = (timed.seconds, timed.peak_children_mb, disk, timed.peak_anon_mb)
+        figures[stage] = (timed.seconds, timed.peak_children_mb, disk, timed.peak_anon_mb)
         # as it goes: a long run that fails at 16x keeps its smaller scales' figures
         print(
             f"{scale}x {stage}: {n} images, {timed.seconds:.1f} s, the stage {timed.peak_children_mb:.0f} MB, "
@@ -125,7 +126,7 @@ def run_scale(photos: list[Path], scale: int, params: dict, size: int | None) ->
     return {
         "images": n,
         "source": source_bytes,
-        "stages": stages,
+        "stages": figures,
         "cache": cache,
         "status_noop": noop,
         "status_added": added,
@@ -135,6 +136,7 @@ def run_scale(photos: list[Path], scale: int, params: dict, size: int | None) ->
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="the last stage to run (default: all)")
     parser.add_argument("--smoke", action="store_true", help="16 photos at 1x and 2x, tiny models: in a minute")
     args = parser.parse_args()
     photos = sorted(p for p in harness.FLOWERS.rglob("*.jpg"))
@@ -150,7 +152,8 @@ def main():
             "fine_tune.epochs": 1,
         }
         size, scales = 64, [1, 2]
-    results = {scale: run_scale(photos, scale, params, size) for scale in scales}
+    stages = STAGES[: STAGES.index(args.until) + 1]
+    results = {scale: run_scale(photos, scale, params, size, stages) for scale in scales}
 
     mb = 1e6
     print(
@@ -159,7 +162,7 @@ def main():
     )
     heads = [f"{s}x ({r['images']} images)" for s, r in results.items()]
     print(f"{'stage':18}" + "".join(f"{head:>45}" for head in heads))
-    for stage in STAGES:
+    for stage in stages:
         cells = [r["stages"][stage] for r in results.values()]
         print(
             f"{stage:18}"
@@ -184,7 +187,7 @@ def main():
                 r["stages"][stage][1] / max(base["stages"][stage][1], 1e-9),
                 r["stages"][stage][3] / max(base["stages"][stage][3], 1e-9),
             )
-            for stage in STAGES
+            for stage in stages
         ]
         print(
             f"{scale}x against {scales[0]}x (time per image, peak memory of the stage, of it and dvc repro): "

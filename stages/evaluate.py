@@ -60,9 +60,7 @@ def main():
         evaluation.regression_figures(actual, predictions, paths.FIGURES)
 
     # The review: the fine-tuned model's worst test images (with their files), and the report around them
-    test_paths = (
-        files.read_manifest(paths.MANIFEST, task).loc[pd.read_csv(paths.SPLIT)["split"] == "test", "path"].to_numpy()
-    )
+    test_paths = test_images.inputs.paths  # of the very images predicted, row for row
     training_runs = {
         "head": files.read_json(paths.TRAIN_HEAD_METRICS),
         "fine_tuned": files.read_json(paths.FINE_TUNE_METRICS),

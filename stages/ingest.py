@@ -95,8 +95,11 @@ def main():
                 f"data.source {p.data.source}: no usable image"
                 + (f" ({len(skipped)} skipped, e.g. {reasons}; every one is in {paths.DATA_REPORT})" if skipped else "")
             )
-    manifest = pd.DataFrame(table).assign(group=duplicates.groups(prints, table["file_sha256"]))[columns]
-    del table
+    # the groups first and the fingerprints freed, then the manifest in its column order (no reordered copy): the
+    # fingerprints, the table and the manifest never all at once
+    table["group"] = duplicates.groups(prints, table["file_sha256"])
+    del prints
+    manifest = pd.DataFrame({column: table.pop(column) for column in columns})
     if p.data.task == "classification":  # a class whose every file was skipped
         gone = sorted(labels - set(manifest["label"].astype(str)))
         skipped += [

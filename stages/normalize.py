@@ -7,7 +7,6 @@ each is decoded (ingest.*) and resized to normalize.image_size (aspect kept: cro
 mean/std) is saved to encoding.json.
 """
 
-import pandas as pd
 
 from transfer_learning import files, image_sets, params, paths, records, targets
 from transfer_learning.errors import PipelineError, run
@@ -23,7 +22,7 @@ def main():
             f"upscaled from a shrunk decode: raise ingest.max_short_side to at least {size} (it reruns ingest)"
         )
     manifest = files.read_manifest(paths.MANIFEST, p.data.task)
-    split = pd.read_csv(paths.SPLIT)["split"]
+    split = files.read_split(paths.SPLIT, manifest)  # joined on the path
     enc = targets.encoding_of(manifest.loc[split == "train", "label"], p.data.task)
     targets.check_classes(manifest["label"], split, enc)
     for name in paths.SPLITS:

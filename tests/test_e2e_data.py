@@ -13,6 +13,7 @@ from support.images import make_image
 from support.projects import (
     DATA_STAGES,
     FAST,
+    ages_csv,
     commit,
     copy_project,
     make_project,
@@ -57,17 +58,7 @@ def test_editing_a_csv_source_or_an_image_it_lists_reruns_ingest(tmp_path):
     for i in range(12):
         make_image(folder / "images" / f"{i:02d}.png", (i * 20,) * 3, noise_seed=i)
     (folder / "labels.csv").write_text("image,age\n" + "".join(f"images/{i:02d}.png,{i + 20}\n" for i in range(12)))
-    project = make_project(
-        tmp_path,
-        FAST
-        | {
-            "data.source": str(folder),
-            "data.csv": "labels.csv",
-            "data.task": "regression",
-            "data.target_column": "age",
-            "split.bins": 2,
-        },
-    )
+    project = make_project(tmp_path, FAST | ages_csv(folder, bins=2))
     run(["dvc", "repro", "ingest"], project)
     commit(project)
     assert status_of(project, "ingest") == {}

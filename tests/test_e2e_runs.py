@@ -19,6 +19,7 @@ from support.projects import (
     FAST,
     FAST_EXPERIMENTS,
     ROOT,
+    ages_csv,
     copy_project,
     file_events,
     make_project,
@@ -200,12 +201,8 @@ def test_regression_from_csv_end_to_end(tmp_path):
     project = make_project(
         tmp_path,
         FAST
+        | ages_csv(folder, bins=3)
         | {
-            "data.source": str(folder),
-            "data.csv": "labels.csv",
-            "data.task": "regression",
-            "data.target_column": "age",
-            "split.bins": 3,
             "train_head.epochs": 5,
             "fine_tune.cache_activations": False,  # end to end, on images
             "train_head.mixup": 0.2,

@@ -353,3 +353,21 @@ def test_a_killed_writers_leftover_is_removed_by_the_next_write_and_a_live_ones_
     with files.atomic_path(tmp_path / "out.txt") as tmp:
         tmp.write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.txt", live.name, other.name])
+
+
+def test_the_split_is_joined_to_the_manifest_on_the_path_not_the_row(tmp_path):
+    """normalize reads each manifest row's split from split.csv: by the image's path, so rows in another order get
+    the right split, and a split.csv of another manifest (an image missing, or one too many) is one error line."""
+    import pandas as pd
+
+    manifest = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "label": ["x", "y", "x"]})
+    split = tmp_path / "split.csv"
+    split.write_text("path,split\nc.png,test\na.png,train\nb.png,val\n")
+    assert files.read_split(split, manifest).tolist() == ["train", "val", "test"]
+    split.write_text("path,split\nc.png,test\na.png,train\n")
+    missing = r"lists 2 images and the manifest 3, e\.g\. b\.png has no split.*dvc repro"
+    with pytest.raises(PipelineError, match=missing):
+        files.read_split(split, manifest)
+    split.write_text("path,split\nc.png,test\na.png,train\nb.png,val\nd.png,val\n")
+    with pytest.raises(PipelineError, match="lists 4 images and the manifest 3: they come from two runs"):
+        files.read_split(split, manifest)

@@ -171,6 +171,23 @@ def read_manifest(path: Path, task: str):
     return pd.read_csv(path, dtype={"label": float} | hashes, keep_default_na=False)
 
 
+def read_split(path: Path, manifest):
+    """The split (train, val, test) of each row of `manifest`, read from split.csv (`path`) joined on the image's path,
+    never by row position: a split.csv written for another manifest is an error, not a silent misassignment."""
+    import pandas as pd
+
+    split = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("path")["split"]
+    assigned = manifest["path"].map(split)
+    if assigned.isna().any() or len(split) != len(manifest):
+        missing = manifest["path"][assigned.isna()]
+        example = f", e.g. {missing.iloc[0]} has no split" if len(missing) else ""
+        raise PipelineError(
+            f"{path} lists {len(split)} images and the manifest {len(manifest)}{example}: they come from two runs; "
+            "run `dvc repro` (split reruns on the current manifest)"
+        )
+    return assigned
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -151,6 +151,19 @@ FAST = {
 }
 
 
+
+
+def ages_csv(folder: Path, bins: int) -> dict:
+    """The params of an age regression from `folder`/labels.csv (columns image, age), in `bins` target bins."""
+    return {
+        "data.source": str(folder),
+        "data.csv": "labels.csv",
+        "data.task": "regression",
+        "data.target_column": "age",
+        "split.bins": bins,
+    }
+
+
 @dataclass
 class Run:
     project: Path
