@@ -16,7 +16,8 @@ from transfer_learning.errors import PipelineError, run
 
 def main():
     p = params.load()
-    manifest = files.read_manifest(paths.MANIFEST, p.data.task)
+    # what the assignment reads (file_sha256: the order of regression ties); subject: there with subjects only
+    manifest = files.read_manifest(paths.MANIFEST, p.data.task, ("path", "label", "file_sha256", "group", "subject"))
     if p.data.task == "classification" and manifest["label"].nunique() < 2:
         raise PipelineError(
             f"the data has only one usable class ({manifest['label'].iloc[0]!r}); "

@@ -159,16 +159,17 @@ def spreadsheet_safe(value):
     return value
 
 
-def read_manifest(path: Path, task: str):
-    """The ingest manifest; class labels stay text exactly as written (a class named NA or 1.0 is not a number), and
-    so do the hashes (a hex digest of digits only is not a number either)."""
+def read_manifest(path: Path, task: str, columns: tuple[str, ...] | None = None):
+    """The ingest manifest (only `columns` of it, those there, when given: each string column costs ~120 bytes an
+    image); class labels stay text exactly as written (a class named NA or 1.0 is not a number), and so do the hashes
+    (a hex digest of digits only is not a number either)."""
     import pandas as pd
 
     # a subject named NA is a subject, not a missing value
     hashes = {"pixels_sha256": str, "file_sha256": str, "group": str, "subject": str}
-    if task == "classification":
-        return pd.read_csv(path, dtype={"label": str} | hashes, keep_default_na=False)
-    return pd.read_csv(path, dtype={"label": float} | hashes, keep_default_na=False)
+    label = {"label": str if task == "classification" else float}
+    wanted = None if columns is None else (lambda column: column in columns)
+    return pd.read_csv(path, dtype=label | hashes, keep_default_na=False, usecols=wanted)
 
 
 def read_split(path: Path, manifest):
