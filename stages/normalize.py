@@ -7,7 +7,6 @@ each is decoded (ingest.*) and resized to normalize.image_size (aspect kept: cro
 mean/std) is saved to encoding.json.
 """
 
-
 from transfer_learning import files, image_sets, params, paths, records, targets
 from transfer_learning.errors import PipelineError, run
 

@@ -371,3 +371,6 @@ def test_the_split_is_joined_to_the_manifest_on_the_path_not_the_row(tmp_path):
     split.write_text("path,split\nc.png,test\na.png,train\nb.png,val\nd.png,val\n")
     with pytest.raises(PipelineError, match="lists 4 images and the manifest 3: they come from two runs"):
         files.read_split(split, manifest)
+    split.write_text("path,split\nc.png,test\na.png,train\nb.png,val\na.png,val\n")
+    with pytest.raises(PipelineError, match="split.csv lists a.png twice; run `dvc repro`"):
+        files.read_split(split, manifest)

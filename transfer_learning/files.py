@@ -178,6 +178,10 @@ def read_split(path: Path, manifest):
     import pandas as pd
 
     split = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("path")["split"]
+    if split.index.has_duplicates:
+        raise PipelineError(
+            f"{path} lists {split.index[split.index.duplicated()][0]} twice; run `dvc repro` (split rewrites it)"
+        )
     assigned = manifest["path"].map(split)
     if assigned.isna().any() or len(split) != len(manifest):
         missing = manifest["path"][assigned.isna()]
